@@ -1,0 +1,49 @@
+"""natskiq: Sidekiq-style background jobs for async Python on NATS JetStream.
+
+::
+
+    import natskiq
+
+    class SendEmail(natskiq.Worker, queue="emails", retries=5):
+        async def perform(self, user_id: int) -> None: ...
+
+    async with natskiq.connect("nats://127.0.0.1:4222"):
+        await SendEmail.perform_async(42)
+        await SendEmail.perform_in(600, 42)
+"""
+
+from __future__ import annotations
+
+from . import api
+from .client import Client, connect
+from .errors import (
+    ConfigError,
+    EnqueueError,
+    InvalidJob,
+    LeaseLost,
+    NatskiqError,
+    NotConnected,
+    UnknownWorker,
+)
+from .job import Job
+from .worker import Configured, Options, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "ConfigError",
+    "Configured",
+    "EnqueueError",
+    "InvalidJob",
+    "Job",
+    "LeaseLost",
+    "NatskiqError",
+    "NotConnected",
+    "Options",
+    "UnknownWorker",
+    "Worker",
+    "__version__",
+    "api",
+    "connect",
+]

@@ -1,0 +1,388 @@
+"""Stage 4, the aggregator: the master pulls from the queue streams and
+hands jobs to nodes that have free slots.
+
+It runs only in the node holding the lease (see :mod:`natskiq.lease`) and
+receives:
+
+* demand from every node on ``<ns>.ctl.demand`` (free capacity, queues and
+  their order), as a heartbeat every second and whenever slots free up;
+* job messages from each queue's durable pull consumer ``aggregator``, for
+  which it keeps pull requests open whose batch sizes add up to the credit
+  that the nodes serving the queue have (so it never holds much more than
+  the cluster can run);
+
+and hands on :class:`Delivery` objects: in-process to its own node, and as a
+core publish on ``<ns>.ctl.dispatch.<node>`` to the others, each carrying the
+JetStream ack subject and the lease's fencing token. Nodes ack JetStream
+themselves. Before every hand-off it checks that the lease is still held;
+when the lease is lost it stops at once and NAKs what it still holds, so
+those jobs are redelivered to the next master right away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup, TaskStatus
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JSError
+
+from .errors import LeaseLost
+from .topology import Names, check_name, ensure_consumer
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "Natskiq-Token"
+ACK_HEADER = "Natskiq-Ack"
+HEARTBEAT = 1.0
+PEER_TIMEOUT = 3 * HEARTBEAT
+PULL_EXPIRES = 5.0
+MAX_PULL_BATCH = 1024
+
+
+@attrs.define(slots=True, eq=False)
+class Delivery:
+    """A job on its way to a node: raw envelope, ack subject, fencing token."""
+
+    data: bytes
+    reply: str
+    token: int
+    received_at: float = attrs.field(factory=anyio.current_time)
+
+    @property
+    def num_delivered(self) -> int:
+        """How many times JetStream has delivered this message (from the ack subject)."""
+        return ack_field(self.reply, "delivered", 1)
+
+
+_ACK_FIELDS = ("stream", "consumer", "delivered", "sseq", "cseq", "ts", "pending")
+
+
+def ack_field(reply: str, name: str, default: int = 0) -> int:
+    """A numeric field of a JetStream ack subject (v1 or v2 form)."""
+    tokens = reply.split(".")
+    offset = 2 if len(tokens) == 9 else 4
+    try:
+        return int(tokens[offset + _ACK_FIELDS.index(name)])
+    except (IndexError, ValueError):
+        return default
+
+
+class LocalNode(Protocol):
+    """What the aggregator needs of the node in its own process."""
+
+    node_id: str
+    capacity_changed: Callable[[], None]
+
+    def demand(self) -> dict[str, Any]: ...
+
+    def deliver(self, delivery: Delivery) -> None: ...
+
+
+@attrs.define
+class Peer:
+    """The master's view of one node: its queues, order and credit."""
+
+    node_id: str
+    queues: list[str] = attrs.field(factory=list)
+    weights: list[int] = attrs.field(factory=list)
+    strict: bool = True
+    concurrency: int = 0
+    busy: int = 0
+    received: int = 0
+    sent: int = 0
+    seen_at: float = 0.0
+    choice: str | None = None
+
+    @property
+    def credit(self) -> int:
+        return self.concurrency - self.busy - max(0, self.sent - self.received)
+
+    def update(self, demand: dict[str, Any], token: int) -> None:
+        """Take a demand report; ``received`` counts only this master's dispatches."""
+        pairs = [(check_name("queue", str(q)), int(w)) for q, w in demand.get("queues", [])]
+        self.queues = [q for q, _ in pairs]
+        self.weights = [max(1, w) for _, w in pairs]
+        self.strict = bool(demand.get("strict", True))
+        self.concurrency = 0 if demand.get("quiet") else int(demand.get("concurrency", 0))
+        self.busy = int(demand.get("busy", 0))
+        # Until the node has seen this master's token, every job sent to it
+        # counts as still in transit: credit errs on the low side.
+        same = int(demand.get("token", 0)) == token
+        self.received = int(demand.get("received", 0)) if same else 0
+        self.seen_at = anyio.current_time()
+
+    def pick(self, buffers: dict[str, deque[tuple[Msg, float]]], pending: dict[str, int]) -> str | None:
+        """The queue to serve next for this node, by its strict or weighted order.
+
+        A queue has jobs if some are buffered or JetStream said more are
+        pending (from the ack subjects). Strict order takes the first such
+        queue; weighted order draws one, weighted, as Sidekiq does. If the
+        chosen queue's next job is still on its way, the node waits for it
+        (None) rather than letting another queue jump ahead.
+        """
+        has_jobs = [
+            (q, w)
+            for q, w in zip(self.queues, self.weights, strict=True)
+            if buffers.get(q) or pending.get(q, 0) > 0
+        ]
+        if not has_jobs:
+            self.choice = None
+            return None
+        if self.choice not in {q for q, _ in has_jobs}:
+            if self.strict:
+                self.choice = has_jobs[0][0]
+            else:
+                self.choice = random.choices([q for q, _ in has_jobs], weights=[w for _, w in has_jobs])[0]
+        if not buffers.get(self.choice):
+            return None
+        chosen, self.choice = self.choice, None
+        return chosen
+
+
+@attrs.define
+class _Pull:
+    remaining: int
+    expires_at: float
+
+
+@attrs.define
+class Aggregator:
+    """The master's dispatch loop, run while the lease is held.
+
+    Args:
+        nc: the connection (shared with the local node).
+        names: the namespace's names.
+        token: the lease's fencing token.
+        check_lease: raises LeaseLost when the lease is no longer held.
+        local: the node in this process, served without a network hop.
+        ack_wait: the consumers' ack wait, for in-progress acks of held jobs.
+    """
+
+    nc: NATS
+    names: Names
+    token: int
+    check_lease: Callable[[], int]
+    local: LocalNode | None = None
+    ack_wait: float = 30.0
+    _peers: dict[str, Peer] = attrs.field(init=False, factory=dict)
+    _buffers: dict[str, deque[tuple[Msg, float]]] = attrs.field(init=False, factory=dict)
+    _pulls: dict[str, deque[_Pull]] = attrs.field(init=False, factory=dict)
+    _pending: dict[str, int] = attrs.field(init=False, factory=dict)
+    _changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _tg: TaskGroup | None = attrs.field(init=False, default=None)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Pull and dispatch until cancelled or the lease is lost."""
+        demand_sub = await self.nc.subscribe(self.names.demand_subject)
+        if self.local is not None:
+            self.local.capacity_changed = self._notify
+            self._peers[self.local.node_id] = Peer(self.local.node_id)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._read_demand, demand_sub)
+                tg.start_soon(self._housekeeping)
+                await self.nc.publish(self.names.master_subject, json.dumps({"token": self.token}).encode())
+                self._refresh_local()
+                task_status.started()
+                await self._dispatch_loop()
+        finally:
+            if self.local is not None:
+                self.local.capacity_changed = _nothing
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._release_held()
+                await demand_sub.unsubscribe()
+
+    # -- demand ---------------------------------------------------------
+
+    async def _read_demand(self, sub: Any) -> None:
+        async for msg in sub.messages:
+            try:
+                demand = json.loads(msg.data)
+                node_id = check_name("node", str(demand["node"]))
+                if int(demand.get("token", 0)) > self.token:
+                    raise LeaseLost(f"node {node_id} has seen a newer master")
+                peer = self._peers.get(node_id) or Peer(node_id)
+                peer.update(demand, self.token)
+            except LeaseLost:
+                raise
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring a malformed demand report: %s", exc)
+                continue
+            if self.local is None or node_id != self.local.node_id:
+                self._peers[node_id] = peer
+                self._serve(peer.queues)
+                self._notify()
+
+    def _refresh_local(self) -> None:
+        if self.local is not None:
+            peer = self._peers[self.local.node_id]
+            peer.update(self.local.demand(), self.token)
+            self._serve(peer.queues)
+
+    def _serve(self, queues: list[str]) -> None:
+        """Start pulling from queues seen for the first time."""
+        assert self._tg is not None
+        for queue in queues:
+            if queue not in self._buffers:
+                self._buffers[queue] = deque()
+                self._pulls[queue] = deque()
+                self._tg.start_soon(self._pull, queue, name=f"natskiq pull {queue}")
+
+    def _credit_for(self, queue: str) -> int:
+        return sum(max(0, p.credit) for p in self._peers.values() if queue in p.queues)
+
+    # -- pulling --------------------------------------------------------
+
+    async def _pull(self, queue: str) -> None:
+        """Keep pull requests open for as many jobs as there is credit for."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_pulled, queue, sub)
+                await self._request_loop(queue, inbox)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await sub.unsubscribe()
+
+    async def _request_loop(self, queue: str, inbox: str) -> None:
+        pulls = self._pulls[queue]
+        subject = self.names.pull_subject(queue)
+        ensured = False
+        while True:
+            changed = self._changed
+            now = anyio.current_time()
+            while pulls and pulls[0].expires_at < now:
+                pulls.popleft()
+            if not ensured:
+                ensured = await self._ensure_consumer(queue)
+            credit = self._credit_for(queue)
+            outstanding = sum(p.remaining for p in pulls)
+            want = min(MAX_PULL_BATCH, credit - len(self._buffers[queue]) - outstanding)
+            if ensured and want > 0 and (not outstanding or want >= max(1, credit // 4)):
+                request = {"batch": want, "expires": int(PULL_EXPIRES * 1e9)}
+                pulls.append(_Pull(want, now + PULL_EXPIRES + 0.5))
+                await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
+                continue
+            with anyio.move_on_after(1.0):
+                await changed.wait()
+
+    async def _ensure_consumer(self, queue: str) -> bool:
+        try:
+            await ensure_consumer(self.nc.jetstream(), self.names, queue, ack_wait=self.ack_wait)
+            return True
+        except (NatsError, JSError, TimeoutError) as exc:
+            log.warning("cannot reach queue %s yet: %r", queue, exc)
+            await anyio.sleep(0.5)
+            return False
+
+    async def _read_pulled(self, queue: str, sub: Any) -> None:
+        buffer, pulls = self._buffers[queue], self._pulls[queue]
+        async for msg in sub.messages:
+            status = msg.headers.get("Status") if msg.headers else None
+            if status is None and msg.reply:
+                buffer.append((msg, anyio.current_time()))
+                self._pending[queue] = ack_field(msg.reply, "pending")
+                if pulls:
+                    pulls[0].remaining -= 1
+                    if pulls[0].remaining <= 0:
+                        pulls.popleft()
+                self._notify()
+            elif status in ("408", "409"):
+                if pulls:
+                    pulls.popleft()
+                if status == "408":
+                    self._pending[queue] = 0  # the request expired: nothing was left
+                if status == "409":
+                    log.debug("pull on %s ended: %s", queue, msg.headers)
+                self._notify()
+
+    # -- dispatch -------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            changed = self._changed
+            if not await self._dispatch_round():
+                await changed.wait()
+
+    async def _dispatch_round(self) -> bool:
+        """Hand out as many buffered jobs as nodes have credit for."""
+        self._refresh_local()
+        moved = False
+        peers = list(self._peers.values())
+        random.shuffle(peers)
+        for peer in peers:
+            while peer.credit > 0:
+                queue = peer.pick(self._buffers, self._pending)
+                if queue is None:
+                    break
+                msg, _ = self._buffers[queue].popleft()
+                await self._hand_off(peer, msg)
+                moved = True
+        if moved:
+            self._notify()
+        return moved
+
+    async def _hand_off(self, peer: Peer, msg: Msg) -> None:
+        token = self.check_lease()
+        peer.sent += 1
+        if self.local is not None and peer.node_id == self.local.node_id:
+            self.local.deliver(Delivery(msg.data, msg.reply, token))
+            peer.busy += 1
+            peer.received += 1
+            return
+        headers = {TOKEN_HEADER: str(token), ACK_HEADER: msg.reply}
+        await self.nc.publish(self.names.dispatch_subject(peer.node_id), msg.data, headers=headers)
+
+    # -- housekeeping ---------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Drop silent nodes and keep held jobs alive."""
+        while True:
+            await anyio.sleep(HEARTBEAT / 2)
+            self.check_lease()
+            now = anyio.current_time()
+            for node_id, peer in list(self._peers.items()):
+                is_local = self.local is not None and node_id == self.local.node_id
+                if not is_local and now - peer.seen_at > PEER_TIMEOUT:
+                    log.info("node %s went silent; it gets no more jobs", node_id)
+                    del self._peers[node_id]
+            for buffer in self._buffers.values():
+                for index, (msg, held_since) in enumerate(buffer):
+                    if now - held_since > self.ack_wait / 3:
+                        await self.nc.publish(msg.reply, b"+WPI")
+                        buffer[index] = (msg, now)
+            self._notify()
+
+    async def _release_held(self) -> None:
+        """NAK every job still buffered, so the next master gets it at once."""
+        for buffer in self._buffers.values():
+            while buffer:
+                msg, _ = buffer.popleft()
+                try:
+                    await self.nc.publish(msg.reply, b"-NAK")
+                except NatsError:
+                    return
+        try:
+            await self.nc.flush(timeout=1)
+        except (NatsError, TimeoutError):
+            pass
+
+
+def _nothing() -> None:
+    """The capacity hook when no aggregator is listening."""

@@ -1,0 +1,188 @@
+"""Stage 1, the envelope: what a job is on the wire.
+
+A job is one JSON object (documented in the README so any language can
+enqueue)::
+
+    {"jid": "...", "class": "app.workers.SendEmail", "args": [42], "kwargs": {},
+     "queue": "emails", "retry": 5, "created_at": 1764280000.123,
+     "enqueued_at": 1764280000.123}
+
+plus, once a job has failed, ``retry_count``, ``error_class``,
+``error_message``, ``failed_at``, ``retried_at`` and optionally
+``backtrace``. :func:`encode` refuses arguments that are not JSON-native
+(raising :class:`TypeError` that names the argument), so nothing can fail to
+round-trip at run time; :func:`decode` validates what arrives and raises
+:class:`~natskiq.errors.InvalidJob` with the raw bytes and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import attrs
+
+from .errors import InvalidJob
+
+MAX_DEPTH = 64
+_NATIVE_SCALARS = (str, int, float, bool, type(None))
+
+
+def new_jid() -> str:
+    """A random 24-hex-digit job id, like Sidekiq's."""
+    return os.urandom(12).hex()
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """One job envelope. Change it only with :func:`attrs.evolve`."""
+
+    jid: str
+    cls: str
+    args: list[Any] = attrs.field(factory=list)
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    queue: str = "default"
+    retry: int = 25
+    created_at: float = attrs.field(factory=time.time)
+    enqueued_at: float = attrs.field(factory=time.time)
+    retry_count: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    failed_at: float | None = None
+    retried_at: float | None = None
+    backtrace: list[str] | None = None
+    at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The envelope as a JSON-ready dict (optional fields only when set)."""
+        out: dict[str, Any] = {
+            "jid": self.jid,
+            "class": self.cls,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "queue": self.queue,
+            "retry": self.retry,
+            "created_at": self.created_at,
+            "enqueued_at": self.enqueued_at,
+        }
+        for key in _OPTIONAL:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+_OPTIONAL = (
+    "retry_count",
+    "error_class",
+    "error_message",
+    "failed_at",
+    "retried_at",
+    "backtrace",
+    "at",
+)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "jid": (str,),
+    "class": (str,),
+    "args": (list,),
+    "kwargs": (dict,),
+    "queue": (str,),
+    "retry": (int,),
+    "created_at": (int, float),
+    "enqueued_at": (int, float),
+    "retry_count": (int,),
+    "error_class": (str,),
+    "error_message": (str,),
+    "failed_at": (int, float),
+    "retried_at": (int, float),
+    "backtrace": (list,),
+    "at": (int, float),
+}
+_REQUIRED = ("jid", "class", "args", "queue")
+
+
+def check_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
+    """Raise TypeError naming the first argument that is not JSON-native.
+
+    JSON-native means str, int, float (finite), bool, None, and lists and
+    dicts with string keys made of those. Tuples, sets, bytes, datetimes and
+    objects are refused, since they would not come back as they went in.
+    """
+    for index, value in enumerate(args):
+        _check_value(value, f"argument {index}", 0)
+    for key, value in kwargs.items():
+        _check_value(value, f"keyword argument {key!r}", 0)
+
+
+def _check_value(value: Any, where: str, depth: int) -> None:
+    kind = type(value)
+    if kind in (str, int, bool, type(None)):
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise TypeError(f"{where} is {value!r}, which JSON cannot carry")
+        return
+    if depth >= MAX_DEPTH:
+        raise TypeError(f"{where} is nested deeper than {MAX_DEPTH} levels")
+    if kind is list:
+        for index, item in enumerate(value):
+            _check_value(item, f"{where}[{index}]", depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(f"{where} has a non-string key {key!r}; JSON keys are strings")
+            _check_value(item, f"{where}[{key!r}]", depth + 1)
+        return
+    raise TypeError(
+        f"{where} is a {kind.__name__} ({value!r:.60}), which is not JSON-native: "
+        "pass str, int, float, bool, None, list or dict"
+    )
+
+
+def encode(job: Job) -> bytes:
+    """Serialise a job to its wire form."""
+    return json.dumps(job.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode(raw: bytes) -> Job:
+    """Parse and validate a wire payload.
+
+    Raises:
+        InvalidJob: the payload is not UTF-8 JSON, not an object, lacks a
+            required field or has a field of the wrong type.
+    """
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise InvalidJob("payload is not UTF-8", raw) from exc
+    except RecursionError as exc:
+        raise InvalidJob("payload is nested too deeply", raw) from exc
+    except ValueError as exc:
+        raise InvalidJob(f"payload is not JSON ({exc})", raw) from exc
+    if not isinstance(data, dict):
+        raise InvalidJob(f"payload is a JSON {type(data).__name__}, not an object", raw)
+    for key in _REQUIRED:
+        if key not in data:
+            raise InvalidJob(f"missing field {key!r}", raw)
+    for key, kinds in _TYPES.items():
+        value = data.get(key)
+        if value is None and key not in _REQUIRED:
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise InvalidJob(f"field {key!r} is {type(value).__name__}, not {kinds[0].__name__}", raw)
+    now = time.time()
+    return Job(
+        jid=data["jid"],
+        cls=data["class"],
+        args=data["args"],
+        kwargs=data.get("kwargs") or {},
+        queue=data["queue"],
+        retry=data.get("retry", 25),
+        created_at=float(data.get("created_at", now)),
+        enqueued_at=float(data.get("enqueued_at", now)),
+        **{key: data.get(key) for key in _OPTIONAL},
+    )

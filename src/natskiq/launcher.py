@@ -1,0 +1,283 @@
+"""The launcher: one ``natskiq worker`` process, wired together.
+
+Like Sidekiq's Launcher it owns the parts of a node and their life cycle:
+it connects, creates the streams and buckets it needs, starts the
+:class:`~natskiq.node.Node`, runs the election (and the
+:class:`~natskiq.aggregator.Aggregator` while this node holds the lease),
+keeps the node's entry in the nodes bucket fresh, and shuts down in
+Sidekiq's two steps: ``quiet`` (take no new work, give up the lease so
+another node takes over at once) and ``stop`` (wait up to ``timeout`` for
+running jobs, then cancel them, which NAKs them so they run elsewhere).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JSError
+from nats.js.kv import KeyValue
+
+from .aggregator import Aggregator
+from .client import Client
+from .errors import ConfigError
+from .lease import Lease, elect
+from .node import Node
+from .topology import check_name, ensure_bucket, ensure_failed, ensure_queue
+
+log = logging.getLogger(__name__)
+
+NODE_TTL = 15.0
+
+
+def _default_node_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
+    return f"{host or 'node'}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+def parse_queue(spec: str) -> tuple[str, int | None]:
+    """``name`` or ``name:weight`` (``name,weight`` as in Sidekiq works too)."""
+    name, sep, weight = spec.replace(",", ":").partition(":")
+    check_name("queue", name)
+    if not sep:
+        return name, None
+    try:
+        value = int(weight)
+    except ValueError:
+        raise ConfigError(f"queue weight in {spec!r} must be a whole number") from None
+    if value < 1:
+        raise ConfigError(f"queue weight in {spec!r} must be at least 1")
+    return name, value
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything one worker process is configured with."""
+
+    url: str | None = None
+    namespace: str = "natskiq"
+    app: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 10
+    timeout: float = 25.0
+    replicas: int = 1
+    lease_ttl: float = 5.0
+    ack_wait: float = 30.0
+    node_id: str = attrs.field(factory=_default_node_id)
+    nats_options: dict[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        check_name("node", self.node_id)
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.lease_ttl < 1:
+            raise ConfigError(f"lease TTL must be at least 1 s, not {self.lease_ttl}")
+        if self.ack_wait < 1:
+            raise ConfigError(f"ack wait must be at least 1 s, not {self.ack_wait}")
+        if not self.queues:
+            raise ConfigError("at least one queue is needed")
+        parsed = [parse_queue(q) for q in self.queues]
+        if len({q for q, _ in parsed}) != len(parsed):
+            raise ConfigError(f"a queue is listed twice in {list(self.queues)}")
+
+    @property
+    def queue_order(self) -> tuple[list[tuple[str, int]], bool]:
+        """``(queue, weight)`` pairs, and whether the order is strict (no weights)."""
+        parsed = [parse_queue(q) for q in self.queues]
+        strict = all(w is None for _, w in parsed)
+        return [(q, w or 1) for q, w in parsed], strict
+
+
+def import_app(modules: tuple[str, ...]) -> None:
+    """Import the modules that define the workers (``path/to/file.py`` works too)."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        name = module
+        if module.endswith(".py"):
+            directory, _, file = os.path.abspath(module).rpartition(os.sep)
+            sys.path.insert(0, directory)
+            name = file[:-3]
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import app module {module!r}: {exc}") from exc
+
+
+@attrs.define
+class Launcher:
+    """One node: connection, node, election, aggregator, heartbeat, shutdown."""
+
+    settings: Settings
+    client: Client = attrs.field(init=False)
+    node: Node = attrs.field(init=False)
+    lease: Lease = attrs.field(init=False)
+    started_at: float = attrs.field(init=False, factory=time.time)
+    _scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    _elect_scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
+    _stopping: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _nodes_kv: KeyValue | None = attrs.field(init=False, default=None)
+
+    @property
+    def is_master(self) -> bool:
+        return self.lease.held
+
+    async def _setup(self) -> None:
+        s = self.settings
+        self.client = Client(
+            url=s.url, namespace=s.namespace, replicas=s.replicas, nats_options=s.nats_options
+        )
+        await self.client.open()
+        js, names = self.client.js, self.client.names
+        order, strict = s.queue_order
+        try:
+            for queue, _ in order:
+                await ensure_queue(js, names, queue, replicas=s.replicas, ack_wait=s.ack_wait)
+            await ensure_failed(js, names, replicas=s.replicas)
+            await ensure_bucket(js, names.lease_bucket, replicas=s.replicas)
+            self._nodes_kv = await ensure_bucket(js, names.nodes_bucket, replicas=s.replicas)
+        except (NatsError, JSError, TimeoutError) as exc:
+            await self.client.close()
+            raise ConfigError(f"cannot set up streams and buckets: {exc!r}") from exc
+        self.node = Node(
+            self.client.nc,
+            names,
+            s.node_id,
+            order,
+            strict=strict,
+            concurrency=s.concurrency,
+            ack_wait=s.ack_wait,
+        )
+        self.lease = Lease(self.client.nc, names, s.node_id, ttl=s.lease_ttl)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until :meth:`stop` (or a signal, via :meth:`serve`)."""
+        await self._setup()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                await tg.start(self.node.run)
+                tg.start_soon(self._elect)
+                tg.start_soon(self._heartbeat)
+                log.info(
+                    "node %s started: queues=%s concurrency=%d",
+                    self.settings.node_id,
+                    ",".join(self.settings.queues),
+                    self.settings.concurrency,
+                )
+                task_status.started()
+                await self._stopping.wait()
+                await self._shutdown()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(3):
+                await self._forget()
+                await self.client.close()
+            log.info("node %s stopped", self.settings.node_id)
+
+    async def _elect(self) -> None:
+        with self._elect_scope:
+            await elect(self.lease, self._lead)
+
+    async def _lead(self, token: int) -> None:
+        aggregator = Aggregator(
+            self.client.nc,
+            self.client.names,
+            token,
+            self.lease.check,
+            local=self.node,
+            ack_wait=self.settings.ack_wait,
+        )
+        await aggregator.run()
+
+    def quiet(self) -> None:
+        """Take no new jobs and hand the lease over; running jobs carry on."""
+        self.node.set_quiet()
+        self._elect_scope.cancel()
+
+    def stop(self) -> None:
+        """Begin a graceful stop (as SIGTERM does)."""
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        self.quiet()
+        timeout = self.settings.timeout
+        log.info("stopping: waiting up to %.0fs for %d running job(s)", timeout, self.node.busy)
+        with anyio.move_on_after(timeout):
+            await self.node.wait_idle()
+        if self.node.busy:
+            log.warning(
+                "%d job(s) still running after %.0fs: they go back to the queue", self.node.busy, timeout
+            )
+
+    def _info(self) -> bytes:
+        s = self.settings
+        return json.dumps(
+            {
+                "node": s.node_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": list(s.queues),
+                "concurrency": s.concurrency,
+                "busy": self.node.busy,
+                "started": self.started_at,
+                "master": self.lease.held,
+                "quiet": self.node.quiet,
+                "processed": self.node.processed,
+                "failed": self.node.failed,
+                "at": time.time(),
+            }
+        ).encode()
+
+    async def _heartbeat(self) -> None:
+        """Keep this node's entry in the nodes bucket fresh (it expires if we die)."""
+        js, subject = self.client.js, f"$KV.{self.client.names.nodes_bucket}.{self.settings.node_id}"
+        while True:
+            try:
+                await js.publish(subject, self._info(), headers={"Nats-TTL": f"{int(NODE_TTL)}s"})
+            except (NatsError, JSError, TimeoutError) as exc:
+                log.debug("node heartbeat not stored: %r", exc)
+            await anyio.sleep(NODE_TTL / 3)
+
+    async def _forget(self) -> None:
+        if self._nodes_kv is None:
+            return
+        try:
+            await self._nodes_kv.delete(self.settings.node_id)
+        except (NatsError, JSError, TimeoutError):
+            pass
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT (graceful stop) with SIGTSTP as quiet."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._signals)
+            await self.run()
+            tg.cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        wanted = [signal.SIGTERM, signal.SIGINT]
+        if hasattr(signal, "SIGTSTP"):
+            wanted.append(signal.SIGTSTP)
+        with anyio.open_signal_receiver(*wanted) as signals:
+            async for signum in signals:
+                if signum == getattr(signal, "SIGTSTP", None):
+                    log.info("SIGTSTP: quiet")
+                    self.quiet()
+                elif self._stopping.is_set():
+                    log.warning("second signal: stopping now")
+                    if self._scope is not None:
+                        self._scope.cancel()
+                else:
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    self.stop()

@@ -1,0 +1,241 @@
+"""Stage 3, election: the master's compare-and-set lease in a KV bucket.
+
+One key (``aggregator``) in the ``<ns>_leases`` bucket. A node becomes
+master by creating it (a publish with ``Nats-Expected-Last-Subject-Sequence``
+of 0, or of the tombstone left by a delete or a TTL expiry) with a per-message
+TTL; the revision of that create is its fencing token. It renews every TTL/3
+with the same compare-and-set on its last revision. A refused renew means the
+lease is lost; a renew that cannot reach the server before the local deadline
+means the same. The deadline is measured on the monotonic clock from *before*
+each successful write, so it always ends before the server lets the key
+expire: a master that believes it holds the lease does.
+
+Followers watch the key with an ordered consumer and race to create it as
+soon as a delete or expiry marker shows up. A graceful stop deletes the key
+(with the expected revision) so another node takes over at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import APIError, NotFoundError
+
+from .errors import LeaseLost
+from .topology import Names
+
+log = logging.getLogger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071
+TOMBSTONE_HEADERS = ("KV-Operation", "Nats-Marker-Reason")
+
+
+def _is_tombstone(headers: dict[str, str] | None) -> bool:
+    return bool(headers) and any(h in headers for h in TOMBSTONE_HEADERS)  # type: ignore[operator]
+
+
+@attrs.define
+class Lease:
+    """The master lease as seen by one node.
+
+    Args:
+        nc: the node's connection.
+        names: the namespace's names.
+        node_id: who is asking.
+        ttl: seconds the lease lives without a renew.
+    """
+
+    nc: NATS
+    names: Names
+    node_id: str
+    ttl: float = 5.0
+    token: int | None = attrs.field(init=False, default=None)
+    _revision: int = attrs.field(init=False, default=0)
+    _deadline: float = attrs.field(init=False, default=0.0)
+    _js: JetStreamContext = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._js = self.nc.jetstream()
+
+    @property
+    def held(self) -> bool:
+        """Whether this node holds the lease right now (by its own clock)."""
+        return self.token is not None and anyio.current_time() < self._deadline
+
+    def check(self) -> int:
+        """The fencing token, if the lease is still held.
+
+        Raises:
+            LeaseLost: the local deadline has passed.
+        """
+        if not self.held:
+            raise LeaseLost("the lease deadline passed without a renew")
+        assert self.token is not None
+        return self.token
+
+    def _value(self) -> bytes:
+        return json.dumps(
+            {"node": self.node_id, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        ).encode()
+
+    def _headers(self, expected: int) -> dict[str, str]:
+        return {
+            "Nats-Expected-Last-Subject-Sequence": str(expected),
+            "Nats-TTL": f"{max(1, round(self.ttl * 1000))}ms",
+        }
+
+    async def _write(self, expected: int) -> int:
+        started = anyio.current_time()
+        ack = await self._js.publish(
+            self.names.lease_subject(), self._value(), headers=self._headers(expected)
+        )
+        self._revision = ack.seq
+        self._deadline = started + self.ttl
+        return ack.seq
+
+    async def _last(self) -> jsapi.RawStreamMsg | None:
+        try:
+            return await self._js.get_msg(f"KV_{self.names.lease_bucket}", subject=self.names.lease_subject())
+        except NotFoundError:
+            return None
+
+    async def try_acquire(self) -> bool:
+        """Create the key if it is free; returns whether this node is now master."""
+        expected = 0
+        for _ in range(3):
+            try:
+                self.token = await self._write(expected)
+                log.info("node %s is master (lease revision %d)", self.node_id, self.token)
+                return True
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+            last = await self._last()
+            if last is None:
+                expected = 0
+            elif _is_tombstone(last.headers):
+                expected = last.seq or 0
+            else:
+                return False
+        return False
+
+    async def renew(self) -> None:
+        """Extend the lease.
+
+        Raises:
+            LeaseLost: another node holds it, or it expired.
+        """
+        try:
+            await self._write(self._revision)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                self.token = None
+                raise LeaseLost(f"lease renew refused: {exc.description}") from exc
+            raise
+
+    async def release(self) -> None:
+        """Give the lease up at once (graceful stop), if still held."""
+        if self.token is None:
+            return
+        self.token = None
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(self._revision)}
+        try:
+            await self._js.publish(self.names.lease_subject(), b"", headers=headers)
+            log.info("node %s released the lease", self.node_id)
+        except (APIError, NatsError, TimeoutError) as exc:
+            log.info("lease release not needed or failed: %s", exc)
+
+    async def keep(self) -> None:
+        """Renew every TTL/3 until the lease is lost; then raise LeaseLost."""
+        while True:
+            await anyio.sleep(self.ttl / 3)
+            while True:
+                try:
+                    await self.renew()
+                    break
+                except (NatsError, TimeoutError, APIError) as exc:
+                    if not self.held:
+                        self.token = None
+                        raise LeaseLost(f"could not renew the lease in time: {exc!r}") from exc
+                    await anyio.sleep(min(0.2, self.ttl / 10))
+
+    async def wait_vacant(self, timeout: float) -> None:
+        """Return once the key is deleted or expired, or after ``timeout``."""
+        sub = await self._js.subscribe(
+            self.names.lease_subject(),
+            ordered_consumer=True,
+            deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        try:
+            with anyio.move_on_after(timeout):
+                async for msg in sub.messages:
+                    if _is_tombstone(msg.headers):
+                        return
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await sub.unsubscribe()
+
+
+async def elect(
+    lease: Lease,
+    lead: Callable[[int], Awaitable[None]],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Win the lease whenever it is free and run ``lead(token)`` while held.
+
+    ``lead`` is cancelled the moment the lease is lost. On cancellation the
+    lease is released so another node takes over without waiting for the TTL.
+    """
+    task_status.started()
+    try:
+        while True:
+            try:
+                won = await lease.try_acquire()
+            except (APIError, NatsError, TimeoutError) as exc:
+                log.warning("lease acquire failed: %r", exc)
+                won = False
+            if not won:
+                try:
+                    await lease.wait_vacant(timeout=lease.ttl)
+                except (APIError, NatsError, TimeoutError) as exc:
+                    log.warning("lease watch failed: %r", exc)
+                    await anyio.sleep(lease.ttl / 5)
+                continue
+            token = lease.token
+            assert token is not None
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_run_lead, lead, token, tg.cancel_scope)
+                    await lease.keep()
+            except* LeaseLost as group:
+                log.warning("node %s lost the lease: %s", lease.node_id, group.exceptions[0])
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await lease.release()
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            await lease.release()
+
+
+async def _run_lead(lead: Callable[[int], Awaitable[None]], token: int, scope: anyio.CancelScope) -> None:
+    try:
+        await lead(token)
+    except Exception:
+        # A crashing master must not take the node down: step down, let the
+        # election run again (possibly on another node).
+        log.exception("the master crashed; stepping down")
+        await anyio.sleep(1)
+    finally:
+        scope.cancel()

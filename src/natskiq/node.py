@@ -1,0 +1,340 @@
+"""Stage 5, the node: runs the jobs the master hands it, then settles them.
+
+Every ``natskiq worker`` process is one node. It receives :class:`Delivery`
+objects (in-process from its own aggregator when it is master, otherwise on
+``<ns>.ctl.dispatch.<node>``), and for each one:
+
+1. refuses it (NAK, so it runs elsewhere at once) if it carries a fencing
+   token older than the newest it has seen, or if the node is quiet;
+2. waits for a slot of its :class:`anyio.CapacityLimiter`;
+3. decodes the envelope, looks the worker class up in the registry and runs
+   ``perform`` in its task group (a plain ``def`` in a worker thread), under
+   the worker's timeout;
+4. settles exactly once: ack on success; on an exception, a retry or failed
+   record stored first (PubAck) and then the ack (:mod:`natskiq.retry`); on
+   cancellation (shutdown past its timeout), a shielded, bounded NAK.
+
+While a job waits or runs, an in-progress ack (``+WPI``) every third of the
+ack wait keeps JetStream from redelivering it mid-run. The node reports its
+free capacity on ``<ns>.ctl.demand`` every second and whenever slots free
+up, and answers a new master's announcement at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, cast
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JSError
+
+from . import job as jobs
+from . import retry
+from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery
+from .errors import InvalidJob, UnknownWorker
+from .topology import Names
+from .worker import Worker, is_async, lookup
+
+log = logging.getLogger(__name__)
+
+SETTLE_TIMEOUT = 5.0
+SETTLE_ATTEMPTS = 5
+
+
+def _nothing() -> None:
+    """The capacity hook when no aggregator is listening."""
+
+
+@attrs.define
+class Node:
+    """The processor pool of one worker process.
+
+    Args:
+        nc: the connection.
+        names: the namespace's names.
+        node_id: this node's id (a subject token).
+        queues: ``(queue, weight)`` pairs in order.
+        strict: serve queues in strict order rather than weighted.
+        concurrency: jobs run at once.
+        ack_wait: the consumers' ack wait, for in-progress acks.
+    """
+
+    nc: NATS
+    names: Names
+    node_id: str
+    queues: list[tuple[str, int]]
+    strict: bool = True
+    concurrency: int = 10
+    ack_wait: float = 30.0
+    capacity_changed: Callable[[], None] = _nothing
+    processed: int = attrs.field(init=False, default=0)
+    failed: int = attrs.field(init=False, default=0)
+    _busy: int = attrs.field(init=False, default=0)
+    _max_token: int = attrs.field(init=False, default=0)
+    _received: int = attrs.field(init=False, default=0)
+    _quiet: bool = attrs.field(init=False, default=False)
+    _inflight: set[Delivery] = attrs.field(init=False, factory=set)
+    _limiter: anyio.CapacityLimiter = attrs.field(init=False)
+    _threads: anyio.CapacityLimiter = attrs.field(init=False)
+    _send: MemoryObjectSendStream[Delivery] = attrs.field(init=False)
+    _recv: MemoryObjectReceiveStream[Delivery] = attrs.field(init=False)
+    _demand_changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _idle: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self._limiter = anyio.CapacityLimiter(self.concurrency)
+        self._threads = anyio.CapacityLimiter(self.concurrency)
+        self._send, self._recv = anyio.create_memory_object_stream[Delivery](math.inf)
+        self._idle.set()
+
+    @property
+    def busy(self) -> int:
+        """Jobs received and not yet settled (running or waiting for a slot)."""
+        return self._busy
+
+    @property
+    def quiet(self) -> bool:
+        return self._quiet
+
+    def demand(self) -> dict[str, Any]:
+        """This node's capacity report, as sent to the master."""
+        return {
+            "node": self.node_id,
+            "concurrency": self.concurrency,
+            "busy": self._busy,
+            "queues": self.queues,
+            "strict": self.strict,
+            "token": self._max_token,
+            "received": self._received,
+            "quiet": self._quiet,
+        }
+
+    def _changed(self) -> None:
+        self._demand_changed.set()
+        self.capacity_changed()
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Accept a job from the master (never blocks; refusals happen in the runner)."""
+        if delivery.token > self._max_token:
+            self._max_token, self._received = delivery.token, 0
+        if delivery.token == self._max_token:
+            self._received += 1
+        self._busy += 1
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._inflight.add(delivery)
+        self._send.send_nowait(delivery)
+
+    def set_quiet(self) -> None:
+        """Stop taking new jobs (Sidekiq's quiet); running ones carry on."""
+        if not self._quiet:
+            log.info("node %s is quiet: no new jobs", self.node_id)
+            self._quiet = True
+            self._changed()
+
+    async def wait_idle(self) -> None:
+        """Return once no job is running or waiting on this node."""
+        await self._idle.wait()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Receive, run and settle jobs until cancelled."""
+        dispatch_sub = await self.nc.subscribe(self.names.dispatch_subject(self.node_id))
+        master_sub = await self.nc.subscribe(self.names.master_subject)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_dispatches, dispatch_sub)
+                tg.start_soon(self._read_masters, master_sub)
+                tg.start_soon(self._report_demand)
+                tg.start_soon(self._keep_alive)
+                task_status.started()
+                async for delivery in self._recv:
+                    if delivery.token < self._max_token or self._quiet:
+                        tg.start_soon(self._refuse, delivery)
+                    else:
+                        tg.start_soon(self._run, delivery)
+        finally:
+            self._send.close()
+            self._recv.close()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await dispatch_sub.unsubscribe()
+                await master_sub.unsubscribe()
+
+    # -- inputs ---------------------------------------------------------
+
+    async def _read_dispatches(self, sub: Any) -> None:
+        async for msg in sub.messages:
+            headers = msg.headers or {}
+            try:
+                token = int(headers[TOKEN_HEADER])
+                reply = headers[ACK_HEADER]
+            except (KeyError, ValueError):
+                log.warning("ignoring a dispatch without token or ack subject")
+                continue
+            self.deliver(Delivery(msg.data, reply, token))
+
+    async def _read_masters(self, sub: Any) -> None:
+        async for msg in sub.messages:
+            try:
+                token = int(json.loads(msg.data)["token"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if token > self._max_token:
+                self._max_token, self._received = token, 0
+            self._demand_changed.set()
+
+    async def _report_demand(self) -> None:
+        """Publish capacity every heartbeat and soon after it changes."""
+        subject = self.names.demand_subject
+        while True:
+            changed = self._demand_changed = anyio.Event()
+            try:
+                await self.nc.publish(subject, json.dumps(self.demand()).encode())
+            except NatsError as exc:
+                log.debug("demand not sent: %r", exc)
+            with anyio.move_on_after(HEARTBEAT):
+                await changed.wait()
+            await anyio.sleep(0.002)  # coalesce a burst of freed slots into one report
+
+    async def _keep_alive(self) -> None:
+        """In-progress acks for every job held, so none is redelivered mid-run."""
+        while True:
+            await anyio.sleep(self.ack_wait / 3)
+            for delivery in list(self._inflight):
+                try:
+                    await self.nc.publish(delivery.reply, b"+WPI")
+                except NatsError as exc:
+                    log.debug("in-progress ack not sent: %r", exc)
+
+    # -- running --------------------------------------------------------
+
+    async def _refuse(self, delivery: Delivery) -> None:
+        try:
+            await self._settle(delivery, b"-NAK")
+        finally:
+            self._done(delivery)
+
+    def _done(self, delivery: Delivery) -> None:
+        self._inflight.discard(delivery)
+        self._busy -= 1
+        if self._busy == 0:
+            self._idle.set()
+        self._changed()
+
+    async def _run(self, delivery: Delivery) -> None:
+        try:
+            async with self._limiter:
+                await self._process(delivery)
+        except anyio.get_cancelled_exc_class():
+            # Shut down before or while running: hand the job back at once.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
+                await self._settle(delivery, b"-NAK")
+            raise
+        finally:
+            self._done(delivery)
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            job = jobs.decode(delivery.data)
+        except InvalidJob as exc:
+            self.failed += 1
+            await self._settle_with(
+                retry.fail_invalid,
+                delivery.data,
+                exc.reason,
+                queue=_queue_of(delivery),
+                ack=functools.partial(self._settle, delivery, b"+ACK"),
+            )
+            return
+        try:
+            worker: type[Worker] | None = lookup(job.cls)
+        except UnknownWorker as exc:
+            await self._fail(delivery, job, exc, None)
+            return
+        assert worker is not None
+        started = anyio.current_time()
+        log.info("start jid=%s class=%s queue=%s", job.jid, job.cls, job.queue)
+        try:
+            await self._perform(worker, job)
+        except Exception as exc:
+            log.info(
+                "fail jid=%s class=%s queue=%s duration=%.3fs error=%r",
+                job.jid,
+                job.cls,
+                job.queue,
+                anyio.current_time() - started,
+                exc,
+            )
+            await self._fail(delivery, job, exc, worker)
+            return
+        self.processed += 1
+        await self._settle(delivery, b"+ACK")
+        log.info(
+            "done jid=%s class=%s queue=%s duration=%.3fs",
+            job.jid,
+            job.cls,
+            job.queue,
+            anyio.current_time() - started,
+        )
+
+    async def _perform(self, worker: type[Worker], job: jobs.Job) -> None:
+        instance = worker()
+        instance.jid, instance.job = job.jid, job
+        timeout = worker.options.timeout
+        with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
+            if is_async(worker):
+                await instance.perform(*job.args, **job.kwargs)
+            else:
+                # A plain `def perform` overrides the async default: is_async() said so.
+                call = cast(Callable[[], Any], functools.partial(instance.perform, *job.args, **job.kwargs))
+                await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
+
+    async def _fail(
+        self, delivery: Delivery, job: jobs.Job, exc: Exception, worker: type[Worker] | None
+    ) -> None:
+        self.failed += 1
+        await self._settle_with(
+            retry.route,
+            job,
+            exc,
+            worker=worker,
+            ack=functools.partial(self._settle, delivery, b"+ACK"),
+        )
+
+    async def _settle_with(self, route: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Store a successor, retrying while NATS is unreachable.
+
+        If it still fails, the job is left unacked and JetStream redelivers
+        it after the ack wait: it runs again rather than being lost.
+        """
+        js = self.nc.jetstream()
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                with anyio.fail_after(SETTLE_TIMEOUT):
+                    await route(js, self.names, *args, **kwargs)
+                return
+            except (NatsError, JSError, TimeoutError) as exc:
+                log.warning("could not store a retry/failed record (attempt %d): %r", attempt + 1, exc)
+                await anyio.sleep(0.2 * (attempt + 1))
+
+    async def _settle(self, delivery: Delivery, verdict: bytes) -> None:
+        self._inflight.discard(delivery)
+        try:
+            await self.nc.publish(delivery.reply, verdict)
+        except NatsError as exc:
+            log.warning("could not send %s: %r", verdict.decode(), exc)
+
+
+def _queue_of(delivery: Delivery) -> str:
+    """The queue a message came from, read off its ack subject's stream name."""
+    tokens = delivery.reply.split(".")
+    stream = tokens[2] if len(tokens) == 9 else (tokens[4] if len(tokens) > 4 else "")
+    return stream.split("_Q_", 1)[1] if "_Q_" in stream else "invalid"

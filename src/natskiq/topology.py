@@ -1,0 +1,244 @@
+"""Stage 2, the stream: every NATS name natskiq uses, and their creation.
+
+This is the only module that builds subject, stream, consumer and bucket
+names. It receives a namespace (``natskiq`` by default) and hands out
+:class:`Names`; its ``ensure_*`` coroutines create streams, consumers and
+buckets idempotently. They guarantee that starting against objects that
+already exist (with whatever defaults the server filled in) never fails,
+and that an existing object whose configuration conflicts with natskiq's
+raises :class:`~natskiq.errors.ConfigError` saying what differs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from .errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+CONSUMER = "aggregator"
+LEASE_KEY = "aggregator"
+FAILED_MAX_MSGS = 10_000
+FAILED_MAX_AGE = 180 * 24 * 3600.0
+DUPLICATE_WINDOW = 120.0
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a safe queue/node name, else raise ConfigError.
+
+    A name becomes a subject token and part of a stream name, so it must never
+    be able to inject ``.``, ``*``, ``>`` or white space into a subject.
+    """
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ConfigError(f"invalid {kind} name {value!r}: use 1-64 letters, digits, '_' or '-'")
+    return value
+
+
+def _check_namespace(_: object, __: object, value: str) -> None:
+    if not isinstance(value, str) or not NAMESPACE_RE.match(value):
+        raise ConfigError(f"invalid namespace {value!r}: use 1-32 letters, digits, '_' or '-'")
+
+
+@attrs.frozen
+class Names:
+    """Subject, stream and bucket names for one namespace."""
+
+    namespace: str = attrs.field(default="natskiq", validator=_check_namespace)
+
+    @property
+    def _stream_prefix(self) -> str:
+        return self.namespace.upper()
+
+    def queue_stream(self, queue: str) -> str:
+        return f"{self._stream_prefix}_Q_{check_name('queue', queue)}"
+
+    def queue_subject(self, queue: str) -> str:
+        return f"{self.namespace}.queue.{check_name('queue', queue)}"
+
+    def scheduled_subject(self, queue: str, jid: str) -> str:
+        return f"{self.namespace}.scheduled.{check_name('queue', queue)}.{check_name('jid', jid)}"
+
+    def retry_subject(self, queue: str, jid: str) -> str:
+        return f"{self.namespace}.retry.{check_name('queue', queue)}.{check_name('jid', jid)}"
+
+    def queue_subjects(self, queue: str) -> list[str]:
+        """Every subject the queue's stream holds."""
+        q = check_name("queue", queue)
+        ns = self.namespace
+        return [f"{ns}.queue.{q}", f"{ns}.scheduled.{q}.*", f"{ns}.retry.{q}.*"]
+
+    @property
+    def failed_stream(self) -> str:
+        return f"{self._stream_prefix}_FAILED"
+
+    def failed_subject(self, queue: str) -> str:
+        return f"{self.namespace}.failed.{check_name('queue', queue)}"
+
+    @property
+    def failed_subjects(self) -> str:
+        return f"{self.namespace}.failed.*"
+
+    @property
+    def lease_bucket(self) -> str:
+        return f"{self.namespace}_leases"
+
+    @property
+    def nodes_bucket(self) -> str:
+        return f"{self.namespace}_nodes"
+
+    def lease_subject(self, key: str = LEASE_KEY) -> str:
+        """The KV subject of a lease key (used to renew with a TTL)."""
+        return f"$KV.{self.lease_bucket}.{key}"
+
+    @property
+    def demand_subject(self) -> str:
+        return f"{self.namespace}.ctl.demand"
+
+    @property
+    def master_subject(self) -> str:
+        """Where a newly elected master announces itself."""
+        return f"{self.namespace}.ctl.master"
+
+    def dispatch_subject(self, node_id: str) -> str:
+        return f"{self.namespace}.ctl.dispatch.{check_name('node', node_id)}"
+
+    def command_subject(self, node_id: str) -> str:
+        return f"{self.namespace}.ctl.node.{check_name('node', node_id)}"
+
+    def pull_subject(self, queue: str) -> str:
+        """The JetStream API subject for pull requests on a queue's consumer."""
+        return f"$JS.API.CONSUMER.MSG.NEXT.{self.queue_stream(queue)}.{CONSUMER}"
+
+
+def _differences(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
+    diffs = []
+    for key, value in want.items():
+        existing = have.get(key)
+        if isinstance(value, list):
+            same = sorted(value) == sorted(existing or [])
+        else:
+            same = existing == value
+        if not same:
+            diffs.append(f"{key}={existing!r} (natskiq wants {value!r})")
+    return diffs
+
+
+async def _ensure_stream(js: JetStreamContext, config: jsapi.StreamConfig, check: list[str]) -> None:
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except APIError as exc:
+            # Another process may have created it between our look-up and add.
+            try:
+                info = await js.stream_info(config.name)
+            except NotFoundError:
+                raise ConfigError(f"cannot create stream {config.name}: {exc}") from exc
+    want = {key: _plain(getattr(config, key)) for key in check}
+    have = {key: _plain(getattr(info.config, key)) for key in check}
+    diffs = _differences(want, have)
+    if diffs:
+        raise ConfigError(
+            f"stream {config.name} exists with a conflicting configuration: " + "; ".join(diffs)
+        )
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+async def ensure_queue(
+    js: JetStreamContext, names: Names, queue: str, *, replicas: int = 1, ack_wait: float = 30.0
+) -> None:
+    """Create the queue's stream and its aggregator consumer if missing."""
+    config = jsapi.StreamConfig(
+        name=names.queue_stream(queue),
+        subjects=names.queue_subjects(queue),
+        retention=jsapi.RetentionPolicy.WORK_QUEUE,
+        storage=jsapi.StorageType.FILE,
+        num_replicas=replicas,
+        allow_msg_schedules=True,
+        duplicate_window=DUPLICATE_WINDOW,
+    )
+    await _ensure_stream(
+        js, config, ["subjects", "retention", "storage", "num_replicas", "allow_msg_schedules"]
+    )
+    await ensure_consumer(js, names, queue, ack_wait=ack_wait)
+
+
+async def ensure_consumer(js: JetStreamContext, names: Names, queue: str, *, ack_wait: float = 30.0) -> None:
+    """Create the durable pull consumer the master pulls a queue from."""
+    stream = names.queue_stream(queue)
+    try:
+        await js.consumer_info(stream, CONSUMER)
+        return
+    except NotFoundError:
+        pass
+    config = jsapi.ConsumerConfig(
+        durable_name=CONSUMER,
+        filter_subject=names.queue_subject(queue),
+        ack_policy=jsapi.AckPolicy.EXPLICIT,
+        deliver_policy=jsapi.DeliverPolicy.ALL,
+        ack_wait=ack_wait,
+        max_ack_pending=100_000,
+        max_waiting=512,
+        max_deliver=-1,
+    )
+    await js.add_consumer(stream, config)
+
+
+async def ensure_failed(js: JetStreamContext, names: Names, *, replicas: int = 1) -> None:
+    """Create the failed stream (natskiq's dead set) if missing."""
+    config = jsapi.StreamConfig(
+        name=names.failed_stream,
+        subjects=[names.failed_subjects],
+        retention=jsapi.RetentionPolicy.LIMITS,
+        storage=jsapi.StorageType.FILE,
+        num_replicas=replicas,
+        max_msgs=FAILED_MAX_MSGS,
+        max_age=FAILED_MAX_AGE,
+        duplicate_window=DUPLICATE_WINDOW,
+    )
+    await _ensure_stream(js, config, ["subjects", "retention", "storage", "num_replicas"])
+
+
+async def ensure_bucket(
+    js: JetStreamContext, bucket: str, *, replicas: int = 1, marker_ttl: float = 5.0
+) -> KeyValue:
+    """Bind to a KV bucket with per-key TTLs, creating it if missing."""
+    try:
+        kv = await js.key_value(bucket)
+    except BucketNotFoundError:
+        try:
+            kv = await js.create_key_value(
+                jsapi.KeyValueConfig(
+                    bucket=bucket,
+                    history=1,
+                    replicas=replicas,
+                    storage=jsapi.StorageType.FILE,
+                    limit_marker_ttl=marker_ttl,
+                )
+            )
+        except APIError:
+            # Another process created it first.
+            kv = await js.key_value(bucket)
+    info = await js.stream_info(f"KV_{bucket}")
+    if not info.config.allow_msg_ttl:
+        raise ConfigError(f"KV bucket {bucket} exists without per-key TTLs (allow_msg_ttl)")
+    if info.config.num_replicas != replicas:
+        raise ConfigError(
+            f"KV bucket {bucket} exists with num_replicas={info.config.num_replicas} "
+            f"(natskiq wants {replicas})"
+        )
+    return kv

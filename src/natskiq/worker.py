@@ -1,0 +1,192 @@
+"""Stage 1, the worker: what users subclass, and the registry of job classes.
+
+``class SendEmail(natskiq.Worker, queue="emails", retries=5)`` registers the
+class under ``module.QualName`` (or ``name="..."``); a node runs only classes
+registered this way, so a payload can never name an arbitrary callable.
+``perform_async``, ``perform_in`` and ``perform_at`` hand the call to the
+default :class:`~natskiq.client.Client` (the one opened last with
+``async with natskiq.connect(...)``) or to ``set(client=...)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from .errors import ConfigError, UnknownWorker
+from .topology import check_name
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE = "default"
+DEFAULT_RETRIES = 25
+
+_registry: dict[str, type[Worker]] = {}
+
+
+def _check_retries(_: object, __: object, value: int) -> None:
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"retries must be a whole number >= 0, not {value!r}")
+
+
+def _check_timeout(_: object, __: object, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigError(f"timeout must be a positive number of seconds, not {value!r}")
+
+
+def _to_seconds(value: float | timedelta | None) -> float | None:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return None if value is None else float(value)
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """A worker's job options: class keywords, overridable per call with ``set()``."""
+
+    queue: str = attrs.field(default=DEFAULT_QUEUE, validator=lambda _, __, v: check_name("queue", v))
+    retries: int = attrs.field(default=DEFAULT_RETRIES, validator=_check_retries)
+    timeout: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_timeout)
+
+
+class Worker:
+    """Base class of every job.
+
+    Subclass it with options as class keywords and define ``perform``::
+
+        class SendEmail(natskiq.Worker, queue="emails", retries=5, timeout=30):
+            async def perform(self, user_id: int) -> None: ...
+
+    A plain ``def perform`` runs in a worker thread. While it runs, ``self.jid``
+    and ``self.job`` describe the job.
+
+    Class keywords:
+        queue: the queue jobs go to (default ``"default"``).
+        retries: how many times a failing job is retried (default 25).
+        timeout: seconds a run may take before it is cancelled and fails.
+        name: the registered name, ``module.QualName`` by default.
+    """
+
+    options: ClassVar[Options] = Options()
+    name: ClassVar[str] = ""
+
+    jid: str
+    job: Any
+
+    def __init_subclass__(
+        cls,
+        *,
+        queue: str | None = None,
+        retries: int | None = None,
+        timeout: float | timedelta | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        changes: dict[str, Any] = {}
+        if queue is not None:
+            changes["queue"] = queue
+        if retries is not None:
+            changes["retries"] = retries
+        if timeout is not None:
+            changes["timeout"] = timeout
+        cls.options = attrs.evolve(cls.options, **changes)
+        cls.name = name or f"{cls.__module__}.{cls.__qualname__}"
+        if not cls.name or any(c.isspace() for c in cls.name):
+            raise ConfigError(f"invalid worker name {cls.name!r}")
+        previous = _registry.get(cls.name)
+        if previous is not None and previous is not cls:
+            log.debug("worker %s registered again, the newer class wins", cls.name)
+        _registry[cls.name] = cls
+
+    async def perform(self, *args: Any, **kwargs: Any) -> Any:
+        """The job's work; override it (``async def`` or plain ``def``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define perform()")
+
+    @classmethod
+    def set(cls, *, client: Client | None = None, **options: Any) -> Configured:
+        """Options for one call: ``SendEmail.set(queue="urgent").perform_async(1)``.
+
+        Raises:
+            ConfigError: an option is unknown or invalid.
+        """
+        unknown = set(options) - {"queue", "retries", "timeout"}
+        if unknown:
+            raise ConfigError(f"unknown job option(s): {', '.join(sorted(unknown))}")
+        return Configured(worker=cls, options=attrs.evolve(cls.options, **options), client=client)
+
+    @classmethod
+    async def perform_async(cls, *args: Any, **kwargs: Any) -> str:
+        """Enqueue a job to run as soon as a node is free; returns its jid."""
+        return await cls.set().perform_async(*args, **kwargs)
+
+    @classmethod
+    async def perform_in(cls, delay: float | timedelta, *args: Any, **kwargs: Any) -> str:
+        """Enqueue a job to run after ``delay`` (seconds or timedelta); returns its jid."""
+        return await cls.set().perform_in(delay, *args, **kwargs)
+
+    @classmethod
+    async def perform_at(cls, when: datetime, *args: Any, **kwargs: Any) -> str:
+        """Enqueue a job to run at ``when`` (a timezone-aware datetime); returns its jid."""
+        return await cls.set().perform_at(when, *args, **kwargs)
+
+
+@attrs.frozen(kw_only=True)
+class Configured:
+    """A worker class with per-call options, returned by :meth:`Worker.set`."""
+
+    worker: type[Worker]
+    options: Options
+    client: Client | None = None
+
+    def _client(self) -> Client:
+        from .client import current_client  # worker.py sits above client.py
+
+        return self.client if self.client is not None else current_client()
+
+    async def perform_async(self, *args: Any, **kwargs: Any) -> str:
+        """Enqueue now; returns the jid."""
+        return await self._client().push(self.worker, args, kwargs, options=self.options)
+
+    async def perform_in(self, delay: float | timedelta, *args: Any, **kwargs: Any) -> str:
+        """Enqueue after ``delay`` seconds (or a timedelta); returns the jid."""
+        seconds = _to_seconds(delay)
+        if seconds is None or seconds != seconds:
+            raise TypeError(f"delay must be seconds or a timedelta, not {delay!r}")
+        return await self._client().push(self.worker, args, kwargs, options=self.options, delay=seconds)
+
+    async def perform_at(self, when: datetime, *args: Any, **kwargs: Any) -> str:
+        """Enqueue at an aware datetime; returns the jid."""
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise TypeError(f"perform_at needs a timezone-aware datetime, not {when!r}")
+        return await self._client().push(self.worker, args, kwargs, options=self.options, at=when.timestamp())
+
+
+def lookup(name: str) -> type[Worker]:
+    """The worker class registered under ``name``.
+
+    Raises:
+        UnknownWorker: nothing is registered under that name.
+    """
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownWorker(name) from None
+
+
+def registered() -> Mapping[str, type[Worker]]:
+    """A read-only view of every registered worker, by name."""
+    return dict(_registry)
+
+
+def is_async(worker: type[Worker]) -> bool:
+    """Whether the worker's ``perform`` is a coroutine function."""
+    return inspect.iscoroutinefunction(worker.perform)
