@@ -122,6 +122,7 @@ class Workers:
     def __init__(self, url: str, namespace: str, tmp: Path) -> None:
         self.url, self.namespace, self.tmp = url, namespace, tmp
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.files: list[Any] = []
 
     def start(self, *args: str, node_id: str | None = None) -> subprocess.Popen[bytes]:
         index = len(self.procs)
@@ -143,6 +144,7 @@ class Workers:
             *args,
         ]
         log = open(self.tmp / f"worker{index}.log", "wb")
+        self.files.append(log)
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         self.procs.append(proc)
         return proc
@@ -161,6 +163,8 @@ class Workers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for file in self.files:
+            file.close()
 
 
 @pytest.fixture

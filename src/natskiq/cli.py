@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -171,12 +172,21 @@ def _server(args: argparse.Namespace) -> None:
 
     store = args.store or default_store_dir()
     server = Server(store_dir=store, port=args.port, host=args.host)
-    server.start()
-    print(f"natskiq server: JetStream at {server.url} (store {store}); Ctrl-C stops it", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        server.wait()
+        server.start()
+        print(f"natskiq server: JetStream at {server.url} (store {store}); Ctrl-C stops it", flush=True)
+        code = server.wait()
+        raise ConfigError(f"nats-server exited with code {code}")
     except KeyboardInterrupt:
+        pass
+    finally:
         server.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -125,8 +125,8 @@ class Launcher:
     lease: Lease = attrs.field(init=False)
     started_at: float = attrs.field(init=False, factory=time.time)
     _scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
-    _elect_scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
-    _stopping: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _elect_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    _stopping: anyio.Event | None = attrs.field(init=False, default=None)
     _nodes_kv: KeyValue | None = attrs.field(init=False, default=None)
 
     @property
@@ -163,6 +163,8 @@ class Launcher:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the node until :meth:`stop` (or a signal, via :meth:`serve`)."""
+        self._stopping = self._stopping or anyio.Event()
+        self._elect_scope = anyio.CancelScope()
         await self._setup()
         try:
             async with anyio.create_task_group() as tg:
@@ -187,6 +189,7 @@ class Launcher:
             log.info("node %s stopped", self.settings.node_id)
 
     async def _elect(self) -> None:
+        assert self._elect_scope is not None
         with self._elect_scope:
             await elect(self.lease, self._lead)
 
@@ -204,10 +207,13 @@ class Launcher:
     def quiet(self) -> None:
         """Take no new jobs and hand the lease over; running jobs carry on."""
         self.node.set_quiet()
-        self._elect_scope.cancel()
+        if self._elect_scope is not None:
+            self._elect_scope.cancel()
 
     def stop(self) -> None:
         """Begin a graceful stop (as SIGTERM does)."""
+        if self._stopping is None:
+            self._stopping = anyio.Event()
         self._stopping.set()
 
     async def _shutdown(self) -> None:
@@ -274,7 +280,7 @@ class Launcher:
                 if signum == getattr(signal, "SIGTSTP", None):
                     log.info("SIGTSTP: quiet")
                     self.quiet()
-                elif self._stopping.is_set():
+                elif self._stopping is not None and self._stopping.is_set():
                     log.warning("second signal: stopping now")
                     if self._scope is not None:
                         self._scope.cancel()

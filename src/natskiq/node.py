@@ -232,6 +232,11 @@ class Node:
     async def _run(self, delivery: Delivery) -> None:
         try:
             async with self._limiter:
+                if self._quiet:
+                    # Quiet means no new job starts here; one still waiting
+                    # for a slot goes back to run elsewhere at once.
+                    await self._settle(delivery, b"-NAK")
+                    return
                 await self._process(delivery)
         except anyio.get_cancelled_exc_class():
             # Shut down before or while running: hand the job back at once.

@@ -109,7 +109,11 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                err = ""
+                if self._proc.stderr:
+                    err = self._proc.stderr.read().decode(errors="replace")
+                    self._proc.stderr.close()
+                self._cleanup()
                 raise ConfigError(f"nats-server exited with {self._proc.returncode}: {err[-2000:]}")
             for path in ports_dir.glob("*.ports"):
                 try:
