@@ -59,7 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", "-q", action="append", dest="queues", metavar="Q[:WEIGHT]")
     worker.add_argument("--concurrency", "-c", type=int)
     worker.add_argument("--timeout", "-t", type=float, help="seconds to wait for jobs on stop (25)")
-    worker.add_argument("--replicas", type=int, choices=(1, 3, 5))
+    worker.add_argument(
+        "--replicas",
+        type=int,
+        choices=(1, 3, 5),
+        help="stream and bucket replicas, checked against existing ones (default: 1 when creating)",
+    )
     worker.add_argument("--lease-ttl", type=float, help="master lease TTL in seconds (5)")
     worker.add_argument("--ack-wait", type=float, help="seconds before an unacked job is redelivered (30)")
     worker.add_argument("--node-id", help="this node's id (host-pid-random by default)")

@@ -85,7 +85,7 @@ class Client:
 
     url: str | None = None
     namespace: str = "natskiq"
-    replicas: int = 1
+    replicas: int | None = None
     nats_options: dict[str, Any] = attrs.field(factory=dict)
     names: Names = attrs.field(init=False)
     _nc: NATS | None = attrs.field(init=False, default=None)
@@ -95,7 +95,7 @@ class Client:
 
     def __attrs_post_init__(self) -> None:
         self.names = Names(self.namespace)
-        if self.replicas not in (1, 3, 5):
+        if self.replicas not in (None, 1, 3, 5):
             raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas!r}")
 
     @property
@@ -244,7 +244,7 @@ def connect(
     url: str | None = None,
     *,
     namespace: str | None = None,
-    replicas: int = 1,
+    replicas: int | None = None,
     **nats_options: Any,
 ) -> Client:
     """A client for the NATS server or cluster at ``url``.
@@ -254,7 +254,9 @@ def connect(
             or ``nats://127.0.0.1:4222``.
         namespace: prefix of every subject, stream and bucket; defaults to
             ``$NATSKIQ_NAMESPACE`` or ``natskiq``.
-        replicas: replicas of the streams this client creates (1, 3 or 5).
+        replicas: replicas of the queue streams this client creates (1, 3
+            or 5); None accepts existing streams as they are and creates new
+            ones with 1.
         **nats_options: passed to :func:`nats.connect` (user, password,
             token, nkeys_seed, user_credentials, tls, ...).
 

@@ -37,7 +37,7 @@ class Greet(Worker, queue="default", name="demo.Greet"):
 class Resize(Worker, queue="images", name="demo.Resize"):
     """Pretends to resize an image in a thread (a plain `def perform`)."""
 
-    def perform(self, path: str, width: int = 640) -> None:  # type: ignore[override]
+    def perform(self, path: str, width: int = 640) -> None:
         time.sleep(0.05)
         _report(f"  ran   Resize({path!r}, width={width}) in a thread")
 

@@ -71,7 +71,7 @@ class Settings:
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 10
     timeout: float = 25.0
-    replicas: int = 1
+    replicas: int | None = None
     lease_ttl: float = 5.0
     ack_wait: float = 30.0
     node_id: str = attrs.field(factory=_default_node_id)
@@ -85,6 +85,8 @@ class Settings:
             raise ConfigError(f"lease TTL must be at least 1 s, not {self.lease_ttl}")
         if self.ack_wait < 1:
             raise ConfigError(f"ack wait must be at least 1 s, not {self.ack_wait}")
+        if self.replicas not in (None, 1, 3, 5):
+            raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas!r}")
         if not self.queues:
             raise ConfigError("at least one queue is needed")
         parsed = [parse_queue(q) for q in self.queues]

@@ -28,7 +28,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import attrs
@@ -298,8 +298,7 @@ class Node:
             if is_async(worker):
                 await instance.perform(*job.args, **job.kwargs)
             else:
-                # A plain `def perform` overrides the async default: is_async() said so.
-                call = cast(Callable[[], Any], functools.partial(instance.perform, *job.args, **job.kwargs))
+                call = functools.partial(instance.perform, *job.args, **job.kwargs)
                 await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
 
     async def _fail(

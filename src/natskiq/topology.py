@@ -159,21 +159,24 @@ def _plain(value: Any) -> Any:
 
 
 async def ensure_queue(
-    js: JetStreamContext, names: Names, queue: str, *, replicas: int = 1, ack_wait: float = 30.0
+    js: JetStreamContext, names: Names, queue: str, *, replicas: int | None = None, ack_wait: float = 30.0
 ) -> None:
-    """Create the queue's stream and its aggregator consumer if missing."""
+    """Create the queue's stream and its aggregator consumer if missing.
+
+    ``replicas=None`` creates with 1 and accepts whatever an existing stream
+    has (producers should not have to know); a number is checked.
+    """
     config = jsapi.StreamConfig(
         name=names.queue_stream(queue),
         subjects=names.queue_subjects(queue),
         retention=jsapi.RetentionPolicy.WORK_QUEUE,
         storage=jsapi.StorageType.FILE,
-        num_replicas=replicas,
+        num_replicas=replicas or 1,
         allow_msg_schedules=True,
         duplicate_window=DUPLICATE_WINDOW,
     )
-    await _ensure_stream(
-        js, config, ["subjects", "retention", "storage", "num_replicas", "allow_msg_schedules"]
-    )
+    check = ["subjects", "retention", "storage", "allow_msg_schedules"]
+    await _ensure_stream(js, config, check + (["num_replicas"] if replicas else []))
     await ensure_consumer(js, names, queue, ack_wait=ack_wait)
 
 
@@ -198,23 +201,24 @@ async def ensure_consumer(js: JetStreamContext, names: Names, queue: str, *, ack
     await js.add_consumer(stream, config)
 
 
-async def ensure_failed(js: JetStreamContext, names: Names, *, replicas: int = 1) -> None:
+async def ensure_failed(js: JetStreamContext, names: Names, *, replicas: int | None = None) -> None:
     """Create the failed stream (natskiq's dead set) if missing."""
     config = jsapi.StreamConfig(
         name=names.failed_stream,
         subjects=[names.failed_subjects],
         retention=jsapi.RetentionPolicy.LIMITS,
         storage=jsapi.StorageType.FILE,
-        num_replicas=replicas,
+        num_replicas=replicas or 1,
         max_msgs=FAILED_MAX_MSGS,
         max_age=FAILED_MAX_AGE,
         duplicate_window=DUPLICATE_WINDOW,
     )
-    await _ensure_stream(js, config, ["subjects", "retention", "storage", "num_replicas"])
+    check = ["subjects", "retention", "storage"]
+    await _ensure_stream(js, config, check + (["num_replicas"] if replicas else []))
 
 
 async def ensure_bucket(
-    js: JetStreamContext, bucket: str, *, replicas: int = 1, marker_ttl: float = 5.0
+    js: JetStreamContext, bucket: str, *, replicas: int | None = None, marker_ttl: float = 5.0
 ) -> KeyValue:
     """Bind to a KV bucket with per-key TTLs, creating it if missing."""
     try:
@@ -225,7 +229,7 @@ async def ensure_bucket(
                 jsapi.KeyValueConfig(
                     bucket=bucket,
                     history=1,
-                    replicas=replicas,
+                    replicas=replicas or 1,
                     storage=jsapi.StorageType.FILE,
                     limit_marker_ttl=marker_ttl,
                 )
@@ -236,7 +240,7 @@ async def ensure_bucket(
     info = await js.stream_info(f"KV_{bucket}")
     if not info.config.allow_msg_ttl:
         raise ConfigError(f"KV bucket {bucket} exists without per-key TTLs (allow_msg_ttl)")
-    if info.config.num_replicas != replicas:
+    if replicas and info.config.num_replicas != replicas:
         raise ConfigError(
             f"KV bucket {bucket} exists with num_replicas={info.config.num_replicas} "
             f"(natskiq wants {replicas})"

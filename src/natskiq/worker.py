@@ -107,8 +107,11 @@ class Worker:
             log.debug("worker %s registered again, the newer class wins", cls.name)
         _registry[cls.name] = cls
 
-    async def perform(self, *args: Any, **kwargs: Any) -> Any:
-        """The job's work; override it (``async def`` or plain ``def``)."""
+    def perform(self, *args: Any, **kwargs: Any) -> Any:
+        """The job's work; override it with ``async def`` or a plain ``def``.
+
+        Typed to return ``Any`` so both kinds of override type-check.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define perform()")
 
     @classmethod
