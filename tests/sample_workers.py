@@ -43,7 +43,7 @@ class Record(natskiq.Worker, name="tests.Record"):
 class SyncRecord(natskiq.Worker, name="tests.SyncRecord"):
     """Records that it ran, from a worker thread (plain def)."""
 
-    def perform(self, sleep: float = 0.0, note: object = None) -> None:  # type: ignore[override]
+    def perform(self, sleep: float = 0.0, note: object = None) -> None:
         started = time.time()
         if sleep:
             record(self.jid, started, note, kind="start")
@@ -72,3 +72,98 @@ class Slow(natskiq.Worker, timeout=0.2, name="tests.Slow"):
     async def perform(self) -> None:
         record(self.jid, time.time(), "slow")
         await anyio.sleep(5)
+
+
+def runs_of(jid: str) -> int:
+    """How many times a job has finished a run so far (from the ledger)."""
+    path = os.environ.get("NATSKIQ_TEST_LEDGER")
+    if not path or not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(1 for line in f if line.startswith(jid + " ") and " done " in line)
+
+
+class Flaky(natskiq.Worker, retries=5, name="tests.Flaky"):
+    """Fails the first ``failures`` runs, then succeeds; records each run's retry timing."""
+
+    async def perform(self, failures: int = 2) -> None:
+        job = self.job
+        failed = job.retried_at or job.failed_at
+        delay = None if job.at is None or failed is None else job.at - failed
+        record(self.jid, time.time(), {"retry_count": job.retry_count, "delay": delay, "at": job.at})
+        if runs_of(self.jid) <= failures:
+            raise RuntimeError("flaky")
+
+
+class Growing(natskiq.Worker, retries=3, name="tests.Growing"):
+    """Always fails; its retry_in hook makes each delay longer than the last."""
+
+    def retry_in(self, count: int, exc: Exception) -> float:
+        return 0.2 * (count + 1)
+
+    async def perform(self) -> None:
+        record(self.jid, time.time(), {"retry_count": self.job.retry_count})
+        raise RuntimeError("again")
+
+
+class FixedByFile(natskiq.Worker, retries=1, name="tests.FixedByFile"):
+    """Fails until the file named in its argument exists (a bug fixed by a deploy)."""
+
+    def perform(self, path: str) -> None:
+        record(self.jid, time.time(), "try")
+        if not os.path.exists(path):
+            raise LookupError(f"{path} is missing")
+
+
+class Choosy(natskiq.Worker, retries=5, name="tests.Choosy"):
+    """Fails; retry_in answers with what the job asked for ('discard', 'kill' or seconds)."""
+
+    def retry_in(self, count: int, exc: Exception) -> object:
+        choice = str(exc)
+        return choice if choice in ("discard", "kill") else float(choice)
+
+    async def perform(self, choice: str) -> None:
+        record(self.jid, time.time(), choice)
+        raise RuntimeError(choice)
+
+
+class Deferred(natskiq.Worker, retries=3, name="tests.Deferred"):
+    """Asks to be retried after a chosen delay once, then succeeds."""
+
+    async def perform(self) -> None:
+        record(self.jid, time.time(), {"at": self.job.at, "failed_at": self.job.failed_at})
+        if self.job.retry_count is None:
+            raise natskiq.Retry(defer=0.3)
+
+
+class Dropped(natskiq.Worker, retries=0, dead=False, name="tests.Dropped"):
+    """Fails with dead=False: dropped, not kept."""
+
+    async def perform(self) -> None:
+        record(self.jid, time.time(), "dropped")
+        raise RuntimeError("not kept")
+
+
+class Exhausted(natskiq.Worker, retries=0, backtrace=True, name="tests.Exhausted"):
+    """Fails for good; its retries_exhausted hook records the failure."""
+
+    async def retries_exhausted(self, job: natskiq.Job, exc: BaseException) -> None:
+        record(job.jid, time.time(), {"exhausted": type(exc).__name__}, kind="hook")
+
+    async def perform(self) -> None:
+        raise KeyError("gone")
+
+
+class Crash(natskiq.Worker, name="tests.Crash"):
+    """Kills the process that runs it, as a segfault or the OOM killer would."""
+
+    def perform(self) -> None:
+        record(self.jid, time.time(), "crash", kind="start")
+        os._exit(17)
+
+
+if os.environ.get("NATSKIQ_TEST_BACKOFF_SCALE"):
+    # Worker processes started by the tests shrink retry delays the same way.
+    from natskiq import retry as _retry
+
+    _retry.set_backoff_scale(float(os.environ["NATSKIQ_TEST_BACKOFF_SCALE"]))

@@ -18,14 +18,18 @@ from . import api
 from .client import Client, connect
 from .errors import (
     ConfigError,
+    DeliveryLimit,
     EnqueueError,
     InvalidJob,
     LeaseLost,
     NatskiqError,
     NotConnected,
+    NotFound,
+    Retry,
     UnknownWorker,
 )
 from .job import Job
+from .retry import on_death
 from .worker import Configured, Options, Worker
 
 __version__ = "0.1.0"
@@ -34,16 +38,20 @@ __all__ = [
     "Client",
     "ConfigError",
     "Configured",
+    "DeliveryLimit",
     "EnqueueError",
     "InvalidJob",
     "Job",
     "LeaseLost",
     "NatskiqError",
     "NotConnected",
+    "NotFound",
     "Options",
+    "Retry",
     "UnknownWorker",
     "Worker",
     "__version__",
     "api",
     "connect",
+    "on_death",
 ]

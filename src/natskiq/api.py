@@ -1,49 +1,321 @@
-"""Inspection: what is queued, who is running, who is master.
+"""Inspection and operations: queues, scheduled and retry sets, the failed
+set, nodes, the master and cluster-wide stats.
 
-Read-only views over the streams and buckets, for operators, the CLI and
-tests. Every function takes an open :class:`~natskiq.client.Client`.
+Every function takes an open :class:`~natskiq.client.Client`. Jobs are
+read straight from their streams (a queue stream holds the ready jobs on
+``<ns>.queue.<q>``, the scheduled ones on ``<ns>.scheduled.<q>.<jid>`` and the
+retries on ``<ns>.retry.<q>.<jid>``; the failed stream holds the dead set),
+and every change keeps DESIGN's invariant: a job is republished and its
+PubAck received *before* the copy it replaces is deleted, so an operation
+interrupted half-way leaves a job twice, never zero times.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
 
 import attrs
+from nats.js import api as jsapi
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.errors import Error as JSError
 
+from . import job as jobs
 from .client import Client
-from .topology import CONSUMER, LEASE_KEY
+from .errors import InvalidJob, NatskiqError, NotFound
+from .retry import INVALID_HEADER, REASON_HEADER
+from .topology import CONSUMER, LEASE_KEY, check_name
+
+Kind = Literal["queued", "scheduled", "retry", "failed"]
 
 
 @attrs.frozen(kw_only=True)
 class QueueInfo:
-    """One queue: jobs ready, jobs running (delivered, not yet acked), jobs scheduled."""
+    """One queue: ready jobs, jobs running (delivered, not yet acked),
+    scheduled and retry counts, and the age of the oldest ready job."""
 
     name: str
     ready: int
     running: int
     scheduled: int
+    retries: int
+    latency: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class Entry:
+    """A job found in a stream.
+
+    ``job`` is None for a payload that was not a valid envelope; then
+    ``reason`` says why, and ``raw`` holds it as received.
+    """
+
+    kind: Kind
+    stream: str
+    seq: int
+    subject: str
+    queue: str
+    job: jobs.Job | None
+    raw: bytes
+    reason: str | None = None
+
+    @property
+    def jid(self) -> str | None:
+        return self.job.jid if self.job else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (the envelope, or the raw payload and reason)."""
+        out: dict[str, Any] = {"kind": self.kind, "seq": self.seq, "queue": self.queue}
+        if self.job is not None:
+            out["job"] = self.job.to_dict()
+        else:
+            out["invalid"] = self.reason
+            out["raw"] = self.raw.decode("utf-8", errors="backslashreplace")[:2000]
+        return out
+
+
+@attrs.frozen(kw_only=True)
+class Filter:
+    """Which entries to act on; every given field must match."""
+
+    queue: str | None = None
+    cls: str | None = None
+    jid: str | None = None
+    error_class: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def matches(self, entry: Entry) -> bool:
+        job = entry.job
+        if self.queue is not None and entry.queue != self.queue:
+            return False
+        if job is None:
+            return self.cls is None and self.jid is None and self.error_class is None and self._in_time(None)
+        return (
+            (self.cls is None or job.cls == self.cls)
+            and (self.jid is None or job.jid == self.jid)
+            and (self.error_class is None or job.error_class == self.error_class)
+            and self._in_time(job.failed_at or job.at or job.enqueued_at)
+        )
+
+    def _in_time(self, when: float | None) -> bool:
+        if self.since is None and self.until is None:
+            return True
+        if when is None:
+            return False
+        return (self.since is None or when >= self.since) and (self.until is None or when <= self.until)
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, f.name) is None for f in attrs.fields(Filter))
+
+
+# -- reading streams ---------------------------------------------------------
+
+
+def _queue_prefix(client: Client) -> str:
+    return f"{client.names.namespace.upper()}_Q_"
+
+
+async def queue_names(client: Client) -> list[str]:
+    """Every queue with a stream in the client's namespace."""
+    prefix = _queue_prefix(client)
+    names = await client.js.streams_info()
+    return sorted(
+        (info.config.name or "")[len(prefix) :]
+        for info in names
+        if (info.config.name or "").startswith(prefix)
+    )
+
+
+async def _check_queue(client: Client, queue: str) -> None:
+    check_name("queue", queue)
+    if queue not in await queue_names(client):
+        raise NotFound(f"no queue named {queue!r} in namespace {client.names.namespace!r}")
+
+
+def _entry(kind: Kind, stream: str, queue: str, msg: jsapi.RawStreamMsg) -> Entry:
+    raw = msg.data or b""
+    headers = msg.headers or {}
+    reason = headers.get(REASON_HEADER) if headers.get(INVALID_HEADER) else None
+    job = None
+    if reason is None:
+        try:
+            job = jobs.decode(raw)
+        except InvalidJob as exc:
+            reason = exc.reason
+    return Entry(
+        kind=kind, stream=stream, seq=msg.seq or 0, subject=msg.subject or "",
+        queue=queue, job=job, raw=raw, reason=reason,
+    )  # fmt: skip
+
+
+async def _scan(
+    client: Client, stream: str, subject: str, limit: int | None
+) -> AsyncIterator[jsapi.RawStreamMsg]:
+    """Messages of ``stream`` on ``subject`` (wildcards allowed), oldest first."""
+    seq, found = 1, 0
+    while limit is None or found < limit:
+        try:
+            msg = await client.js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return
+        found += 1
+        yield msg
+        seq = (msg.seq or seq) + 1
+
+
+async def _entries(
+    client: Client, kind: Kind, queues: Sequence[str], where: Filter, limit: int | None
+) -> list[Entry]:
+    names, out = client.names, []
+    for queue in queues:
+        if kind == "failed":
+            stream, subject = names.failed_stream, names.failed_subject(queue)
+        else:
+            stream = names.queue_stream(queue)
+            subject = {
+                "queued": names.queue_subject(queue),
+                "scheduled": f"{names.namespace}.scheduled.{queue}.*",
+                "retry": f"{names.namespace}.retry.{queue}.*",
+            }[kind]
+        try:
+            async for msg in _scan(client, stream, subject, None):
+                entry = _entry(kind, stream, queue, msg)
+                if where.matches(entry):
+                    out.append(entry)
+                    if limit is not None and len(out) >= limit:
+                        return out
+        except NotFoundError:
+            continue
+    return out
+
+
+async def _failed_queues(client: Client) -> list[str]:
+    try:
+        info = await client.js.stream_info(client.names.failed_stream, subjects_filter=">")
+    except NotFoundError:
+        return []
+    prefix = f"{client.names.namespace}.failed."
+    return sorted(s[len(prefix) :] for s in (info.state.subjects or {}) if s.startswith(prefix))
+
+
+async def find(
+    client: Client, kind: Kind, where: Filter | None = None, *, limit: int | None = None
+) -> list[Entry]:
+    """Jobs of one kind (queued, scheduled, retry or failed) matching ``where``, oldest first.
+
+    Raises:
+        NotFound: ``where.queue`` names a queue that does not exist.
+    """
+    where = where or Filter()
+    if where.queue is not None:
+        check_name("queue", where.queue)
+        if kind != "failed":
+            await _check_queue(client, where.queue)
+        queues = [where.queue]
+    else:
+        queues = await _failed_queues(client) if kind == "failed" else await queue_names(client)
+    return await _entries(client, kind, queues, where, limit)
+
+
+# -- queues --------------------------------------------------------------------
 
 
 async def queues(client: Client) -> list[QueueInfo]:
-    """Every queue stream in the client's namespace, by name."""
-    prefix = f"{client.names.namespace.upper()}_Q_"
-    out = []
-    for info in await client.js.streams_info():
-        name = info.config.name or ""
-        if not name.startswith(prefix):
-            continue
-        queue = name[len(prefix) :]
-        try:
-            consumer = await client.js.consumer_info(name, CONSUMER)
-            ready, running = consumer.num_pending or 0, consumer.num_ack_pending or 0
-        except NotFoundError:
-            ready, running = info.state.messages, 0
-        scheduled = max(0, info.state.messages - ready - running)
-        out.append(QueueInfo(name=queue, ready=ready, running=running, scheduled=scheduled))
-    return sorted(out, key=lambda q: q.name)
+    """Every queue in the client's namespace, by name."""
+    return [await queue_info(client, queue) for queue in await queue_names(client)]
+
+
+async def queue_info(client: Client, queue: str) -> QueueInfo:
+    """Sizes and latency of one queue.
+
+    Raises:
+        NotFound: no such queue.
+    """
+    names = client.names
+    stream = names.queue_stream(check_name("queue", queue))
+    try:
+        info = await client.js.stream_info(stream, subjects_filter=f"{names.namespace}.*.{queue}.>")
+        consumer = await client.js.consumer_info(stream, CONSUMER)
+    except NotFoundError:
+        raise NotFound(f"no queue named {queue!r} in namespace {names.namespace!r}") from None
+    subjects = info.state.subjects or {}
+    scheduled = sum(n for s, n in subjects.items() if s.startswith(f"{names.namespace}.scheduled."))
+    retries = sum(n for s, n in subjects.items() if s.startswith(f"{names.namespace}.retry."))
+    latency = 0.0
+    oldest = await _entries(client, "queued", [queue], Filter(), 1)
+    if oldest and oldest[0].job is not None:
+        latency = max(0.0, time.time() - oldest[0].job.enqueued_at)
+    return QueueInfo(
+        name=queue, ready=consumer.num_pending or 0, running=consumer.num_ack_pending or 0,
+        scheduled=scheduled, retries=retries, latency=latency,
+    )  # fmt: skip
+
+
+async def clear(client: Client, queue: str) -> int:
+    """Delete every ready job of a queue (not scheduled ones or retries); returns how many."""
+    info = await queue_info(client, queue)
+    await client.js.purge_stream(client.names.queue_stream(queue), subject=client.names.queue_subject(queue))
+    return info.ready
+
+
+# -- acting on entries ----------------------------------------------------------
+
+
+async def run_now(client: Client, entry: Entry) -> str:
+    """Move a scheduled job or a retry to its queue now; returns its jid."""
+    if entry.kind not in ("scheduled", "retry"):
+        raise NatskiqError(f"run_now takes scheduled jobs and retries, not {entry.kind} ones")
+    job = _require_job(entry)
+    await client.publish(attrs.evolve(job, at=None, enqueued_at=time.time()), attempt=f"now{entry.seq}")
+    await client.js.delete_msg(entry.stream, entry.seq)
+    return job.jid
+
+
+async def replay(client: Client, entry: Entry) -> str:
+    """Republish a failed job to its queue with its retry count reset; returns its jid.
+
+    The failed copy is deleted only after the queue has stored the job.
+    """
+    if entry.kind != "failed":
+        raise NatskiqError(f"replay takes failed jobs, not {entry.kind} ones")
+    job = _require_job(entry)
+    fresh = jobs.Job(
+        jid=job.jid, cls=job.cls, args=job.args, kwargs=job.kwargs, queue=entry.queue,
+        retry=job.retry, created_at=job.created_at, enqueued_at=time.time(),
+    )  # fmt: skip
+    await client.publish(fresh, attempt=f"replay{entry.seq}")
+    await _remove(client, entry)
+    return job.jid
+
+
+async def delete(client: Client, entry: Entry) -> None:
+    """Delete one queued, scheduled, retry or failed entry."""
+    await _remove(client, entry)
+
+
+async def _remove(client: Client, entry: Entry) -> None:
+    try:
+        await client.js.delete_msg(entry.stream, entry.seq)
+    except NotFoundError:
+        return  # already gone: trimmed, or removed by someone else
+    if entry.kind == "failed":
+        await _incr(client, "failed_removed", 1)
+
+
+def _require_job(entry: Entry) -> jobs.Job:
+    if entry.job is None:
+        raise NatskiqError(f"entry {entry.seq} is not a valid job ({entry.reason}); it can only be deleted")
+    return entry.job
+
+
+# -- nodes, master, stats ----------------------------------------------------------
 
 
 async def master(client: Client) -> dict[str, Any] | None:
@@ -61,7 +333,8 @@ async def master(client: Client) -> dict[str, Any] | None:
 
 
 async def nodes(client: Client) -> list[dict[str, Any]]:
-    """Every live node's last heartbeat (id, host, pid, queues, concurrency, busy, ...)."""
+    """Every live node's last heartbeat: id, host, pid, queues, concurrency,
+    busy, started, master, quiet, processed, failed."""
     try:
         kv = await client.js.key_value(client.names.nodes_bucket)
         keys = await kv.keys()
@@ -76,3 +349,67 @@ async def nodes(client: Client) -> list[dict[str, Any]]:
         if entry.value:
             out.append(json.loads(entry.value))
     return sorted(out, key=lambda n: n.get("node", ""))
+
+
+async def counter(client: Client, name: str, day: str | None = None) -> int:
+    """The cluster-wide value of a stats counter (0 if never counted)."""
+    try:
+        msg = await client.js.get_msg(
+            client.names.stats_stream, subject=client.names.stats_subject(name, day)
+        )
+    except NotFoundError:
+        return 0
+    try:
+        return int(json.loads(msg.data or b"{}").get("val", 0))
+    except ValueError:
+        return 0
+
+
+async def _incr(client: Client, name: str, by: int) -> None:
+    try:
+        await client.js.publish(client.names.stats_subject(name), b"", headers={"Nats-Incr": f"+{by}"})
+    except (NotFoundError, JSError):
+        pass  # no stats stream yet: no worker has started in this namespace
+
+
+@attrs.frozen(kw_only=True)
+class Stats:
+    """Cluster-wide totals, kept in JetStream (they survive restarts).
+
+    ``processed`` counts every finished run, ``failed`` every run that
+    raised (as Sidekiq counts them); ``dead`` is the failed set's size now
+    and ``trimmed`` how many failed jobs its limits have pushed out.
+    """
+
+    processed: int
+    failed: int
+    dead: int
+    trimmed: int
+    enqueued: int
+    scheduled: int
+    retries: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+async def stats(client: Client) -> Stats:
+    """Totals across the cluster and every queue."""
+    all_queues = await queues(client)
+    dead, trimmed = 0, 0
+    try:
+        info = await client.js.stream_info(client.names.failed_stream)
+        dead = info.state.messages
+        removed = await counter(client, "failed_removed")
+        trimmed = max(0, info.state.last_seq - info.state.messages - removed)
+    except NotFoundError:
+        pass
+    return Stats(
+        processed=await counter(client, "processed"),
+        failed=await counter(client, "failed"),
+        dead=dead,
+        trimmed=trimmed,
+        enqueued=sum(q.ready for q in all_queues),
+        scheduled=sum(q.scheduled for q in all_queues),
+        retries=sum(q.retries for q in all_queues),
+    )

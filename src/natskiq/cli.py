@@ -7,6 +7,12 @@
     natskiq server [--port 4222] [--host 127.0.0.1] [--store DIR]
     natskiq demo
     natskiq stats  [--json]
+    natskiq queues [list | peek Q | clear Q] [--json]
+    natskiq retry     list|now|delete    [--queue Q] [--class C] [--jid J] [--error E]
+    natskiq scheduled list|now|delete       [--since T] [--until T] [--all] [--json]
+    natskiq failed    list|replay|delete
+
+Exit codes: 0 done, 1 nothing matched, 2 bad input or NATS unreachable.
 
 Worker settings also come from ``[tool.natskiq]`` in ``./pyproject.toml`` or
 from ``./natskiq.toml`` (or ``--config FILE``); flags win, then the
@@ -21,8 +27,10 @@ import logging
 import os
 import signal
 import sys
+import time
 import tomllib
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +38,13 @@ import anyio
 
 from . import __version__, api
 from .client import Client
-from .errors import ConfigError, NatskiqError
+from .errors import ConfigError, NatskiqError, NotFound
 from .launcher import Launcher, Settings, import_app
+
+
+class UsageError(NatskiqError):
+    """The command line asks for something that cannot be done as asked."""
+
 
 CONFIG_KEYS = {
     "app",
@@ -45,6 +58,9 @@ CONFIG_KEYS = {
     "ack_wait",
     "node_id",
     "log_level",
+    "failed_max_jobs",
+    "max_deliveries",
+    "failed_max_days",
 }
 
 
@@ -68,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--lease-ttl", type=float, help="master lease TTL in seconds (5)")
     worker.add_argument("--ack-wait", type=float, help="seconds before an unacked job is redelivered (30)")
     worker.add_argument("--node-id", help="this node's id (host-pid-random by default)")
+    worker.add_argument(
+        "--max-deliveries", type=int, help="deliveries without a settle before a job is failed (25)"
+    )
+    worker.add_argument("--failed-max-jobs", type=int, help="failed jobs kept at most (10000)")
+    worker.add_argument("--failed-max-days", type=float, help="days failed jobs are kept (180)")
     worker.add_argument("--config", type=Path, help="a natskiq.toml or pyproject.toml")
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
@@ -78,10 +99,57 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="server + worker + sample jobs; exits when they have run")
 
-    stats = sub.add_parser("stats", help="queues, nodes and the master")
+    stats = sub.add_parser("stats", help="totals, queues, nodes and the master")
     _connection_args(stats)
-    stats.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    _json_arg(stats)
+
+    queues = sub.add_parser("queues", help="list queues, peek into one, or clear it")
+    queues.add_argument("action", nargs="?", choices=("list", "peek", "clear"), default="list")
+    queues.add_argument("queue", nargs="?", help="the queue (peek, clear)")
+    queues.add_argument("--limit", type=int, default=20, help="jobs to show with peek (20)")
+    queues.add_argument("--yes", action="store_true", help="clear without asking")
+    _connection_args(queues)
+    _json_arg(queues)
+
+    for kind, verb, about in (
+        ("retry", "now", "jobs waiting to be retried"),
+        ("scheduled", "now", "jobs scheduled for later"),
+        ("failed", "replay", "jobs whose retries ran out (the dead set)"),
+    ):
+        cmd = sub.add_parser(kind, help=f"list, {verb} or delete {about}")
+        cmd.add_argument("action", choices=("list", verb, "delete"))
+        cmd.add_argument("--queue", "-q", help="only this queue")
+        cmd.add_argument("--class", dest="cls", metavar="CLASS", help="only this worker class")
+        cmd.add_argument("--jid", help="only this job")
+        cmd.add_argument("--error", help="only this error class")
+        cmd.add_argument("--since", type=_when, help="not before: ISO time, or an age like 90s 15m 2h 3d")
+        cmd.add_argument("--until", type=_when, help="not after: ISO time, or an age like 90s 15m 2h 3d")
+        cmd.add_argument("--all", action="store_true", help=f"{verb}/delete every match without a filter")
+        cmd.add_argument("--limit", type=int, help="at most this many (list: 50)")
+        _connection_args(cmd)
+        _json_arg(cmd)
     return parser
+
+
+def _json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _when(text: str) -> float:
+    """An ISO 8601 time (UTC if naive) or an age such as ``15m``, as epoch seconds."""
+    value = text.strip()
+    if value and value[-1] in _UNITS and value[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(value[:-1]) * _UNITS[value[-1]]
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an ISO time nor an age like 15m") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -126,14 +194,21 @@ def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
     app = merged.pop("app", None)
     if not app:
         raise ConfigError("no app: pass --app MODULE or set app in natskiq.toml")
-    merged["app"] = tuple([app] if isinstance(app, str) else app)
+    merged["app"] = _strings("app", app)
     if "queues" in merged:
-        queues = merged["queues"]
-        merged["queues"] = tuple([queues] if isinstance(queues, str) else queues)
+        merged["queues"] = _strings("queues", merged["queues"])
     try:
         return Settings(**merged), level
     except TypeError as exc:
         raise ConfigError(f"bad setting: {exc}") from exc
+
+
+def _strings(key: str, value: object) -> tuple[str, ...]:
+    """A setting that takes one string or a list of them."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{key} must be a string or a list of strings, not {value!r}")
+    return tuple(items)
 
 
 def _logging(level: str) -> None:
@@ -145,31 +220,136 @@ def _logging(level: str) -> None:
     logging.getLogger("nats").setLevel(logging.WARNING)
 
 
+def _client(args: argparse.Namespace) -> Client:
+    namespace = args.namespace or os.environ.get("NATSKIQ_NAMESPACE") or "natskiq"
+    return Client(url=args.url, namespace=namespace)
+
+
+def _ago(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    delta = time.time() - epoch
+    word = "ago" if delta >= 0 else "from now"
+    delta = abs(delta)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{delta / size:.0f}{unit} {word}"
+    return f"{delta:.0f}s {word}"
+
+
 async def _stats(args: argparse.Namespace) -> None:
-    async with Client(
-        url=args.url, namespace=args.namespace or os.environ.get("NATSKIQ_NAMESPACE") or "natskiq"
-    ) as client:
+    async with _client(args) as client:
+        totals = await api.stats(client)
         queues = await api.queues(client)
         nodes = await api.nodes(client)
         master = await api.master(client)
     if args.json:
-        doc = {
-            "queues": [
-                {"name": q.name, "ready": q.ready, "running": q.running, "scheduled": q.scheduled}
-                for q in queues
-            ],
-            "nodes": nodes,
-            "master": master,
-        }
+        doc = {**totals.to_dict(), "queues": [q.to_dict() for q in queues], "nodes": nodes, "master": master}
         print(json.dumps(doc, indent=2))
         return
-    print(f"{'queue':24} {'ready':>8} {'running':>8} {'scheduled':>10}")
-    for q in queues:
-        print(f"{q.name:24} {q.ready:>8} {q.running:>8} {q.scheduled:>10}")
+    print(
+        f"processed {totals.processed}   failed {totals.failed}   enqueued {totals.enqueued}   "
+        f"scheduled {totals.scheduled}   retries {totals.retries}   dead {totals.dead}"
+        + (f" ({totals.trimmed} trimmed by limits)" if totals.trimmed else "")
+    )
+    print()
+    _print_queues(queues)
     print(f"\nmaster: {master['node'] if master else '(none)'}")
-    print(f"{'node':40} {'busy':>5} {'of':>5}  queues")
+    print(f"{'node':36} {'busy':>5} {'of':>5}  {'up':>10}  queues")
     for n in nodes:
-        print(f"{n['node']:40} {n['busy']:>5} {n['concurrency']:>5}  {','.join(n['queues'])}")
+        flags = " (quiet)" if n.get("quiet") else ""
+        up = _ago(n.get("started")).replace(" ago", "")
+        print(
+            f"{n['node']:36} {n['busy']:>5} {n['concurrency']:>5}  {up:>10}  {','.join(n['queues'])}{flags}"
+        )
+
+
+def _print_queues(queues: list[api.QueueInfo]) -> None:
+    print(f"{'queue':24} {'ready':>8} {'running':>8} {'scheduled':>10} {'retries':>8} {'latency':>9}")
+    for q in queues:
+        print(f"{q.name:24} {q.ready:>8} {q.running:>8} {q.scheduled:>10} {q.retries:>8} {q.latency:>8.1f}s")
+
+
+async def _queues(args: argparse.Namespace) -> int:
+    if args.action != "list" and not args.queue:
+        raise UsageError(f"queues {args.action} needs a queue name")
+    async with _client(args) as client:
+        if args.action == "list":
+            queues = await api.queues(client)
+            if args.json:
+                print(json.dumps({"queues": [q.to_dict() for q in queues]}, indent=2))
+            else:
+                _print_queues(queues)
+            return 0
+        if args.action == "peek":
+            entries = await api.find(client, "queued", api.Filter(queue=args.queue), limit=args.limit)
+            _print_entries(entries, args.json)
+            return 0
+        info = await api.queue_info(client, args.queue)
+        if not args.yes and not _confirm(f"delete {info.ready} ready job(s) from {args.queue}?"):
+            print("nothing deleted")
+            return 1
+        removed = await api.clear(client, args.queue)
+    print(json.dumps({"cleared": removed}) if args.json else f"cleared {removed} job(s) from {args.queue}")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise UsageError("refusing to clear without --yes (no terminal to ask)")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _print_entries(entries: list[api.Entry], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"count": len(entries), "jobs": [e.to_dict() for e in entries]}, indent=2))
+        return
+    print(f"{'jid':24}  {'class':28} {'queue':12} {'tries':>5}  {'when':>14}  error")
+    for e in entries:
+        job = e.job
+        if job is None:
+            print(f"{'(invalid)':24}  {'-':28} {e.queue:12} {'-':>5}  {'-':>14}  {e.reason}")
+            continue
+        when = _ago(job.failed_at if e.kind == "failed" else job.at or job.enqueued_at)
+        tries = "-" if job.retry_count is None else str(job.retry_count + 1)
+        error = f"{job.error_class}: {job.error_message}" if job.error_class else ""
+        print(f"{job.jid:24}  {job.cls[-28:]:28} {e.queue:12} {tries:>5}  {when:>14}  {error[:60]}")
+    print(f"({len(entries)} job{'s' if len(entries) != 1 else ''})")
+
+
+async def _sets(args: argparse.Namespace) -> int:
+    kind = args.command
+    where = api.Filter(
+        queue=args.queue,
+        cls=args.cls,
+        jid=args.jid,
+        error_class=args.error,
+        since=args.since,
+        until=args.until,
+    )
+    acting = args.action != "list"
+    if acting and where.empty and not args.all:
+        raise UsageError(f"{kind} {args.action} needs a filter (--jid, --queue, --class, ...) or --all")
+    limit = args.limit if args.limit is not None else (None if acting else 50)
+    async with _client(args) as client:
+        entries = await api.find(client, kind, where, limit=limit)
+        if not acting:
+            _print_entries(entries, args.json)
+            return 0
+        if not entries:
+            raise NotFound(f"no {kind} job matches")
+        done = []
+        for entry in entries:
+            if args.action == "delete":
+                await api.delete(client, entry)
+            elif args.action == "replay":
+                await api.replay(client, entry)
+            else:
+                await api.run_now(client, entry)
+            done.append(entry.jid or f"seq {entry.seq}")
+    past = {"delete": "deleted", "replay": "replayed", "now": "queued now"}[args.action]
+    print(json.dumps({past.replace(" ", "_"): done}) if args.json else f"{past}: {len(done)} job(s)")
+    return 0
 
 
 def _server(args: argparse.Namespace) -> None:
@@ -212,12 +392,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             anyio.run(run_demo, lambda line: print(line, flush=True))
         elif args.command == "stats":
             anyio.run(_stats, args)
-    except NatskiqError as exc:
-        print(f"natskiq: error: {exc}", file=sys.stderr)
-        return 2
+        elif args.command == "queues":
+            return anyio.run(_queues, args)
+        else:
+            return anyio.run(_sets, args)
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        error = _our_error(exc)
+        if error is None:
+            raise
+        if isinstance(error, NotFound):
+            print(f"natskiq: {error}", file=sys.stderr)
+            return 1
+        print(f"natskiq: error: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _our_error(exc: BaseException) -> NatskiqError | None:
+    """The NatskiqError behind ``exc``, also from inside a task group's exception group."""
+    if isinstance(exc, NatskiqError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _our_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

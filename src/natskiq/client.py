@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 MAX_JOB_BYTES = 1024 * 1024
+CONNECT_ATTEMPTS = 3
 
 _defaults: list[Client] = []
 
@@ -115,8 +116,15 @@ class Client:
     async def open(self) -> Client:
         """Connect, and become the default client."""
         options = {**nats_defaults(), **self._callbacks(), **self.nats_options}
+        # nats-py retries a first connect as often as it reconnects later: with
+        # "forever" a wrong URL would hang. Try a few rounds, then say so;
+        # once connected, reconnect as configured (forever by default).
+        reconnects = options.pop("max_reconnect_attempts")
         try:
-            self._nc = await nats.connect(servers=split_urls(self.url), **options)
+            self._nc = await nats.connect(
+                servers=split_urls(self.url), max_reconnect_attempts=CONNECT_ATTEMPTS, **options
+            )
+            self._nc.options["max_reconnect_attempts"] = reconnects
         except (OSError, NatsError) as exc:
             raise ConfigError(f"cannot connect to NATS at {self.url or DEFAULT_URL}: {exc}") from exc
         except TimeoutError as exc:
@@ -222,7 +230,7 @@ class Client:
         await self.publish(job)
         return job.jid
 
-    async def publish(self, job: jobs.Job, *, attempt: int = 0) -> None:
+    async def publish(self, job: jobs.Job, *, attempt: int | str = 0) -> None:
         """Store an envelope in its queue's stream (scheduled if ``job.at`` is set)."""
         payload = jobs.encode(job)
         if len(payload) > self._max_bytes:

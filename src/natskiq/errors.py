@@ -11,13 +11,18 @@ of these ``from`` the original::
     ├── UnknownWorker (LookupError)   no registered worker has that name
     ├── InvalidJob (ValueError)       a payload that is not a valid envelope
     ├── LeaseLost                     the master lease was taken or expired
-    └── NotConnected                  no client to enqueue with
+    ├── NotConnected                  no client to enqueue with
+    ├── NotFound (LookupError)        no job, queue or node matches (api, CLI)
+    ├── DeliveryLimit                 a job was delivered too often, never settled
+    └── Retry                         raised by a job: retry it after ``defer``
 
 Arguments that are not JSON-native raise the builtin :class:`TypeError` at
 enqueue time, naming the offending argument.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 
 class NatskiqError(Exception):
@@ -66,3 +71,37 @@ class NotConnected(NatskiqError):
             "no natskiq client is connected: use `async with natskiq.connect(url):` "
             "or pass client=... explicitly"
         )
+
+
+class NotFound(NatskiqError, LookupError):
+    """No job, queue or node matches what was asked for."""
+
+
+class Retry(NatskiqError):
+    """Raise inside ``perform`` to retry the job after a chosen delay.
+
+    ``raise natskiq.Retry(defer=30)`` schedules the next attempt in 30 s
+    instead of the backoff; it still counts against the worker's retries.
+
+    Args:
+        defer: seconds (or a timedelta) until the next attempt; None uses
+            the worker's backoff.
+    """
+
+    def __init__(self, defer: float | timedelta | None = None) -> None:
+        seconds = defer.total_seconds() if isinstance(defer, timedelta) else defer
+        super().__init__(f"retry requested in {seconds} s" if seconds is not None else "retry requested")
+        self.defer = None if seconds is None else max(0.0, float(seconds))
+
+
+class DeliveryLimit(NatskiqError):
+    """A job was delivered many times without ever being settled.
+
+    That happens when running it kills the worker process (a crash, the OOM
+    killer); natskiq then moves it to the failed set instead of running it
+    forever.
+    """
+
+    def __init__(self, deliveries: int) -> None:
+        super().__init__(f"delivered {deliveries} times without being settled; not run again")
+        self.deliveries = deliveries

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -28,6 +29,9 @@ import attrs
 from .errors import InvalidJob
 
 MAX_DEPTH = 64
+# Queue names, jids and node ids become subject tokens: no '.', '*', '>' or spaces.
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_RETRIES = 1_000_000
 _NATIVE_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -143,6 +147,10 @@ def _check_value(value: Any, where: str, depth: int) -> None:
     )
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def encode(job: Job) -> bytes:
     """Serialise a job to its wire form."""
     return json.dumps(job.to_dict(), separators=(",", ":"), allow_nan=False).encode()
@@ -156,7 +164,7 @@ def decode(raw: bytes) -> Job:
             required field or has a field of the wrong type.
     """
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise InvalidJob("payload is not UTF-8", raw) from exc
     except RecursionError as exc:
@@ -174,6 +182,13 @@ def decode(raw: bytes) -> Job:
             continue
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise InvalidJob(f"field {key!r} is {type(value).__name__}, not {kinds[0].__name__}", raw)
+    for key in ("retry", "retry_count"):
+        value = data.get(key)
+        if value is not None and not 0 <= value <= MAX_RETRIES:
+            raise InvalidJob(f"field {key!r} must be between 0 and {MAX_RETRIES}", raw)
+    for key in ("jid", "queue"):
+        if not NAME_RE.fullmatch(data[key]):
+            raise InvalidJob(f"field {key!r} must be 1-64 letters, digits, '_' or '-'", raw)
     now = time.time()
     return Job(
         jid=data["jid"],

@@ -29,16 +29,18 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 from nats.js.kv import KeyValue
 
+from . import api
 from .aggregator import Aggregator
 from .client import Client
 from .errors import ConfigError
 from .lease import Lease, elect
 from .node import Node
-from .topology import check_name, ensure_bucket, ensure_failed, ensure_queue
+from .topology import Names, check_name, ensure_bucket, ensure_failed, ensure_queue, ensure_stats
 
 log = logging.getLogger(__name__)
 
 NODE_TTL = 15.0
+FAILED_CHECK = 10.0
 
 
 def _default_node_id() -> str:
@@ -74,15 +76,30 @@ class Settings:
     replicas: int | None = None
     lease_ttl: float = 5.0
     ack_wait: float = 30.0
+    max_deliveries: int = 25
+    failed_max_jobs: int | None = None
+    failed_max_days: float | None = None
     node_id: str = attrs.field(factory=_default_node_id)
     nats_options: dict[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         check_name("node", self.node_id)
+        Names(self.namespace)  # validates it
+        if self.url is not None and not isinstance(self.url, str):
+            raise ConfigError(f"url must be a string, not {self.url!r}")
+        for key in ("concurrency", "max_deliveries"):
+            if type(getattr(self, key)) is not int:
+                raise ConfigError(f"{key} must be a whole number, not {getattr(self, key)!r}")
+        for key in ("timeout", "lease_ttl", "ack_wait"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{key} must be a number of seconds >= 0, not {value!r}")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.lease_ttl < 1:
             raise ConfigError(f"lease TTL must be at least 1 s, not {self.lease_ttl}")
+        if self.max_deliveries < 1:
+            raise ConfigError(f"max deliveries must be at least 1, not {self.max_deliveries}")
         if self.ack_wait < 1:
             raise ConfigError(f"ack wait must be at least 1 s, not {self.ack_wait}")
         if self.replicas not in (None, 1, 3, 5):
@@ -146,7 +163,9 @@ class Launcher:
         try:
             for queue, _ in order:
                 await ensure_queue(js, names, queue, replicas=s.replicas, ack_wait=s.ack_wait)
-            await ensure_failed(js, names, replicas=s.replicas)
+            max_age = s.failed_max_days * 86400 if s.failed_max_days else None
+            await ensure_failed(js, names, replicas=s.replicas, max_jobs=s.failed_max_jobs, max_age=max_age)
+            await ensure_stats(js, names, replicas=s.replicas)
             await ensure_bucket(js, names.lease_bucket, replicas=s.replicas)
             self._nodes_kv = await ensure_bucket(js, names.nodes_bucket, replicas=s.replicas)
         except (NatsError, JSError, TimeoutError) as exc:
@@ -160,6 +179,7 @@ class Launcher:
             strict=strict,
             concurrency=s.concurrency,
             ack_wait=s.ack_wait,
+            max_deliveries=s.max_deliveries,
         )
         self.lease = Lease(self.client.nc, names, s.node_id, ttl=s.lease_ttl)
 
@@ -174,6 +194,7 @@ class Launcher:
                 await tg.start(self.node.run)
                 tg.start_soon(self._elect)
                 tg.start_soon(self._heartbeat)
+                tg.start_soon(self._watch_failed)
                 log.info(
                     "node %s started: queues=%s concurrency=%d",
                     self.settings.node_id,
@@ -257,6 +278,26 @@ class Launcher:
             except (NatsError, JSError, TimeoutError) as exc:
                 log.debug("node heartbeat not stored: %r", exc)
             await anyio.sleep(NODE_TTL / 3)
+
+    async def _watch_failed(self) -> None:
+        """Log when the failed set's limits push jobs out (the master says it, once)."""
+        seen: int | None = None
+        while True:
+            await anyio.sleep(FAILED_CHECK)
+            if not self.lease.held:
+                seen = None
+                continue
+            try:
+                trimmed = (await api.stats(self.client)).trimmed
+            except (NatsError, JSError, TimeoutError):
+                continue
+            if seen is not None and trimmed > seen:
+                log.warning(
+                    "the failed set is full: %d failed job(s) were dropped by its limits (%d in all); "
+                    "raise --failed-max-jobs / --failed-max-days or replay/delete failed jobs",
+                    trimmed - seen, trimmed,
+                )  # fmt: skip
+            seen = trimmed
 
     async def _forget(self) -> None:
         if self._nodes_kv is None:

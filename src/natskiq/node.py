@@ -22,11 +22,13 @@ up, and answers a new master's announcement at once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +43,7 @@ from nats.js.errors import Error as JSError
 from . import job as jobs
 from . import retry
 from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery
-from .errors import InvalidJob, UnknownWorker
+from .errors import DeliveryLimit, InvalidJob, UnknownWorker
 from .topology import Names
 from .worker import Worker, is_async, lookup
 
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 
 SETTLE_TIMEOUT = 5.0
 SETTLE_ATTEMPTS = 5
+STATS_INTERVAL = 1.0
+MAX_DELIVERIES = 25
 
 
 def _nothing() -> None:
@@ -76,6 +80,7 @@ class Node:
     strict: bool = True
     concurrency: int = 10
     ack_wait: float = 30.0
+    max_deliveries: int = MAX_DELIVERIES
     capacity_changed: Callable[[], None] = _nothing
     processed: int = attrs.field(init=False, default=0)
     failed: int = attrs.field(init=False, default=0)
@@ -84,6 +89,7 @@ class Node:
     _received: int = attrs.field(init=False, default=0)
     _quiet: bool = attrs.field(init=False, default=False)
     _inflight: set[Delivery] = attrs.field(init=False, factory=set)
+    _unflushed: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _limiter: anyio.CapacityLimiter = attrs.field(init=False)
     _threads: anyio.CapacityLimiter = attrs.field(init=False)
     _send: MemoryObjectSendStream[Delivery] = attrs.field(init=False)
@@ -155,6 +161,7 @@ class Node:
                 tg.start_soon(self._read_masters, master_sub)
                 tg.start_soon(self._report_demand)
                 tg.start_soon(self._keep_alive)
+                tg.start_soon(self._keep_stats)
                 task_status.started()
                 async for delivery in self._recv:
                     if delivery.token < self._max_token or self._quiet:
@@ -247,48 +254,84 @@ class Node:
             self._done(delivery)
 
     async def _process(self, delivery: Delivery) -> None:
+        ack = functools.partial(self._settle, delivery, b"+ACK")
+        queue = _queue_of(delivery)
         try:
             job = jobs.decode(delivery.data)
         except InvalidJob as exc:
-            self.failed += 1
-            await self._settle_with(
-                retry.fail_invalid,
-                delivery.data,
-                exc.reason,
-                queue=_queue_of(delivery),
-                ack=functools.partial(self._settle, delivery, b"+ACK"),
-            )
+            self._count(failed=True)
+            await self._settle_with(retry.fail_invalid, delivery.data, exc.reason, queue=queue, ack=ack)
+            return
+        if job.queue != queue:
+            # Trust the stream the job came from, not what its producer wrote.
+            job = attrs.evolve(job, queue=queue)
+        if delivery.num_delivered > self.max_deliveries:
+            # Delivered again and again, never settled: it likely kills the
+            # process that runs it. Keep it in the failed set, don't run it.
+            self._count(failed=True)
+            limit = DeliveryLimit(delivery.num_delivered)
+            await self._settle_with(retry.route, job, limit, worker=None, ack=ack, kill=True)
             return
         try:
             worker: type[Worker] | None = lookup(job.cls)
         except UnknownWorker as exc:
-            await self._fail(delivery, job, exc, None)
+            self._count(failed=True)
+            await self._settle_with(retry.route, job, exc, worker=None, ack=ack)
             return
         assert worker is not None
+        await self._execute(worker, job, ack)
+
+    async def _execute(self, worker: type[Worker], job: jobs.Job, ack: Callable[[], Any]) -> None:
         started = anyio.current_time()
         log.info("start jid=%s class=%s queue=%s", job.jid, job.cls, job.queue)
         try:
             await self._perform(worker, job)
         except Exception as exc:
+            duration = anyio.current_time() - started
             log.info(
                 "fail jid=%s class=%s queue=%s duration=%.3fs error=%r",
-                job.jid,
-                job.cls,
-                job.queue,
-                anyio.current_time() - started,
-                exc,
-            )
-            await self._fail(delivery, job, exc, worker)
+                job.jid, job.cls, job.queue, duration, exc,
+            )  # fmt: skip
+            self._count(failed=True)
+            await self._settle_with(retry.route, job, exc, worker=worker, ack=ack)
             return
+        self._count(failed=False)
+        await ack()
+        duration = anyio.current_time() - started
+        log.info("done jid=%s class=%s queue=%s duration=%.3fs", job.jid, job.cls, job.queue, duration)
+
+    def _count(self, *, failed: bool) -> None:
+        """Sidekiq's stats: every finished run is processed; failures also failed."""
         self.processed += 1
-        await self._settle(delivery, b"+ACK")
-        log.info(
-            "done jid=%s class=%s queue=%s duration=%.3fs",
-            job.jid,
-            job.cls,
-            job.queue,
-            anyio.current_time() - started,
-        )
+        self._unflushed["processed"] += 1
+        if failed:
+            self.failed += 1
+            self._unflushed["failed"] += 1
+
+    async def _flush_stats(self) -> None:
+        """Add this node's counts to the cluster-wide counters (a JetStream counter stream)."""
+        js = self.nc.jetstream()
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        for name in ("processed", "failed"):
+            count = self._unflushed[name]
+            if not count:
+                continue
+            try:
+                for subject in (self.names.stats_subject(name), self.names.stats_subject(name, day)):
+                    await js.publish(subject, b"", headers={"Nats-Incr": f"+{count}"})
+            except (NatsError, JSError, TimeoutError) as exc:
+                log.debug("stats not flushed yet: %r", exc)
+                return
+            self._unflushed[name] -= count
+
+    async def _keep_stats(self) -> None:
+        try:
+            while True:
+                await anyio.sleep(STATS_INTERVAL)
+                await self._flush_stats()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._flush_stats()
 
     async def _perform(self, worker: type[Worker], job: jobs.Job) -> None:
         instance = worker()
@@ -300,18 +343,6 @@ class Node:
             else:
                 call = functools.partial(instance.perform, *job.args, **job.kwargs)
                 await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
-
-    async def _fail(
-        self, delivery: Delivery, job: jobs.Job, exc: Exception, worker: type[Worker] | None
-    ) -> None:
-        self.failed += 1
-        await self._settle_with(
-            retry.route,
-            job,
-            exc,
-            worker=worker,
-            ack=functools.partial(self._settle, delivery, b"+ACK"),
-        )
 
     async def _settle_with(self, route: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Store a successor, retrying while NATS is unreachable.

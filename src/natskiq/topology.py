@@ -11,6 +11,7 @@ raises :class:`~natskiq.errors.ConfigError` saying what differs.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -21,14 +22,17 @@ from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from .errors import ConfigError
+from .job import NAME_RE
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+log = logging.getLogger(__name__)
+
+NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 CONSUMER = "aggregator"
 LEASE_KEY = "aggregator"
 FAILED_MAX_MSGS = 10_000
 FAILED_MAX_AGE = 180 * 24 * 3600.0
 DUPLICATE_WINDOW = 120.0
+DEFAULT_ACK_WAIT = 30.0
 
 
 def check_name(kind: str, value: str) -> str:
@@ -37,13 +41,13 @@ def check_name(kind: str, value: str) -> str:
     A name becomes a subject token and part of a stream name, so it must never
     be able to inject ``.``, ``*``, ``>`` or white space into a subject.
     """
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise ConfigError(f"invalid {kind} name {value!r}: use 1-64 letters, digits, '_' or '-'")
     return value
 
 
 def _check_namespace(_: object, __: object, value: str) -> None:
-    if not isinstance(value, str) or not NAMESPACE_RE.match(value):
+    if not isinstance(value, str) or not NAMESPACE_RE.fullmatch(value):
         raise ConfigError(f"invalid namespace {value!r}: use 1-32 letters, digits, '_' or '-'")
 
 
@@ -85,6 +89,15 @@ class Names:
     @property
     def failed_subjects(self) -> str:
         return f"{self.namespace}.failed.*"
+
+    @property
+    def stats_stream(self) -> str:
+        return f"{self._stream_prefix}_STATS"
+
+    def stats_subject(self, name: str, day: str | None = None) -> str:
+        """A counter's subject: ``<ns>.stats.<name>``, or per UTC day ``...<name>.<YYYY-MM-DD>``."""
+        base = f"{self.namespace}.stats.{check_name('stat', name)}"
+        return base if day is None else f"{base}.{check_name('day', day)}"
 
     @property
     def lease_bucket(self) -> str:
@@ -159,7 +172,12 @@ def _plain(value: Any) -> Any:
 
 
 async def ensure_queue(
-    js: JetStreamContext, names: Names, queue: str, *, replicas: int | None = None, ack_wait: float = 30.0
+    js: JetStreamContext,
+    names: Names,
+    queue: str,
+    *,
+    replicas: int | None = None,
+    ack_wait: float | None = None,
 ) -> None:
     """Create the queue's stream and its aggregator consumer if missing.
 
@@ -180,40 +198,84 @@ async def ensure_queue(
     await ensure_consumer(js, names, queue, ack_wait=ack_wait)
 
 
-async def ensure_consumer(js: JetStreamContext, names: Names, queue: str, *, ack_wait: float = 30.0) -> None:
-    """Create the durable pull consumer the master pulls a queue from."""
+async def ensure_consumer(
+    js: JetStreamContext, names: Names, queue: str, *, ack_wait: float | None = None
+) -> None:
+    """Create the durable pull consumer the master pulls a queue from.
+
+    Workers own its settings: a given ``ack_wait`` is applied to an existing
+    consumer too (a producer may have created it with the default).
+    """
     stream = names.queue_stream(queue)
     try:
-        await js.consumer_info(stream, CONSUMER)
-        return
+        info = await js.consumer_info(stream, CONSUMER)
     except NotFoundError:
-        pass
+        info = None
+    if info is not None and (ack_wait is None or info.config.ack_wait == ack_wait):
+        return
     config = jsapi.ConsumerConfig(
         durable_name=CONSUMER,
         filter_subject=names.queue_subject(queue),
         ack_policy=jsapi.AckPolicy.EXPLICIT,
         deliver_policy=jsapi.DeliverPolicy.ALL,
-        ack_wait=ack_wait,
+        ack_wait=ack_wait or DEFAULT_ACK_WAIT,
         max_ack_pending=100_000,
         max_waiting=512,
         max_deliver=-1,
     )
+    if info is not None:
+        log.info("queue %s: ack wait %.1fs -> %.1fs", queue, info.config.ack_wait or 0, config.ack_wait)
     await js.add_consumer(stream, config)
 
 
-async def ensure_failed(js: JetStreamContext, names: Names, *, replicas: int | None = None) -> None:
-    """Create the failed stream (natskiq's dead set) if missing."""
+async def ensure_failed(
+    js: JetStreamContext,
+    names: Names,
+    *,
+    replicas: int | None = None,
+    max_jobs: int | None = None,
+    max_age: float | None = None,
+) -> None:
+    """Create the failed stream (natskiq's dead set) if missing.
+
+    ``max_jobs`` and ``max_age`` (seconds) bound it; given, they are applied
+    to an existing stream too (logged), since operators tune them over time.
+    """
     config = jsapi.StreamConfig(
         name=names.failed_stream,
         subjects=[names.failed_subjects],
         retention=jsapi.RetentionPolicy.LIMITS,
         storage=jsapi.StorageType.FILE,
         num_replicas=replicas or 1,
-        max_msgs=FAILED_MAX_MSGS,
-        max_age=FAILED_MAX_AGE,
+        max_msgs=max_jobs or FAILED_MAX_MSGS,
+        max_age=max_age or FAILED_MAX_AGE,
         duplicate_window=DUPLICATE_WINDOW,
     )
     check = ["subjects", "retention", "storage"]
+    await _ensure_stream(js, config, check + (["num_replicas"] if replicas else []))
+    if max_jobs is None and max_age is None:
+        return
+    info = await js.stream_info(names.failed_stream)
+    current = info.config
+    wanted = {"max_msgs": max_jobs or current.max_msgs, "max_age": max_age or current.max_age}
+    if (current.max_msgs, current.max_age) != (wanted["max_msgs"], wanted["max_age"]):
+        log.info("failed stream limits: %d jobs, %.0f s", wanted["max_msgs"], wanted["max_age"])
+        await js.update_stream(current.evolve(**wanted))
+
+
+async def ensure_stats(js: JetStreamContext, names: Names, *, replicas: int | None = None) -> None:
+    """Create the counter stream holding cluster-wide totals (ADR-49 counters)."""
+    config = jsapi.StreamConfig(
+        name=names.stats_stream,
+        subjects=[f"{names.namespace}.stats.>"],
+        retention=jsapi.RetentionPolicy.LIMITS,
+        storage=jsapi.StorageType.FILE,
+        num_replicas=replicas or 1,
+        allow_msg_counter=True,
+        allow_direct=True,
+        max_msgs_per_subject=1,
+    )
+    check = ["subjects", "allow_msg_counter"]
     await _ensure_stream(js, config, check + (["num_replicas"] if replicas else []))
 
 

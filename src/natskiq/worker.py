@@ -48,6 +48,10 @@ def _to_seconds(value: float | timedelta | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _backtrace_lines(value: bool | int | None) -> int:
+    return 20 if value is True else int(value or 0)
+
+
 @attrs.frozen(kw_only=True)
 class Options:
     """A worker's job options: class keywords, overridable per call with ``set()``."""
@@ -55,6 +59,11 @@ class Options:
     queue: str = attrs.field(default=DEFAULT_QUEUE, validator=lambda _, __, v: check_name("queue", v))
     retries: int = attrs.field(default=DEFAULT_RETRIES, validator=_check_retries)
     timeout: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_timeout)
+    dead: bool = True
+    backtrace: int = attrs.field(default=0, converter=_backtrace_lines)
+
+
+PER_CALL_OPTIONS = frozenset({"queue", "retries"})
 
 
 class Worker:
@@ -70,9 +79,20 @@ class Worker:
 
     Class keywords:
         queue: the queue jobs go to (default ``"default"``).
-        retries: how many times a failing job is retried (default 25).
+        retries: how many times a failing job is retried (default 25; 0
+            sends a failing job straight to the failed set).
         timeout: seconds a run may take before it is cancelled and fails.
+        dead: keep jobs whose retries ran out in the failed set (default
+            True); False drops them.
+        backtrace: lines of traceback kept with a failure (True = 20).
         name: the registered name, ``module.QualName`` by default.
+
+    Optional hooks, as Sidekiq has them:
+        ``retry_in(self, count, exc)``: seconds until retry ``count + 1``, or
+        ``"discard"`` (drop the job) or ``"kill"`` (to the failed set now);
+        None keeps the default backoff.
+        ``retries_exhausted(self, job, exc)``: called (sync or async) once a
+        job has failed for good.
     """
 
     options: ClassVar[Options] = Options()
@@ -87,17 +107,20 @@ class Worker:
         queue: str | None = None,
         retries: int | None = None,
         timeout: float | timedelta | None = None,
+        dead: bool | None = None,
+        backtrace: bool | int | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
-        changes: dict[str, Any] = {}
-        if queue is not None:
-            changes["queue"] = queue
-        if retries is not None:
-            changes["retries"] = retries
-        if timeout is not None:
-            changes["timeout"] = timeout
+        given: dict[str, Any] = {
+            "queue": queue,
+            "retries": retries,
+            "timeout": timeout,
+            "dead": dead,
+            "backtrace": backtrace,
+        }
+        changes = {key: value for key, value in given.items() if value is not None}
         cls.options = attrs.evolve(cls.options, **changes)
         cls.name = name or f"{cls.__module__}.{cls.__qualname__}"
         if not cls.name or any(c.isspace() for c in cls.name):
@@ -121,9 +144,12 @@ class Worker:
         Raises:
             ConfigError: an option is unknown or invalid.
         """
-        unknown = set(options) - {"queue", "retries", "timeout"}
+        unknown = set(options) - PER_CALL_OPTIONS
         if unknown:
-            raise ConfigError(f"unknown job option(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(
+                f"unknown per-call option(s): {', '.join(sorted(unknown))} "
+                f"(set() takes {', '.join(sorted(PER_CALL_OPTIONS))}; the rest are class keywords)"
+            )
         return Configured(worker=cls, options=attrs.evolve(cls.options, **options), client=client)
 
     @classmethod

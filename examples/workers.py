@@ -1,0 +1,37 @@
+"""Example workers. Run a node that serves them (critical first, then default)::
+
+    natskiq worker --app examples.workers --queue critical --queue default
+
+Each job prints one line with its queue and jid, so you can watch it run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+
+import natskiq
+
+
+class SendEmail(natskiq.Worker, retries=5, timeout=30):
+    """Pretends to send an email; an ``async def perform`` runs on the event loop."""
+
+    async def perform(self, to: str, subject: str) -> None:
+        await anyio.sleep(0.05)  # the SMTP round trip
+        print(f"[{self.job.queue}] sent email to {to}: {subject!r} (jid={self.jid})", flush=True)
+
+
+class ResizeImage(natskiq.Worker):
+    """Blocking work: a plain ``def perform`` runs in a worker thread."""
+
+    def perform(self, path: str, width: int = 640) -> None:
+        time.sleep(0.05)  # pretend to crunch pixels
+        print(f"[{self.job.queue}] resized {path} to {width}px (jid={self.jid})", flush=True)
+
+
+class ChargeCard(natskiq.Worker, queue="critical", retries=3):
+    """Lives on the ``critical`` queue, which the node above serves first."""
+
+    async def perform(self, order_id: int, cents: int) -> None:
+        print(f"[{self.job.queue}] charged order {order_id}: {cents} cents (jid={self.jid})", flush=True)

@@ -1,0 +1,151 @@
+"""The examples in examples/ run against a real server, so they never rot.
+
+A ``natskiq worker --app examples.workers`` subprocess runs the jobs; each
+example job prints ``[<queue>] ... (jid=<jid>)``, which the tests read back
+from the worker's output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+MAX_LINES = 60
+JOB_LINE = re.compile(r"^\[(?P<queue>[\w-]+)\] (?P<what>.*) \(jid=(?P<jid>\w+)\)$")
+
+
+class ExampleWorker:
+    """`natskiq worker --app examples.workers` as a subprocess, output to a file."""
+
+    def __init__(self, url: str, namespace: str, log: Path) -> None:
+        self.log = log
+        self._out = log.open("wb")
+        cmd = [sys.executable, "-m", "natskiq", "worker", "--app", "examples.workers"]
+        cmd += ["--url", url, "--namespace", namespace, "--queue", "critical", "--queue", "default"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, env=env)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def job_lines(self) -> dict[str, re.Match[str]]:
+        """The example jobs' lines printed so far, by jid."""
+        matches = (JOB_LINE.match(line) for line in self.output().splitlines())
+        return {m["jid"]: m for m in matches if m}
+
+    async def wait_for(self, jids: Iterable[str], timeout: float = 30.0) -> dict[str, re.Match[str]]:
+        """Wait until every jid's job has printed its line; returns those lines."""
+        wanted = set(jids)
+        with anyio.fail_after(timeout):
+            while not wanted <= set(lines := self.job_lines()):
+                if self.proc.poll() is not None:
+                    pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.output()}")
+                if " fail jid=" in (output := self.output()) or "Traceback" in output:
+                    pytest.fail(f"a job failed:\n{output}")
+                await anyio.sleep(0.05)
+        return {jid: lines[jid] for jid in wanted}
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful stop); returns the exit code."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        finally:
+            self._out.close()
+
+    async def stop_cleanly(self) -> None:
+        """Stop, and check that the node exited 0 and no job failed."""
+        code = await anyio.to_thread.run_sync(self.stop)
+        output = self.output()
+        assert code == 0, output
+        assert "Traceback" not in output and " fail jid=" not in output, output
+
+
+@pytest.fixture
+def example_worker(nats_url: str, namespace: str, tmp_path: Path) -> Iterator[ExampleWorker]:
+    worker = ExampleWorker(nats_url, namespace, tmp_path / "worker.log")
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+async def test_producer_jobs_run(example_worker: ExampleWorker, nats_url: str, namespace: str) -> None:
+    """examples/producer.py enqueues six jobs (now, delayed, other queue) and the worker runs them all."""
+    env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
+    result = await anyio.run_process(
+        [sys.executable, "-m", "examples.producer"], cwd=ROOT, env=env, check=False
+    )
+    stdout = result.stdout.decode()
+    assert result.returncode == 0, stdout + result.stderr.decode()
+    queued = dict(re.findall(r"^queued (.+?) +jid=(\w+)$", stdout, re.MULTILINE))
+    assert list(queued) == [
+        "perform_async",
+        "plain def",
+        "perform_in 2s",
+        "perform_at +3s",
+        "set(queue=critical)",
+        "client.enqueue",
+    ]
+    lines = await example_worker.wait_for(queued.values())
+    ran = {how: (lines[jid]["queue"], lines[jid]["what"]) for how, jid in queued.items()}
+    assert ran["perform_async"] == ("default", "sent email to ada@example.com: 'Welcome'")
+    assert ran["plain def"] == ("default", "resized cat.png to 320px")
+    assert ran["perform_in 2s"][0] == "default"
+    assert ran["perform_at +3s"] == ("critical", "charged order 1001: 4200 cents")
+    assert ran["set(queue=critical)"][0] == "critical"
+    assert ran["client.enqueue"] == ("critical", "charged order 1002: 990 cents")
+    await example_worker.stop_cleanly()
+
+
+async def test_webapp_signup_enqueues(
+    example_worker: ExampleWorker, nats_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /signup on examples/webapp.py returns a jid per request, and each job runs."""
+    monkeypatch.setenv("NATSKIQ_URL", nats_url)
+    monkeypatch.setenv("NATSKIQ_NAMESPACE", namespace)
+    from examples import webapp
+
+    emails = [f"user{i}@example.com" for i in range(3)]
+    transport = httpx.ASGITransport(app=webapp.app)
+    async with (
+        webapp.app.router.lifespan_context(webapp.app),
+        httpx.AsyncClient(transport=transport, base_url="http://webapp") as http,
+    ):
+        responses = [await http.post("/signup", json={"email": email}) for email in emails]
+        refused = await http.post("/signup", json={"name": "no email"})
+    assert [r.status_code for r in responses] == [202] * 3
+    assert refused.status_code == 400
+    jids = [r.json()["jid"] for r in responses]
+    lines = await example_worker.wait_for(jids)
+    for jid, email in zip(jids, emails, strict=True):
+        assert lines[jid]["what"] == f"sent email to {email}: 'Welcome aboard'"
+    await example_worker.stop_cleanly()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_is_short(path: Path) -> None:
+    """Every example stays small enough to read at a glance."""
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES})"
+
+
+def test_every_example_is_exercised() -> None:
+    """The examples are exactly the ones the tests above run (add a test with a new one)."""
+    assert [p.name for p in EXAMPLES] == ["__init__.py", "producer.py", "webapp.py", "workers.py"]
