@@ -187,3 +187,19 @@ async def test_client_enqueue_and_default_client(client: natskiq.Client, ledger:
     async with running_node(client.url, client.namespace):
         rows = await wait_for_ledger(ledger, 1)
     assert rows[0].jid == jid
+
+
+async def test_perform_bulk_enqueues_every_job(client: natskiq.Client, ledger: Path) -> None:
+    """perform_bulk stores one job per argument list, in order, checking all arguments first."""
+    with pytest.raises(TypeError, match="item 1 of perform_bulk: argument 1"):
+        await Record.perform_bulk([[0.0, "ok"], [0.0, {1, 2}]])
+    with pytest.raises(TypeError, match="not a list of arguments"):
+        await Record.perform_bulk([[0.0, "ok"], "oops"])  # type: ignore[list-item]
+    assert await natskiq.api.queue_names(client) == []
+    jids = await Record.perform_bulk([[0.0, i] for i in range(2500)], batch_size=1000)
+    assert len(set(jids)) == 2500
+    assert (await natskiq.api.queue_info(client, "default")).ready == 2500
+    more = await client.enqueue_many(Record, [[0.0, "x"]])
+    async with running_node(client.url, client.namespace, concurrency=50):
+        rows = await wait_for_ledger(ledger, 2501, timeout=60)
+    assert {r.jid for r in rows} == set(jids) | set(more)

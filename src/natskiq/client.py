@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import attrs
 import nats
 from nats.aio.client import Client as NATS
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "nats://127.0.0.1:4222"
 MAX_JOB_BYTES = 1024 * 1024
 CONNECT_ATTEMPTS = 3
+BULK_BATCH = 1000
+BULK_ATTEMPTS = 3
+BULK_ACK_TIMEOUT = 10.0
 
 _defaults: list[Client] = []
 
@@ -180,6 +184,10 @@ class Client:
         """Enqueue ``worker`` with these arguments now; returns the jid."""
         return await self.push(worker, args, kwargs, options=worker.options)
 
+    async def enqueue_many(self, worker: type[Worker], args_list: Iterable[Sequence[Any]]) -> list[str]:
+        """Enqueue one ``worker`` job per argument list, pipelined; returns the jids."""
+        return await self.push_many(worker, args_list, options=worker.options)
+
     def build(
         self,
         worker: type[Worker],
@@ -230,11 +238,86 @@ class Client:
         await self.publish(job)
         return job.jid
 
-    async def publish(self, job: jobs.Job, *, attempt: int | str = 0) -> None:
-        """Store an envelope in its queue's stream (scheduled if ``job.at`` is set)."""
+    async def push_many(
+        self,
+        worker: type[Worker],
+        args_list: Iterable[Sequence[Any]],
+        *,
+        options: Options,
+        batch_size: int = BULK_BATCH,
+    ) -> list[str]:
+        """Enqueue one job per argument list, pipelined; returns the jids in order.
+
+        Every argument list is checked before anything is sent. Publishes are
+        pipelined ``batch_size`` at a time; a batch's unacknowledged publishes
+        are sent again (``Nats-Msg-Id`` makes that safe) before giving up.
+
+        Raises:
+            TypeError: an argument is not JSON-native (nothing was sent).
+            EnqueueError: some jobs could not be stored; ``exc.stored`` lists
+                the jids that were.
+        """
+        built = []
+        for index, args in enumerate(args_list):
+            if not isinstance(args, list | tuple):
+                raise TypeError(
+                    f"item {index} of perform_bulk is a {type(args).__name__}, not a list of arguments"
+                )
+            try:
+                built.append(self.build(worker, args, {}, options=options))
+            except TypeError as exc:
+                raise TypeError(f"item {index} of perform_bulk: {exc}") from None
+        payloads = [self._payload(job) for job in built]
+        await self.ensure_queue(options.queue)
+        subject = self.names.queue_subject(options.queue)
+        stored: list[str] = []
+        for start in range(0, len(built), batch_size):
+            chunk = list(
+                zip(built[start : start + batch_size], payloads[start : start + batch_size], strict=True)
+            )
+            missing = await self._publish_pipelined(subject, chunk)
+            if missing:
+                error = EnqueueError(
+                    f"{len(missing) + len(built) - start - len(chunk)} of {len(built)} jobs were not stored"
+                )
+                error.stored = stored + [job.jid for job, _ in chunk if job.jid not in missing]
+                raise error
+            stored.extend(job.jid for job, _ in chunk)
+        return stored
+
+    async def _publish_pipelined(self, subject: str, chunk: list[tuple[jobs.Job, bytes]]) -> set[str]:
+        """Publish with ``publish_async``; returns the jids still unacknowledged after retries."""
+        pending = chunk
+        for _ in range(BULK_ATTEMPTS):
+            futures = []
+            for job, payload in pending:
+                headers = {"Nats-Msg-Id": f"{job.jid}:0"}
+                futures.append(await self.js.publish_async(subject, payload, headers=headers))
+            failed = []
+            with anyio.move_on_after(BULK_ACK_TIMEOUT):
+                for (job, payload), future in zip(pending, futures, strict=True):
+                    try:
+                        await future
+                    except (NatsError, JSError) as exc:
+                        log.debug("bulk publish of %s failed: %r", job.jid, exc)
+                        failed.append((job, payload))
+            failed.extend(item for item, future in zip(pending, futures, strict=True) if not future.done())
+            for future in futures:
+                future.cancel()
+            if not failed:
+                return set()
+            pending = failed
+        return {job.jid for job, _ in pending}
+
+    def _payload(self, job: jobs.Job) -> bytes:
         payload = jobs.encode(job)
         if len(payload) > self._max_bytes:
             raise EnqueueError(f"job {job.jid} is {len(payload)} bytes, over the {self._max_bytes}-byte cap")
+        return payload
+
+    async def publish(self, job: jobs.Job, *, attempt: int | str = 0) -> None:
+        """Store an envelope in its queue's stream (scheduled if ``job.at`` is set)."""
+        payload = self._payload(job)
         await self.ensure_queue(job.queue)
         headers = {"Nats-Msg-Id": f"{job.jid}:{attempt}"}
         subject = self.names.queue_subject(job.queue)

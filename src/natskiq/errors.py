@@ -34,7 +34,17 @@ class ConfigError(NatskiqError, ValueError):
 
 
 class EnqueueError(NatskiqError):
-    """A job could not be stored in JetStream; it was not enqueued."""
+    """A job could not be stored in JetStream; it was not enqueued.
+
+    Attributes:
+        stored: for a bulk enqueue, the jids that were stored before it failed.
+    """
+
+    stored: list[str]
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.stored = []
 
 
 class UnknownWorker(NatskiqError, LookupError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -158,6 +158,11 @@ class Worker:
         return await cls.set().perform_async(*args, **kwargs)
 
     @classmethod
+    async def perform_bulk(cls, args_list: Iterable[Sequence[Any]], *, batch_size: int = 1000) -> list[str]:
+        """Enqueue one job per argument list (``[[1], [2], ...]``), pipelined; returns the jids."""
+        return await cls.set().perform_bulk(args_list, batch_size=batch_size)
+
+    @classmethod
     async def perform_in(cls, delay: float | timedelta, *args: Any, **kwargs: Any) -> str:
         """Enqueue a job to run after ``delay`` (seconds or timedelta); returns its jid."""
         return await cls.set().perform_in(delay, *args, **kwargs)
@@ -184,6 +189,12 @@ class Configured:
     async def perform_async(self, *args: Any, **kwargs: Any) -> str:
         """Enqueue now; returns the jid."""
         return await self._client().push(self.worker, args, kwargs, options=self.options)
+
+    async def perform_bulk(self, args_list: Iterable[Sequence[Any]], *, batch_size: int = 1000) -> list[str]:
+        """Enqueue one job per argument list, pipelined; returns the jids."""
+        return await self._client().push_many(
+            self.worker, args_list, options=self.options, batch_size=batch_size
+        )
 
     async def perform_in(self, delay: float | timedelta, *args: Any, **kwargs: Any) -> str:
         """Enqueue after ``delay`` seconds (or a timedelta); returns the jid."""
