@@ -167,3 +167,16 @@ if os.environ.get("NATSKIQ_TEST_BACKOFF_SCALE"):
     from natskiq import retry as _retry
 
     _retry.set_backoff_scale(float(os.environ["NATSKIQ_TEST_BACKOFF_SCALE"]))
+
+
+class Chaos(natskiq.Worker, name="tests.Chaos"):
+    """A job for fault-injection runs: records the lease token it was dispatched
+    under and when its node received it, so stale-lease runs can be found."""
+
+    async def perform(self, sleep: float = 0.0) -> None:
+        started = time.time()
+        note = {"token": self.lease_token, "delivered": self.delivered_at}
+        record(self.jid, started, note, kind="start")
+        if sleep:
+            await anyio.sleep(sleep)
+        record(self.jid, started, note)

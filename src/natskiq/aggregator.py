@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -57,6 +58,7 @@ class Delivery:
     reply: str
     token: int
     received_at: float = attrs.field(factory=anyio.current_time)
+    delivered_at: float = attrs.field(factory=time.time)
 
     @property
     def num_delivered(self) -> int:

@@ -239,9 +239,10 @@ class Node:
     async def _run(self, delivery: Delivery) -> None:
         try:
             async with self._limiter:
-                if self._quiet:
-                    # Quiet means no new job starts here; one still waiting
-                    # for a slot goes back to run elsewhere at once.
+                if self._quiet or delivery.token < self._max_token:
+                    # Quiet means no new job starts here, and a job handed out
+                    # by a master that has since been replaced does not start
+                    # either (fencing): back to the queue, to run at once.
                     await self._settle(delivery, b"-NAK")
                     return
                 await self._process(delivery)
@@ -279,13 +280,15 @@ class Node:
             await self._settle_with(retry.route, job, exc, worker=None, ack=ack)
             return
         assert worker is not None
-        await self._execute(worker, job, ack)
+        await self._execute(worker, job, ack, delivery)
 
-    async def _execute(self, worker: type[Worker], job: jobs.Job, ack: Callable[[], Any]) -> None:
+    async def _execute(
+        self, worker: type[Worker], job: jobs.Job, ack: Callable[[], Any], delivery: Delivery
+    ) -> None:
         started = anyio.current_time()
         log.info("start jid=%s class=%s queue=%s", job.jid, job.cls, job.queue)
         try:
-            await self._perform(worker, job)
+            await self._perform(worker, job, delivery)
         except Exception as exc:
             duration = anyio.current_time() - started
             log.info(
@@ -333,9 +336,10 @@ class Node:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._flush_stats()
 
-    async def _perform(self, worker: type[Worker], job: jobs.Job) -> None:
+    async def _perform(self, worker: type[Worker], job: jobs.Job, delivery: Delivery) -> None:
         instance = worker()
         instance.jid, instance.job = job.jid, job
+        instance.lease_token, instance.delivered_at = delivery.token, delivery.delivered_at
         timeout = worker.options.timeout
         with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
             if is_async(worker):

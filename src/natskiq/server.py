@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -82,6 +84,7 @@ class Server:
     _proc: subprocess.Popen[bytes] | None = attrs.field(init=False, default=None)
     _tmp: tempfile.TemporaryDirectory[str] | None = attrs.field(init=False, default=None)
     url: str = attrs.field(init=False, default="")
+    log_file: Path | None = attrs.field(init=False, default=None)
 
     @property
     def pid(self) -> int:
@@ -100,7 +103,11 @@ class Server:
         else:
             cmd += ["-js", "-a", self.host, "-p", str(self.port), "-sd", str(store)]
         cmd += ["--ports_file_dir", str(ports_dir), *self.args]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The server's log goes to a file: a pipe nobody reads would fill up
+        # and block it, and a closed one would kill it.
+        self.log_file = ports_dir / "nats-server.log"
+        with open(self.log_file, "wb") as log:
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
         self.url = self._wait_for_ports(ports_dir)
         return self.url
 
@@ -109,10 +116,7 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = ""
-                if self._proc.stderr:
-                    err = self._proc.stderr.read().decode(errors="replace")
-                    self._proc.stderr.close()
+                err = self.log_file.read_text(errors="replace") if self.log_file else ""
                 self._cleanup()
                 raise ConfigError(f"nats-server exited with {self._proc.returncode}: {err[-2000:]}")
             for path in ports_dir.glob("*.ports"):
@@ -121,8 +125,6 @@ class Server:
                 except ValueError:
                     continue  # written but not yet complete
                 if ports.get("nats"):
-                    if self._proc.stderr:
-                        self._proc.stderr.close()  # never fill the pipe while running
                     return str(ports["nats"][0])
             time.sleep(0.02)
         self.kill()
@@ -171,3 +173,168 @@ def running(store_dir: Path | str | None = None, *, port: int = -1, host: str = 
         yield server.url
     finally:
         server.stop()
+
+
+CLUSTER_TEMPLATE = """\
+server_name: nats-{index}
+listen: 0.0.0.0:4222
+
+jetstream {{
+  store_dir: /data/jetstream
+  sync_interval: always
+}}
+
+cluster {{
+  name: natskiq
+  listen: 0.0.0.0:6222
+  routes: [
+{routes}
+  ]
+}}
+"""
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that were free a moment ago."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def localize(text: str, *, index: int, client_ports: list[int], route_ports: list[int], store: Path) -> str:
+    """A cluster member's config (as in ``docker/nats``) made to run on loopback.
+
+    Host names ``nats-N`` become 127.0.0.1 with their own route ports, the
+    client and route listeners move to the given ports, the store moves to
+    ``store`` and the monitoring port is dropped.
+    """
+    text = re.sub(r"(?m)^listen: \S+", f"listen: 127.0.0.1:{client_ports[index]}", text)
+    text = re.sub(r"(?m)^http: \S+\n?", "", text)
+    text = re.sub(r"(?m)^(\s+)listen: \S+", rf"\g<1>listen: 127.0.0.1:{route_ports[index]}", text)
+    text = re.sub(r"(?m)^(\s*)store_dir: \S+", rf'\g<1>store_dir: "{store}"', text)
+    return re.sub(
+        r"nats-route://nats-(\d+):\d+",
+        lambda m: f"nats-route://127.0.0.1:{route_ports[int(m.group(1)) - 1]}",
+        text,
+    )
+
+
+@attrs.define
+class Cluster:
+    """A JetStream cluster of nats-server processes on loopback.
+
+    Args:
+        size: how many servers.
+        configs: one config file per server, in the form of ``docker/nats``
+            (host names ``nats-1``..``nats-N``, client port 4222, routes on
+            6222); a built-in one of that form if None.
+        root: where the stores and the localized configs go (a temporary
+            directory if None).
+        client_ports: fixed client ports (free ones if None).
+    """
+
+    size: int = 3
+    configs: list[Path] | None = None
+    root: Path | None = None
+    client_ports: list[int] | None = None
+    servers: list[Server] = attrs.field(init=False, factory=list)
+    _tmp: tempfile.TemporaryDirectory[str] | None = attrs.field(init=False, default=None)
+
+    @property
+    def urls(self) -> list[str]:
+        assert self.client_ports is not None, "cluster not started"
+        return [f"nats://127.0.0.1:{port}" for port in self.client_ports]
+
+    @property
+    def url(self) -> str:
+        """Every member's URL, comma-separated (what ``connect()`` and ``--url`` take)."""
+        return ",".join(self.urls)
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start every member and wait until JetStream answers; returns :attr:`url`."""
+        if self.root is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="natskiq-cluster-")
+            self.root = Path(self._tmp.name)
+        ports = free_ports(self.size * 2)
+        self.client_ports = self.client_ports or ports[: self.size]
+        route_ports = ports[self.size :]
+        for index in range(self.size):
+            if self.configs is not None:
+                template = self.configs[index].read_text()
+            else:
+                routes = "\n".join(f"    nats-route://nats-{i + 1}:6222" for i in range(self.size))
+                template = CLUSTER_TEMPLATE.format(index=index + 1, routes=routes)
+            store = self.root / f"nats-{index + 1}"
+            store.mkdir(parents=True, exist_ok=True)
+            config = self.root / f"nats-{index + 1}.conf"
+            config.write_text(
+                localize(
+                    template,
+                    index=index,
+                    client_ports=self.client_ports,
+                    route_ports=route_ports,
+                    store=store,
+                )
+            )
+            self.servers.append(Server(config=config))
+        for server in self.servers:
+            server.start()
+        wait_for_jetstream(self.url, timeout)
+        return self.url
+
+    def kill(self, index: int) -> None:
+        """Kill one member at once (SIGKILL)."""
+        self.servers[index].kill()
+
+    def restart(self, index: int) -> None:
+        """Start a stopped or killed member again, with its store and ports."""
+        self.servers[index].start()
+
+    def stop(self) -> None:
+        """Stop every member, then remove a temporary root."""
+        for server in self.servers:
+            server.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+async def _quiet(exc: Exception) -> None:
+    """Connection errors while a server starts are expected."""
+
+
+def wait_for_jetstream(url: str, timeout: float = 30.0) -> None:
+    """Block until JetStream at ``url`` answers an account request (a cluster
+    has elected its meta leader)."""
+    import asyncio
+
+    import nats
+
+    async def probe() -> bool:
+        try:
+            nc = await nats.connect(
+                servers=url.split(","), connect_timeout=1, max_reconnect_attempts=1, error_cb=_quiet
+            )
+        except Exception:
+            return False
+        try:
+            await nc.jetstream().account_info()
+            return True
+        except Exception:
+            return False
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(probe()):
+            return
+        time.sleep(0.2)
+    raise ConfigError(f"JetStream at {url} did not become ready within {timeout:.0f} s")

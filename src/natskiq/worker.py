@@ -75,7 +75,9 @@ class Worker:
             async def perform(self, user_id: int) -> None: ...
 
     A plain ``def perform`` runs in a worker thread. While it runs, ``self.jid``
-    and ``self.job`` describe the job.
+    and ``self.job`` describe the job; ``self.lease_token`` is the master lease
+    revision it was dispatched under and ``self.delivered_at`` when this node
+    received it (epoch seconds), for tracing.
 
     Class keywords:
         queue: the queue jobs go to (default ``"default"``).
@@ -100,6 +102,8 @@ class Worker:
 
     jid: str
     job: Any
+    lease_token: int
+    delivered_at: float
 
     def __init_subclass__(
         cls,

@@ -1,0 +1,114 @@
+"""On a 3-node JetStream cluster with R3 streams and 3 worker processes: no
+enqueued job is lost whatever dies (see tests/chaos.py)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+
+from .chaos import Harness, soak
+from .conftest import until
+
+pytestmark = pytest.mark.slow
+
+
+def check(harness: Harness) -> dict[str, object]:
+    report = harness.report()
+    print(report)
+    assert report["lost"] == 0, sorted(set(harness.enqueued) - {r["jid"] for r in harness.rows()})[:5]
+    assert report["stale_lease_runs"] == 0
+    return report
+
+
+async def test_streams_are_replicated_three_times(tmp_path: Path) -> None:
+    """Workers started with --replicas 3 create R3 queue, failed and stats streams."""
+    async with Harness(tmp_path) as harness:
+        assert harness.client is not None
+        await harness.produce(5)
+        await harness.wait_done()
+        js, names = harness.client.js, harness.client.names
+        for stream in (names.queue_stream("default"), names.failed_stream, names.stats_stream):
+            info = await js.stream_info(stream)
+            assert info.config.num_replicas == 3
+            assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+        check(harness)
+
+
+async def test_worker_killed_mid_job_its_jobs_run_elsewhere(tmp_path: Path) -> None:
+    """kill -9 of a worker running jobs: they are redelivered and run on the others."""
+    async with Harness(tmp_path) as harness:
+        await harness.produce(60, rate=100, sleep=1.0)
+        master = await harness.master()
+        victim = next(n for n in harness.procs if n != master)
+        pid = harness.procs[victim].pid
+        await until(lambda: any(r["pid"] == pid for r in harness.rows("start")), 20)
+        held = {r["jid"] for r in harness.rows("start") if r["pid"] == harness.procs[victim].pid}
+        harness.procs[victim].send_signal(signal.SIGKILL)
+        harness.procs[victim].wait()
+        await harness.wait_done(60)
+        report = check(harness)
+        redone = {r["jid"] for r in harness.rows() if r["jid"] in held}
+        assert redone == held
+        assert report["completed"] == 60
+
+
+async def test_master_killed_new_master_within_ttl(tmp_path: Path) -> None:
+    """kill -9 of the master: a new master within lease TTL + 2 s, and jobs keep flowing."""
+    async with Harness(tmp_path, lease_ttl=2.0) as harness:
+        await harness.produce(50, rate=200)
+        failover = await harness.kill_master()
+        print(f"master failover after kill -9: {failover:.2f} s")
+        assert failover < harness.lease_ttl + 2
+        await harness.produce(100, rate=200)
+        await harness.wait_done(60)
+        check(harness)
+
+
+async def test_paused_master_steps_down_and_runs_nothing_stale(tmp_path: Path) -> None:
+    """SIGSTOP of the master past its lease, then SIGCONT: it steps down, and no job
+    is dispatched under its old lease once a newer one exists."""
+    async with Harness(tmp_path, lease_ttl=2.0) as harness:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(harness.produce, 400, 100.0, 0.05)
+            await anyio.sleep(1)
+            paused = await harness.pause_master()
+        await harness.wait_done(60)
+        assert harness.procs[paused].poll() is None  # it lives on, as a follower
+        assert await harness.master() != paused
+        assert "lost the lease" in harness.logs()
+        check(harness)
+        tokens = {r["token"] for r in harness.rows()}
+        assert len(tokens) >= 2  # jobs ran under both leases
+
+
+async def test_nats_server_killed_jobs_keep_flowing(tmp_path: Path) -> None:
+    """kill -9 of one nats-server while jobs flow: every job still runs."""
+    async with Harness(tmp_path) as harness:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(harness.produce, 400, 100.0)
+            await anyio.sleep(1)
+            await harness.kill_server(down=2)
+        await harness.wait_done(60)
+        check(harness)
+
+
+async def test_all_servers_restart_every_job_runs(tmp_path: Path) -> None:
+    """Stop and restart all three servers with jobs queued: every enqueued job still runs."""
+    async with Harness(tmp_path, concurrency=2) as harness:
+        await harness.produce(150, rate=500, sleep=0.02)
+        await harness.restart_servers()
+        await harness.produce(50, rate=200)
+        await harness.wait_done(90)
+        check(harness)
+
+
+async def test_short_soak(tmp_path: Path) -> None:
+    """1,000 jobs under 5 faults of every kind: none lost, none run under a stale lease."""
+    report = await soak(1000, 5, tmp=tmp_path, rate=150)
+    print("soak:", report)
+    assert report["lost"] == 0
+    assert report["stale_lease_runs"] == 0
+    assert report["faults"] == 5
