@@ -14,7 +14,7 @@ import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, cast
 
 import attrs
 
@@ -64,6 +64,17 @@ class Options:
 
 
 PER_CALL_OPTIONS = frozenset({"queue", "retries"})
+
+P = ParamSpec("P")
+
+
+class _Performs(Protocol[P]):
+    """Anything with a ``perform``: lets mypy take ``perform_*``'s parameters
+    from the subclass's own ``perform`` signature."""
+
+    options: ClassVar[Options]
+
+    def perform(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
 
 
 class Worker:
@@ -142,7 +153,7 @@ class Worker:
         raise NotImplementedError(f"{type(self).__name__} does not define perform()")
 
     @classmethod
-    def set(cls, *, client: Client | None = None, **options: Any) -> Configured:
+    def set(cls: type[_Performs[P]], *, client: Client | None = None, **options: Any) -> Configured[P]:
         """Options for one call: ``SendEmail.set(queue="urgent").perform_async(1)``.
 
         Raises:
@@ -154,31 +165,34 @@ class Worker:
                 f"unknown per-call option(s): {', '.join(sorted(unknown))} "
                 f"(set() takes {', '.join(sorted(PER_CALL_OPTIONS))}; the rest are class keywords)"
             )
-        return Configured(worker=cls, options=attrs.evolve(cls.options, **options), client=client)
+        worker = cast(type[Worker], cls)  # every _Performs here is a Worker subclass
+        return Configured(worker=worker, options=attrs.evolve(cls.options, **options), client=client)
 
     @classmethod
-    async def perform_async(cls, *args: Any, **kwargs: Any) -> str:
+    async def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a job to run as soon as a node is free; returns its jid."""
-        return await cls.set().perform_async(*args, **kwargs)
+        return await _configured(cls).perform_async(*args, **kwargs)
 
     @classmethod
     async def perform_bulk(cls, args_list: Iterable[Sequence[Any]], *, batch_size: int = 1000) -> list[str]:
         """Enqueue one job per argument list (``[[1], [2], ...]``), pipelined; returns the jids."""
-        return await cls.set().perform_bulk(args_list, batch_size=batch_size)
+        return await _configured(cls).perform_bulk(args_list, batch_size=batch_size)
 
     @classmethod
-    async def perform_in(cls, delay: float | timedelta, *args: Any, **kwargs: Any) -> str:
+    async def perform_in(
+        cls: type[_Performs[P]], delay: float | timedelta, *args: P.args, **kwargs: P.kwargs
+    ) -> str:
         """Enqueue a job to run after ``delay`` (seconds or timedelta); returns its jid."""
-        return await cls.set().perform_in(delay, *args, **kwargs)
+        return await _configured(cls).perform_in(delay, *args, **kwargs)
 
     @classmethod
-    async def perform_at(cls, when: datetime, *args: Any, **kwargs: Any) -> str:
+    async def perform_at(cls: type[_Performs[P]], when: datetime, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a job to run at ``when`` (a timezone-aware datetime); returns its jid."""
-        return await cls.set().perform_at(when, *args, **kwargs)
+        return await _configured(cls).perform_at(when, *args, **kwargs)
 
 
 @attrs.frozen(kw_only=True)
-class Configured:
+class Configured(Generic[P]):
     """A worker class with per-call options, returned by :meth:`Worker.set`."""
 
     worker: type[Worker]
@@ -190,7 +204,7 @@ class Configured:
 
         return self.client if self.client is not None else current_client()
 
-    async def perform_async(self, *args: Any, **kwargs: Any) -> str:
+    async def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue now; returns the jid."""
         return await self._client().push(self.worker, args, kwargs, options=self.options)
 
@@ -200,18 +214,23 @@ class Configured:
             self.worker, args_list, options=self.options, batch_size=batch_size
         )
 
-    async def perform_in(self, delay: float | timedelta, *args: Any, **kwargs: Any) -> str:
+    async def perform_in(self, delay: float | timedelta, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue after ``delay`` seconds (or a timedelta); returns the jid."""
         seconds = _to_seconds(delay)
         if seconds is None or seconds != seconds:
             raise TypeError(f"delay must be seconds or a timedelta, not {delay!r}")
         return await self._client().push(self.worker, args, kwargs, options=self.options, delay=seconds)
 
-    async def perform_at(self, when: datetime, *args: Any, **kwargs: Any) -> str:
+    async def perform_at(self, when: datetime, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue at an aware datetime; returns the jid."""
         if not isinstance(when, datetime) or when.tzinfo is None:
             raise TypeError(f"perform_at needs a timezone-aware datetime, not {when!r}")
         return await self._client().push(self.worker, args, kwargs, options=self.options, at=when.timestamp())
+
+
+def _configured(cls: type[_Performs[P]]) -> Configured[P]:
+    """The class with its own options, for the ``perform_*`` classmethods."""
+    return Configured(worker=cast(type[Worker], cls), options=cls.options)
 
 
 def lookup(name: str) -> type[Worker]:
