@@ -21,6 +21,7 @@ from natskiq.launcher import Launcher, Settings
 from natskiq.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="session")

@@ -151,6 +151,24 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def new_job(
+    name: str,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    *,
+    queue: str,
+    retry: int,
+    at: float | None = None,
+) -> Job:
+    """A fresh envelope for a call, checking that the arguments are JSON-native."""
+    check_arguments(args, kwargs)
+    now = time.time()
+    return Job(
+        jid=new_jid(), cls=name, args=list(args), kwargs=dict(kwargs), queue=queue, retry=retry,
+        created_at=now, enqueued_at=now, at=at,
+    )  # fmt: skip
+
+
 def encode(job: Job) -> bytes:
     """Serialise a job to its wire form."""
     return json.dumps(job.to_dict(), separators=(",", ":"), allow_nan=False).encode()

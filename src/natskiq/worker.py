@@ -77,6 +77,18 @@ class _Performs(Protocol[P]):
     def perform(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
 
 
+class _FakeJobs:
+    """``SendEmail.jobs``: the jobs a fake-mode test enqueued for that worker."""
+
+    def __get__(self, obj: object, owner: type[Worker]) -> list[Any]:
+        for mode in reversed(_modes):
+            jobs_of = getattr(mode, "jobs_of", None)
+            if jobs_of is not None:
+                found: list[Any] = jobs_of(owner)
+                return found
+        raise RuntimeError(f"{owner.__name__}.jobs exists only inside natskiq.testing.fake()")
+
+
 class Worker:
     """Base class of every job.
 
@@ -110,6 +122,7 @@ class Worker:
 
     options: ClassVar[Options] = Options()
     name: ClassVar[str] = ""
+    jobs = _FakeJobs()
 
     jid: str
     job: Any
@@ -144,6 +157,11 @@ class Worker:
         if previous is not None and previous is not cls:
             log.debug("worker %s registered again, the newer class wins", cls.name)
         _registry[cls.name] = cls
+
+    @classmethod
+    def clear(cls) -> None:
+        """Forget the jobs a fake-mode test enqueued for this worker (``cls.jobs``)."""
+        cls.jobs.clear()
 
     def perform(self, *args: Any, **kwargs: Any) -> Any:
         """The job's work; override it with ``async def`` or a plain ``def``.
@@ -199,7 +217,9 @@ class Configured(Generic[P]):
     options: Options
     client: Client | None = None
 
-    def _client(self) -> Client:
+    def _client(self) -> Enqueuer:
+        if _modes:
+            return _modes[-1]  # natskiq.testing's inline or fake mode
         from .client import current_client  # worker.py sits above client.py
 
         return self.client if self.client is not None else current_client()
@@ -226,6 +246,33 @@ class Configured(Generic[P]):
         if not isinstance(when, datetime) or when.tzinfo is None:
             raise TypeError(f"perform_at needs a timezone-aware datetime, not {when!r}")
         return await self._client().push(self.worker, args, kwargs, options=self.options, at=when.timestamp())
+
+
+class Enqueuer(Protocol):
+    """What ``perform_*`` hands a job to: a Client, or a natskiq.testing mode."""
+
+    async def push(
+        self,
+        worker: type[Worker],
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        *,
+        options: Options,
+        delay: float | None = None,
+        at: float | None = None,
+    ) -> str: ...
+
+    async def push_many(
+        self,
+        worker: type[Worker],
+        args_list: Iterable[Sequence[Any]],
+        *,
+        options: Options,
+        batch_size: int = ...,
+    ) -> list[str]: ...
+
+
+_modes: list[Enqueuer] = []  # testing modes in force, innermost last
 
 
 def _configured(cls: type[_Performs[P]]) -> Configured[P]:
