@@ -4,6 +4,7 @@ enqueued job is lost whatever dies (see tests/chaos.py)."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,7 @@ def check(harness: Harness) -> dict[str, object]:
     print(report)
     assert report["lost"] == 0, sorted(set(harness.enqueued) - {r["jid"] for r in harness.rows()})[:5]
     assert report["stale_lease_runs"] == 0
+    assert report["duplicates_outside_faults"] == 0
     return report
 
 
@@ -46,6 +48,7 @@ async def test_worker_killed_mid_job_its_jobs_run_elsewhere(tmp_path: Path) -> N
         pid = harness.procs[victim].pid
         await until(lambda: any(r["pid"] == pid for r in harness.rows("start")), 20)
         held = {r["jid"] for r in harness.rows("start") if r["pid"] == harness.procs[victim].pid}
+        harness.faults.append((time.time(), f"kill -9 worker {victim}"))
         harness.procs[victim].send_signal(signal.SIGKILL)
         harness.procs[victim].wait()
         await harness.wait_done(60)
@@ -111,4 +114,5 @@ async def test_short_soak(tmp_path: Path) -> None:
     print("soak:", report)
     assert report["lost"] == 0
     assert report["stale_lease_runs"] == 0
+    assert report["duplicates_outside_faults"] == 0
     assert report["faults"] == 5
