@@ -77,12 +77,17 @@ class Harness:
         self.cluster.start()
 
     async def __aenter__(self) -> Harness:
-        await anyio.to_thread.run_sync(self.start_cluster)
-        self.client = natskiq.connect(self.cluster.url, namespace=self.namespace, replicas=3)
-        await self.client.open()
-        for index in range(self.worker_count):
-            self.start_worker(f"w{index}")
-        await self.wait_nodes(self.worker_count)
+        try:
+            await anyio.to_thread.run_sync(self.start_cluster)
+            self.client = natskiq.connect(self.cluster.url, namespace=self.namespace, replicas=3)
+            await self.client.open()
+            for index in range(self.worker_count):
+                self.start_worker(f"w{index}")
+            await self.wait_nodes(self.worker_count)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

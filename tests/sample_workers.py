@@ -180,3 +180,10 @@ class Chaos(natskiq.Worker, name="tests.Chaos"):
         if sleep:
             await anyio.sleep(sleep)
         record(self.jid, started, note)
+
+
+class Tick(natskiq.Worker, name="tests.Tick"):
+    """A periodic job: records each run."""
+
+    async def perform(self, label: str) -> None:
+        record(self.jid, time.time(), label)

@@ -267,3 +267,19 @@ def test_failed_record_keeps_the_error() -> None:
     assert (record.error_class, record.error_message, record.retry_count) == ("ValueError", "bad", 0)
     assert record.failed_at is not None and record.retried_at is None
     assert record.backtrace and len(record.backtrace) <= 5
+
+
+async def test_cancel_a_queued_and_a_running_job(client: natskiq.Client, ledger: Path) -> None:
+    """api.cancel deletes a queued or scheduled job and stops a running one (acked, not retried)."""
+    later = await Record.perform_in(3600, note="never")
+    assert (await api.cancel(client, later))["deleted"] == ["scheduled"]
+    long = await Record.perform_async(sleep=30, note="cancel me")
+    async with running_node(client.url, client.namespace, node_id="canceller"):
+        await wait_for_ledger(ledger, 1, kind="start")
+        result = await api.cancel(client, long)
+        assert result["running_on"] == ["canceller"]  # (its message, still unacked, is deleted too)
+        await until(lambda: _acked(client))
+    assert read_ledger(ledger) == []  # it never finished
+    assert await api.find(client, "retry") == [] and await failed_count(client) == 0
+    with pytest.raises(natskiq.NotFound):
+        await api.cancel(client, long)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from . import api
 from .client import Client, connect
+from .cron import periodic
 from .errors import (
     ConfigError,
     DeliveryLimit,
@@ -54,4 +55,5 @@ __all__ = [
     "api",
     "connect",
     "on_death",
+    "periodic",
 ]

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
+import anyio
 import attrs
 from nats.js import api as jsapi
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -187,6 +188,8 @@ async def _entries(
         try:
             async for msg in _scan(client, stream, subject, None):
                 entry = _entry(kind, stream, queue, msg)
+                if entry.job is not None and entry.job.periodic is not None:
+                    continue  # a periodic definition, not a job (see periodic_jobs)
                 if where.matches(entry):
                     out.append(entry)
                     if limit is not None and len(out) >= limit:
@@ -413,3 +416,102 @@ async def stats(client: Client) -> Stats:
         scheduled=sum(q.scheduled for q in all_queues),
         retries=sum(q.retries for q in all_queues),
     )
+
+
+# -- periodic jobs ------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicInfo:
+    """A periodic job definition stored in a queue stream."""
+
+    name: str
+    queue: str
+    schedule: str
+    tz: str | None
+    cls: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    next_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+async def periodic_jobs(client: Client) -> list[PeriodicInfo]:
+    """Every periodic job definition in the namespace, by name."""
+    out = []
+    for queue in await queue_names(client):
+        stream = client.names.queue_stream(queue)
+        async for msg in _scan(client, stream, f"{client.names.namespace}.scheduled.{queue}.*", None):
+            entry = _entry("scheduled", stream, queue, msg)
+            headers = msg.headers or {}
+            if entry.job is None or entry.job.periodic is None:
+                continue
+            out.append(
+                PeriodicInfo(
+                    name=entry.job.periodic,
+                    queue=queue,
+                    schedule=headers.get("Nats-Schedule", ""),
+                    tz=headers.get("Nats-Schedule-Time-Zone"),
+                    cls=entry.job.cls,
+                    args=entry.job.args,
+                    kwargs=entry.job.kwargs,
+                    next_at=headers.get("Nats-Schedule-Next"),
+                )  # fmt: skip
+            )
+    return sorted(out, key=lambda p: (p.name, p.queue))
+
+
+async def remove_periodic(client: Client, name: str) -> int:
+    """Delete a periodic job definition (from every queue); returns how many were removed.
+
+    Raises:
+        NotFound: no definition has that name.
+    """
+    found = [p for p in await periodic_jobs(client) if p.name == name]
+    if not found:
+        raise NotFound(f"no periodic job named {name!r}")
+    for definition in found:
+        subject = f"{client.names.namespace}.scheduled.{definition.queue}.periodic-{name}"
+        await client.js.purge_stream(client.names.queue_stream(definition.queue), subject=subject)
+    return len(found)
+
+
+# -- cancellation ------------------------------------------------------------------
+
+
+async def cancel(client: Client, jid: str, *, wait: float = 0.5) -> dict[str, Any]:
+    """Cancel a job wherever it is: deleted if queued, scheduled or waiting for a
+    retry; stopped (its cancel scope cancelled, then acked) if a node runs it.
+
+    A job in transit to a node is remembered there for ten minutes and
+    dropped instead of started.
+
+    Returns:
+        ``{"deleted": [kinds...], "running_on": [node ids...]}``.
+
+    Raises:
+        NotFound: the job was found nowhere.
+    """
+    check_name("jid", jid)
+    deleted = []
+    for kind in ("queued", "scheduled", "retry"):
+        for entry in await find(client, kind, Filter(jid=jid)):
+            await delete(client, entry)
+            deleted.append(kind)
+    inbox = client.nc.new_inbox()
+    sub = await client.nc.subscribe(inbox)
+    running = []
+    try:
+        await client.nc.publish(client.names.cancel_subject, json.dumps({"jid": jid}).encode(), reply=inbox)
+        with anyio.move_on_after(wait):
+            async for msg in sub.messages:
+                if msg.headers and msg.headers.get("Status"):
+                    break  # no responders: no node is listening
+                running.append(json.loads(msg.data)["node"])
+    finally:
+        await sub.unsubscribe()
+    if not deleted and not running:
+        raise NotFound(f"job {jid} is not queued, scheduled, retrying or running (it may have finished)")
+    return {"deleted": deleted, "running_on": running}

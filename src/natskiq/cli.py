@@ -12,6 +12,13 @@
     natskiq scheduled list|now|delete       [--since T] [--until T] [--all] [--json]
     natskiq failed    list|replay|delete
 
+Every command that talks to NATS takes ``--url``, ``--namespace`` and the
+authentication and TLS options ``--user``/``--password``, ``--token``,
+``--nkey-seed FILE``, ``--creds FILE``, ``--tls-ca FILE``, ``--tls-cert FILE``,
+``--tls-key FILE``, ``--tls-hostname NAME``; each has a ``NATSKIQ_*``
+environment variable (see :func:`natskiq.client.auth_options`), the better
+place for a password or token, which a command line shows to ``ps``.
+
 Exit codes: 0 done, 1 nothing matched, 2 bad input or NATS unreachable.
 
 Worker settings also come from ``[tool.natskiq]`` in ``./pyproject.toml`` or
@@ -37,7 +44,7 @@ from typing import Any
 import anyio
 
 from . import __version__, api
-from .client import Client
+from .client import AUTH_ENV, Client, auth_options
 from .errors import ConfigError, NatskiqError, NotFound
 from .launcher import Launcher, Settings, import_app
 
@@ -62,6 +69,11 @@ CONFIG_KEYS = {
     "max_deliveries",
     "failed_max_days",
 }
+# Authentication and TLS (the arguments of auth_options). A config file may
+# name the files and the user, never a secret: that comes from a flag or the environment.
+AUTH_KEYS = tuple(AUTH_ENV)
+SECRET_KEYS = ("password", "token")
+FILE_KEYS = CONFIG_KEYS | (set(AUTH_KEYS) - set(SECRET_KEYS))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,6 +167,36 @@ def _when(text: str) -> float:
 def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", "-u", help="NATS URL(s), comma-separated ($NATSKIQ_URL)")
     parser.add_argument("--namespace", "-n", help="subject/stream prefix ($NATSKIQ_NAMESPACE)")
+    auth = parser.add_argument_group("authentication and TLS (each also from its $NATSKIQ_* variable)")
+    auth.add_argument("--user", help="user name ($NATSKIQ_USER)")
+    auth.add_argument("--password", help="password; prefer $NATSKIQ_PASSWORD, ps shows flags")
+    auth.add_argument("--token", help="auth token; prefer $NATSKIQ_TOKEN, ps shows flags")
+    auth.add_argument(
+        "--nkey-seed", metavar="FILE", help="file holding a user NKey seed ($NATSKIQ_NKEY_SEED)"
+    )
+    auth.add_argument("--creds", metavar="FILE", help="a .creds file: user JWT + NKey seed ($NATSKIQ_CREDS)")
+    auth.add_argument("--tls-ca", metavar="FILE", help="CA certificate(s) to trust, PEM ($NATSKIQ_TLS_CA)")
+    auth.add_argument("--tls-cert", metavar="FILE", help="client certificate, PEM ($NATSKIQ_TLS_CERT)")
+    auth.add_argument("--tls-key", metavar="FILE", help="client certificate's key, PEM ($NATSKIQ_TLS_KEY)")
+    auth.add_argument(
+        "--tls-hostname",
+        metavar="NAME",
+        help="server name to verify, if not the URL's ($NATSKIQ_TLS_HOSTNAME)",
+    )
+
+
+def connection_auth(args: argparse.Namespace, file: dict[str, Any] | None = None) -> dict[str, Any]:
+    """nats-py auth and TLS options: flags win, then the environment, then the config file."""
+    given = {}
+    for key in AUTH_KEYS:
+        flag = getattr(args, key, None)
+        if flag is not None:
+            given[key] = flag
+        elif file and key in file and not os.environ.get(AUTH_ENV[key]):
+            if not isinstance(file[key], str):
+                raise ConfigError(f"{key} must be a string, not {type(file[key]).__name__}")
+            given[key] = file[key]
+    return auth_options(**given)
 
 
 def load_config(path: Path | None) -> dict[str, Any]:
@@ -172,7 +214,14 @@ def load_config(path: Path | None) -> dict[str, Any]:
         if candidate.name == "pyproject.toml":
             data = data.get("tool", {}).get("natskiq", {})
         data = {key.replace("-", "_"): value for key, value in data.items()}
-        unknown = set(data) - CONFIG_KEYS
+        secrets = [key for key in SECRET_KEYS if key in data]
+        if secrets:
+            raise ConfigError(
+                f"{candidate} must not hold secrets ({', '.join(secrets)}): "
+                + " or ".join(f"set ${AUTH_ENV[key]}" for key in secrets)
+                + " instead"
+            )
+        unknown = set(data) - FILE_KEYS
         if unknown:
             raise ConfigError(f"unknown setting(s) in {candidate}: {', '.join(sorted(unknown))}")
         if data or path:
@@ -197,6 +246,7 @@ def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
     merged["app"] = _strings("app", app)
     if "queues" in merged:
         merged["queues"] = _strings("queues", merged["queues"])
+    merged["nats_options"] = connection_auth(args, file)
     try:
         return Settings(**merged), level
     except TypeError as exc:
@@ -222,7 +272,7 @@ def _logging(level: str) -> None:
 
 def _client(args: argparse.Namespace) -> Client:
     namespace = args.namespace or os.environ.get("NATSKIQ_NAMESPACE") or "natskiq"
-    return Client(url=args.url, namespace=namespace)
+    return Client(url=args.url, namespace=namespace, nats_options=connection_auth(args))
 
 
 def _ago(epoch: float | None) -> str:

@@ -8,23 +8,35 @@ JetStream (replicated, if the stream is) and will run at least once. A
 delayed job is a JetStream message schedule (``Nats-Schedule: @at ...``) on
 its own subject ``<ns>.scheduled.<queue>.<jid>``, which the server moves to
 the queue's subject when it is due; natskiq runs no poller for it.
+
+Authentication and TLS: :func:`auth_options` turns user/password, a token,
+an NKey seed file, a creds file or TLS files (and the ``NATSKIQ_*``
+environment variables standing in for them) into nats-py connection
+options. A client whose options carry no credentials (or no TLS) takes them
+from that environment when it opens. Secrets never reach a log line or an
+error message: URLs are shown with their ``user:password@`` part redacted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import ssl
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
 import attrs
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import Error as JSError
 
 from . import job as jobs
@@ -42,6 +54,8 @@ BULK_ATTEMPTS = 3
 BULK_ACK_TIMEOUT = 10.0
 
 _defaults: list[Client] = []
+# Errors that say a connect failed but not why (the server closed on us, or ran out of tries).
+_VAGUE = (nats.errors.NoServersError, nats.errors.UnexpectedEOF, nats.errors.ConnectionClosedError)
 
 
 def current_client() -> Client:
@@ -60,8 +74,20 @@ def split_urls(url: str | None) -> list[str]:
     raw = url or os.environ.get("NATSKIQ_URL") or DEFAULT_URL
     urls = [part.strip() for part in raw.split(",") if part.strip()]
     if not urls:
-        raise ConfigError(f"no NATS URL in {raw!r}")
+        raise ConfigError(f"no NATS URL in {redact_url(raw)!r}")
     return urls
+
+
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^@/]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or a comma-separated list) with any ``user:password@`` part replaced by ``***@``."""
+    return ",".join(_USERINFO.sub(r"\1***@", part.strip()) for part in url.split(","))
+
+
+def _has_userinfo(url: str) -> bool:
+    return _USERINFO.match(url) is not None
 
 
 def rfc3339(epoch: float) -> str:
@@ -80,23 +106,234 @@ def nats_defaults() -> dict[str, Any]:
     }
 
 
+AUTH_ENV = {
+    "user": "NATSKIQ_USER",
+    "password": "NATSKIQ_PASSWORD",
+    "token": "NATSKIQ_TOKEN",
+    "nkey_seed": "NATSKIQ_NKEY_SEED",
+    "creds": "NATSKIQ_CREDS",
+    "tls_ca": "NATSKIQ_TLS_CA",
+    "tls_cert": "NATSKIQ_TLS_CERT",
+    "tls_key": "NATSKIQ_TLS_KEY",
+    "tls_hostname": "NATSKIQ_TLS_HOSTNAME",
+}
+"""The environment variable standing in for each :func:`auth_options` argument."""
+
+CREDENTIAL_KEYS = ("user", "password", "token", "nkey_seed", "creds")
+TLS_KEYS = ("tls_ca", "tls_cert", "tls_key", "tls_hostname")
+# nats-py options that carry credentials or TLS: when any is passed to
+# connect(), the environment's stand-ins for that group are not consulted.
+NATS_CREDENTIAL_OPTIONS = (
+    "user",
+    "password",
+    "token",
+    "nkeys_seed",
+    "nkeys_seed_str",
+    "user_credentials",
+    "signature_cb",
+    "user_jwt_cb",
+)
+NATS_TLS_OPTIONS = ("tls", "tls_hostname")
+
+
+def auth_options(
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    nkey_seed: str | Path | None = None,
+    creds: str | Path | None = None,
+    tls_ca: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    tls_hostname: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """nats-py connection options for these credentials and TLS files.
+
+    Every argument left ``None`` is taken from its environment variable when
+    that is set: ``NATSKIQ_USER``, ``NATSKIQ_PASSWORD``, ``NATSKIQ_TOKEN``,
+    ``NATSKIQ_NKEY_SEED``, ``NATSKIQ_CREDS``, ``NATSKIQ_TLS_CA``,
+    ``NATSKIQ_TLS_CERT``, ``NATSKIQ_TLS_KEY``, ``NATSKIQ_TLS_HOSTNAME``;
+    but credentials given replace the environment's (with ``token`` given,
+    ``$NATSKIQ_USER`` is ignored), which then only complete a user/password
+    pair (``user="app"`` with ``$NATSKIQ_PASSWORD``). Pass the result to
+    :func:`connect`::
+
+        natskiq.connect(url, **auth_options(user="app", password=secret))
+
+    Args:
+        user: user name; needs ``password``.
+        password: the user's password.
+        token: an authorization token.
+        nkey_seed: path of a file holding a user NKey seed (``SU...``).
+        creds: path of a ``.creds`` file (a user JWT and its NKey seed).
+        tls_ca: path of the CA certificate(s) (PEM) that signed the server's
+            certificate; without it the system's CAs are trusted.
+        tls_cert: path of this client's certificate (PEM), for servers that
+            verify clients; needs ``tls_key``.
+        tls_key: path of this client's private key (PEM, unencrypted).
+        tls_hostname: the name to verify the server's certificate against,
+            when it differs from the URL's host.
+        env: where to look up the stand-ins (default ``os.environ``; ``{}``
+            to use the arguments alone).
+
+    Returns:
+        Keyword arguments for :func:`nats.connect` (``user``, ``password``,
+        ``token``, ``nkeys_seed``, ``user_credentials``, ``tls``,
+        ``tls_hostname``): only those that are set.
+
+    Raises:
+        ConfigError: a file is missing or unreadable, a password comes
+            without a user (or the reverse), a certificate without its key
+            (or the reverse), or more than one way to authenticate is set.
+            The message names the setting, never its secret value.
+    """
+    given = {"user": user, "password": password, "token": token, "nkey_seed": nkey_seed, "creds": creds}
+    given |= {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key, "tls_hostname": tls_hostname}
+    source = os.environ if env is None else env
+    values = {key: str(value) for key, value in given.items() if value is not None}
+    names = {key: key for key in values}
+    fill = [key for key in given if key not in values and source.get(AUTH_ENV[key])]
+    if any(key in values for key in CREDENTIAL_KEYS):
+        # Credentials given replace the environment's, which may only complete a user/password pair.
+        pair = ("user", "password") if "user" in values or "password" in values else ()
+        fill = [key for key in fill if key in TLS_KEYS or key in pair]
+    for key in fill:
+        values[key], names[key] = source[AUTH_ENV[key]], f"${AUTH_ENV[key]}"
+    return {**_credential_options(values, names), **_tls_options(values, names)}
+
+
+def _credential_options(values: dict[str, str], names: dict[str, str]) -> dict[str, Any]:
+    """The nats-py credential options, checking that exactly one way is set."""
+    if "password" in values and "user" not in values:
+        raise ConfigError(f"{names['password']} is set without a user: add --user or $NATSKIQ_USER")
+    if "user" in values and "password" not in values:
+        raise ConfigError(f"{names['user']} is set without a password: add $NATSKIQ_PASSWORD or --password")
+    ways = [key for key in ("user", "token", "nkey_seed", "creds") if key in values]
+    if len(ways) > 1:
+        raise ConfigError(
+            "more than one way to authenticate is set ("
+            + ", ".join(names[key] for key in ways)
+            + "): use one of user/password, token, NKey seed or creds"
+        )
+    if "user" in values:
+        return {"user": values["user"], "password": values["password"]}
+    if "token" in values:
+        return {"token": values["token"]}
+    if "nkey_seed" in values:
+        path, name = values["nkey_seed"], names["nkey_seed"]
+        _check_seed(_read_file("NKey seed", path, name), f"NKey seed file {path} ({name})")
+        return {"nkeys_seed": values["nkey_seed"]}
+    if "creds" in values:
+        _check_creds(values["creds"], names["creds"])
+        return {"user_credentials": values["creds"]}
+    return {}
+
+
+def _read_file(what: str, path: str, name: str) -> bytes:
+    """A file's bytes, or a ConfigError naming the setting and path."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} ({name}) does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path} ({name}): {exc.strerror}") from None
+
+
+def _check_seed(text: bytes, where: str) -> None:
+    """Refuse what is not an NKey seed (without ever showing its contents)."""
+    try:
+        import nkeys  # nats-py needs it for NKeys and creds; a dependency of natskiq
+    except ImportError:  # pragma: no cover - installed with natskiq
+        raise ConfigError("NKey seeds and creds files need the nkeys package: pip install nkeys") from None
+    try:
+        nkeys.from_seed(bytearray(text.strip())).wipe()
+    except Exception:
+        # Any failure of the decoder means "not a seed"; its message could quote the text.
+        raise ConfigError(f"{where} does not hold a valid NKey seed") from None
+
+
+def _check_creds(path: str, name: str) -> None:
+    """A creds file must hold a user JWT and a seed (nats-py reads past EOF looking for the JWT)."""
+    text = _read_file("creds", path, name)
+    if b"BEGIN NATS USER JWT" not in text or b"BEGIN USER NKEY SEED" not in text:
+        raise ConfigError(f"creds file {path} ({name}) lacks a user JWT or NKey seed section")
+    seed = text.split(b"BEGIN USER NKEY SEED", 1)[1].split(b"\n", 1)[-1].split(b"\n", 1)[0]
+    _check_seed(seed, f"creds file {path} ({name})")
+
+
+def _tls_options(values: dict[str, str], names: dict[str, str]) -> dict[str, Any]:
+    """An ``ssl.SSLContext`` trusting ``tls_ca`` and presenting ``tls_cert``, when either is set."""
+    options: dict[str, Any] = {}
+    if "tls_hostname" in values:
+        options["tls_hostname"] = values["tls_hostname"]
+    if ("tls_cert" in values) != ("tls_key" in values):
+        have, lack = ("tls_cert", "tls_key") if "tls_cert" in values else ("tls_key", "tls_cert")
+        raise ConfigError(
+            f"{names[have]} is set without {lack}: a client certificate needs its key and the reverse"
+        )
+    if "tls_ca" not in values and "tls_cert" not in values:
+        return options
+    ca = values.get("tls_ca")
+    if ca is not None:
+        _read_file("TLS CA", ca, names["tls_ca"])
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"cannot load TLS CA {ca} ({names['tls_ca']}): {exc}") from None
+    if "tls_cert" in values:
+        cert, key = values["tls_cert"], values["tls_key"]
+        _read_file("TLS certificate", cert, names["tls_cert"])
+        _read_file("TLS key", key, names["tls_key"])
+        try:
+            context.load_cert_chain(cert, key, password=_no_key_password)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"cannot load TLS certificate {cert} with key {key}: {exc}") from None
+    options["tls"] = context
+    return options
+
+
+def _no_key_password() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise ConfigError("encrypted TLS keys are not supported: give an unencrypted key file")
+
+
+def _env_auth(nats_options: Mapping[str, Any], urls: Sequence[str]) -> dict[str, Any]:
+    """Credentials and TLS from the environment, for whichever the options (and URLs) leave unset."""
+    has_credentials = any(nats_options.get(key) is not None for key in NATS_CREDENTIAL_OPTIONS)
+    has_credentials = has_credentials or any(_has_userinfo(url) for url in urls)
+    has_tls = any(nats_options.get(key) is not None for key in NATS_TLS_OPTIONS)
+    if has_credentials and has_tls:
+        return {}
+    wanted = (() if has_credentials else CREDENTIAL_KEYS) + (() if has_tls else TLS_KEYS)
+    env = {AUTH_ENV[key]: os.environ[AUTH_ENV[key]] for key in wanted if os.environ.get(AUTH_ENV[key])}
+    return auth_options(env=env)
+
+
 @attrs.define
 class Client:
     """A connection to NATS that enqueues jobs.
 
     Create it with :func:`connect`; use it as ``async with`` (or ``await`` it
-    and later ``await client.close()``).
+    and later ``await client.close()``). When ``nats_options`` carry no
+    credentials (and the URL no ``user:password@``), it takes them from the
+    ``NATSKIQ_*`` environment variables :func:`auth_options` reads; likewise
+    for TLS.
     """
 
-    url: str | None = None
+    url: str | None = attrs.field(default=None, repr=lambda url: repr(url and redact_url(url)))
     namespace: str = "natskiq"
     replicas: int | None = None
-    nats_options: dict[str, Any] = attrs.field(factory=dict)
+    nats_options: dict[str, Any] = attrs.field(factory=dict, repr=False)
+    publish_timeout: float = 10.0
     names: Names = attrs.field(init=False)
     _nc: NATS | None = attrs.field(init=False, default=None)
     _js: JetStreamContext | None = attrs.field(init=False, default=None)
     _ensured: set[str] = attrs.field(init=False, factory=set)
     _max_bytes: int = attrs.field(init=False, default=MAX_JOB_BYTES)
+    _opening: anyio.CancelScope | None = attrs.field(init=False, default=None, repr=False)
+    _connect_errors: list[Exception] = attrs.field(init=False, factory=list, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.names = Names(self.namespace)
@@ -119,28 +356,64 @@ class Client:
 
     async def open(self) -> Client:
         """Connect, and become the default client."""
+        urls = split_urls(self.url)
         options = {**nats_defaults(), **self._callbacks(), **self.nats_options}
-        # nats-py retries a first connect as often as it reconnects later: with
-        # "forever" a wrong URL would hang. Try a few rounds, then say so;
-        # once connected, reconnect as configured (forever by default).
-        reconnects = options.pop("max_reconnect_attempts")
-        try:
-            self._nc = await nats.connect(
-                servers=split_urls(self.url), max_reconnect_attempts=CONNECT_ATTEMPTS, **options
-            )
-            self._nc.options["max_reconnect_attempts"] = reconnects
-        except (OSError, NatsError) as exc:
-            raise ConfigError(f"cannot connect to NATS at {self.url or DEFAULT_URL}: {exc}") from exc
-        except TimeoutError as exc:
-            raise ConfigError(f"cannot connect to NATS at {self.url or DEFAULT_URL}: timed out") from exc
+        options.update(_env_auth(self.nats_options, urls))
+        self._nc = await self._connect(urls, options)
         self._js = self._nc.jetstream()
         self._max_bytes = min(MAX_JOB_BYTES, self._nc.max_payload or MAX_JOB_BYTES)
         _defaults.append(self)
         return self
 
+    async def _connect(self, urls: list[str], options: dict[str, Any]) -> NATS:
+        """The first connection, or a ConfigError that says why not (without secrets)."""
+        # nats-py retries a first connect as often as it reconnects later: with
+        # "forever" a wrong URL would hang. Try a few rounds, then say so;
+        # once connected, reconnect as configured (forever by default).
+        reconnects = options.pop("max_reconnect_attempts")
+        where = redact_url(",".join(urls))
+        self._opening, self._connect_errors = anyio.CancelScope(), []
+        nc: NATS | None = None
+        try:
+            with self._opening:
+                nc = await nats.connect(servers=urls, max_reconnect_attempts=CONNECT_ATTEMPTS, **options)
+        except (OSError, NatsError, TimeoutError) as exc:
+            raise ConfigError(f"cannot connect to NATS at {where}: {self._connect_failure(exc)}") from exc
+        finally:
+            self._opening = None
+        if nc is None:  # given up after a TLS failure: see _callbacks
+            raise ConfigError(f"cannot connect to NATS at {where}: {self._connect_failure(None)}")
+        nc.options["max_reconnect_attempts"] = reconnects
+        return nc
+
+    def _connect_failure(self, exc: BaseException | None) -> str:
+        """Why a first connect failed: what the server or TLS said, rather than "no servers"."""
+        errors: list[BaseException] = list(self._connect_errors)
+        telling = [e for e in errors if isinstance(e, ssl.SSLError | NatsError) and not isinstance(e, _VAGUE)]
+        if exc is not None and not isinstance(exc, _VAGUE):
+            errors.append(exc)
+        cause = (telling or errors or [exc])[-1]
+        text = str(cause) or type(cause).__name__
+        if isinstance(cause, TimeoutError):
+            text = "timed out"
+        if "authorization violation" in text.lower():
+            text += " (the server refused these credentials, or needs some)"
+        elif isinstance(cause, ssl.SSLCertVerificationError):
+            text += " (trust the CA that signed the server's certificate: tls_ca, $NATSKIQ_TLS_CA)"
+        elif "CERTIFICATE_REQUIRED" in text:
+            text += " (the server wants a client certificate: tls_cert and tls_key)"
+        return text
+
     def _callbacks(self) -> dict[str, Any]:
         async def error(exc: Exception) -> None:
             log.warning("NATS connection error: %s", exc)
+            if self._opening is None:
+                return
+            self._connect_errors.append(exc)
+            if isinstance(exc, ssl.SSLError):
+                # nats-py hangs closing a connection whose TLS handshake failed
+                # (nats.py issue 718), and no retry fixes a certificate: give up.
+                self._opening.cancel()
 
         async def disconnected() -> None:
             if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):
@@ -325,10 +598,39 @@ class Client:
             headers["Nats-Schedule"] = f"@at {rfc3339(job.at)}"
             headers["Nats-Schedule-Target"] = subject
             subject = self.names.scheduled_subject(job.queue, job.jid)
-        try:
-            await self.js.publish(subject, payload, headers=headers)
-        except (NatsError, JSError, TimeoutError) as exc:
-            raise EnqueueError(f"job {job.jid} was not stored: {exc!r}") from exc
+        await self._publish_retrying(job.jid, subject, payload, headers)
+
+    async def _publish_retrying(
+        self, jid: str, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> None:
+        """Publish until JetStream acknowledges, riding out a failover.
+
+        While a server restarts or a stream elects a new leader, publishes
+        time out or find no responders; the same ``Nats-Msg-Id`` is sent
+        again (the duplicate window makes that safe) for up to
+        ``publish_timeout`` seconds.
+        """
+        deadline = anyio.current_time() + self.publish_timeout
+        pause = 0.05
+        while True:
+            try:
+                await self.js.publish(subject, payload, headers=dict(headers))
+                return
+            except (NatsError, JSError, TimeoutError) as exc:
+                if not _retryable(exc) or anyio.current_time() + pause > deadline:
+                    raise EnqueueError(f"job {jid} was not stored: {exc!r}") from exc
+                log.debug("publish of %s failed (%r); retrying", jid, exc)
+            await anyio.sleep(pause)
+            pause = min(1.0, pause * 2)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Errors of a server or stream leader that is briefly away, not of a bad request."""
+    if isinstance(
+        exc, TimeoutError | NoRespondersError | ConnectionReconnectingError | NoStreamResponseError
+    ):
+        return True
+    return isinstance(exc, APIError) and exc.code in (503, 504)
 
 
 def connect(
@@ -349,7 +651,14 @@ def connect(
             or 5); None accepts existing streams as they are and creates new
             ones with 1.
         **nats_options: passed to :func:`nats.connect` (user, password,
-            token, nkeys_seed, user_credentials, tls, ...).
+            token, nkeys_seed, user_credentials, tls, ...); build the
+            credential and TLS ones with :func:`auth_options`. When none of
+            the credential options is given (and no URL has a
+            ``user:password@`` part), the client takes them from
+            ``$NATSKIQ_USER`` / ``$NATSKIQ_PASSWORD``, ``$NATSKIQ_TOKEN``,
+            ``$NATSKIQ_NKEY_SEED`` or ``$NATSKIQ_CREDS``; without ``tls``,
+            from ``$NATSKIQ_TLS_CA``, ``$NATSKIQ_TLS_CERT`` and
+            ``$NATSKIQ_TLS_KEY``.
 
     Returns:
         A :class:`Client`, to use as ``async with connect(...) as client:``.

@@ -59,6 +59,7 @@ class Job:
     retried_at: float | None = None
     backtrace: list[str] | None = None
     at: float | None = None
+    periodic: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict (optional fields only when set)."""
@@ -87,6 +88,7 @@ _OPTIONAL = (
     "retried_at",
     "backtrace",
     "at",
+    "periodic",
 )
 _TYPES: dict[str, tuple[type, ...]] = {
     "jid": (str,),
@@ -104,6 +106,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "retried_at": (int, float),
     "backtrace": (list,),
     "at": (int, float),
+    "periodic": (str,),
 }
 _REQUIRED = ("jid", "class", "args", "queue")
 

@@ -29,11 +29,13 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 from nats.js.kv import KeyValue
 
-from . import api
+from . import api, cron
 from .aggregator import Aggregator
-from .client import Client
+from .client import Client, redact_url
 from .errors import ConfigError
 from .lease import Lease, elect
+from .metrics import Metrics
+from .metrics import serve as serve_metrics
 from .node import Node
 from .topology import Names, check_name, ensure_bucket, ensure_failed, ensure_queue, ensure_stats
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 NODE_TTL = 15.0
 FAILED_CHECK = 10.0
+SETUP_TIMEOUT = 30.0
 
 
 def _default_node_id() -> str:
@@ -67,7 +70,7 @@ def parse_queue(spec: str) -> tuple[str, int | None]:
 class Settings:
     """Everything one worker process is configured with."""
 
-    url: str | None = None
+    url: str | None = attrs.field(default=None, repr=lambda url: repr(url and redact_url(url)))
     namespace: str = "natskiq"
     app: tuple[str, ...] = ()
     queues: tuple[str, ...] = ("default",)
@@ -77,10 +80,12 @@ class Settings:
     lease_ttl: float = 5.0
     ack_wait: float = 30.0
     max_deliveries: int = 25
+    metrics_port: int | None = None
     failed_max_jobs: int | None = None
     failed_max_days: float | None = None
     node_id: str = attrs.field(factory=_default_node_id)
-    nats_options: dict[str, Any] = attrs.field(factory=dict)
+    # Credentials and TLS (see natskiq.client.auth_options): kept out of repr.
+    nats_options: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         check_name("node", self.node_id)
@@ -147,6 +152,8 @@ class Launcher:
     _elect_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _stopping: anyio.Event | None = attrs.field(init=False, default=None)
     _nodes_kv: KeyValue | None = attrs.field(init=False, default=None)
+    metrics: Metrics | None = attrs.field(init=False, default=None)
+    metrics_address: int | None = attrs.field(init=False, default=None)
 
     @property
     def is_master(self) -> bool:
@@ -158,22 +165,27 @@ class Launcher:
             url=s.url, namespace=s.namespace, replicas=s.replicas, nats_options=s.nats_options
         )
         await self.client.open()
-        js, names = self.client.js, self.client.names
         order, strict = s.queue_order
-        try:
-            for queue, _ in order:
-                await ensure_queue(js, names, queue, replicas=s.replicas, ack_wait=s.ack_wait)
-            max_age = s.failed_max_days * 86400 if s.failed_max_days else None
-            await ensure_failed(js, names, replicas=s.replicas, max_jobs=s.failed_max_jobs, max_age=max_age)
-            await ensure_stats(js, names, replicas=s.replicas)
-            await ensure_bucket(js, names.lease_bucket, replicas=s.replicas)
-            self._nodes_kv = await ensure_bucket(js, names.nodes_bucket, replicas=s.replicas)
-        except (NatsError, JSError, TimeoutError) as exc:
-            await self.client.close()
-            raise ConfigError(f"cannot set up streams and buckets: {exc!r}") from exc
+        # Several nodes starting together on a cluster create the same R3
+        # streams at once, and a stream's first leader election can time an
+        # API request out: retry what is transient, for a while.
+        deadline = anyio.current_time() + SETUP_TIMEOUT
+        while True:
+            try:
+                await self._create_topology(order)
+                break
+            except (NatsError, JSError, TimeoutError) as exc:
+                if anyio.current_time() > deadline:
+                    await self.client.close()
+                    raise ConfigError(f"cannot set up streams and buckets: {exc!r}") from exc
+                log.info("setting up streams and buckets: %r; trying again", exc)
+                await anyio.sleep(0.5)
+            except ConfigError:
+                await self.client.close()
+                raise
         self.node = Node(
             self.client.nc,
-            names,
+            self.client.names,
             s.node_id,
             order,
             strict=strict,
@@ -181,7 +193,30 @@ class Launcher:
             ack_wait=s.ack_wait,
             max_deliveries=s.max_deliveries,
         )
-        self.lease = Lease(self.client.nc, names, s.node_id, ttl=s.lease_ttl)
+        if s.metrics_port is not None:
+            self.metrics = Metrics()
+            self.node.middleware.append(self.metrics)
+        self.lease = Lease(self.client.nc, self.client.names, s.node_id, ttl=s.lease_ttl)
+
+    async def _create_topology(self, order: list[tuple[str, int]]) -> None:
+        s, js, names = self.settings, self.client.js, self.client.names
+        for queue, _ in order:
+            await ensure_queue(js, names, queue, replicas=s.replicas, ack_wait=s.ack_wait)
+        max_age = s.failed_max_days * 86400 if s.failed_max_days else None
+        await ensure_failed(js, names, replicas=s.replicas, max_jobs=s.failed_max_jobs, max_age=max_age)
+        await ensure_stats(js, names, replicas=s.replicas)
+        await self._register_periodic()
+        await ensure_bucket(js, names.lease_bucket, replicas=s.replicas)
+        self._nodes_kv = await ensure_bucket(js, names.nodes_bucket, replicas=s.replicas)
+
+    async def _register_periodic(self) -> None:
+        """Store this app's periodic job definitions (unchanged ones are left alone)."""
+        definitions = cron.registered()
+        for queue in sorted({d.queue for d in definitions}):
+            await self.client.ensure_queue(queue)
+        written = await cron.register(self.client.js, self.client.names, definitions)
+        if definitions:
+            log.info("periodic jobs: %d defined, %d stored anew", len(definitions), written)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the node until :meth:`stop` (or a signal, via :meth:`serve`)."""
@@ -195,6 +230,10 @@ class Launcher:
                 tg.start_soon(self._elect)
                 tg.start_soon(self._heartbeat)
                 tg.start_soon(self._watch_failed)
+                if self.metrics is not None and self.settings.metrics_port is not None:
+                    self.metrics_address = await tg.start(
+                        serve_metrics, self.metrics, self.client, self.settings.metrics_port
+                    )
                 log.info(
                     "node %s started: queues=%s concurrency=%d",
                     self.settings.node_id,

@@ -231,7 +231,11 @@ async def elect(
 
 async def _run_lead(lead: Callable[[int], Awaitable[None]], token: int, scope: anyio.CancelScope) -> None:
     try:
-        await lead(token)
+        try:
+            await lead(token)
+        except* LeaseLost as group:
+            # The master noticed first (a dispatch or a node's report saw the lease gone).
+            log.warning("lost the lease (revision %d): %s", token, group.exceptions[0])
     except Exception:
         # A crashing master must not take the node down: step down, let the
         # election run again (possibly on another node).

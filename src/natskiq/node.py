@@ -41,8 +41,8 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 
 from . import job as jobs
-from . import retry
-from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery
+from . import middleware, retry
+from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery, ack_field
 from .errors import DeliveryLimit, InvalidJob, UnknownWorker
 from .topology import Names
 from .worker import Worker, is_async, lookup
@@ -53,6 +53,7 @@ SETTLE_TIMEOUT = 5.0
 SETTLE_ATTEMPTS = 5
 STATS_INTERVAL = 1.0
 MAX_DELIVERIES = 25
+CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
 
 
 def _nothing() -> None:
@@ -81,6 +82,7 @@ class Node:
     concurrency: int = 10
     ack_wait: float = 30.0
     max_deliveries: int = MAX_DELIVERIES
+    middleware: list[middleware.ServerMiddleware] = attrs.field(factory=middleware.server_chain)
     capacity_changed: Callable[[], None] = _nothing
     processed: int = attrs.field(init=False, default=0)
     failed: int = attrs.field(init=False, default=0)
@@ -89,6 +91,8 @@ class Node:
     _received: int = attrs.field(init=False, default=0)
     _quiet: bool = attrs.field(init=False, default=False)
     _inflight: set[Delivery] = attrs.field(init=False, factory=set)
+    _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
+    _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
     _unflushed: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _limiter: anyio.CapacityLimiter = attrs.field(init=False)
     _threads: anyio.CapacityLimiter = attrs.field(init=False)
@@ -155,10 +159,12 @@ class Node:
         """Receive, run and settle jobs until cancelled."""
         dispatch_sub = await self.nc.subscribe(self.names.dispatch_subject(self.node_id))
         master_sub = await self.nc.subscribe(self.names.master_subject)
+        cancel_sub = await self.nc.subscribe(self.names.cancel_subject)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_dispatches, dispatch_sub)
                 tg.start_soon(self._read_masters, master_sub)
+                tg.start_soon(self._read_cancels, cancel_sub)
                 tg.start_soon(self._report_demand)
                 tg.start_soon(self._keep_alive)
                 tg.start_soon(self._keep_stats)
@@ -174,6 +180,7 @@ class Node:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await dispatch_sub.unsubscribe()
                 await master_sub.unsubscribe()
+                await cancel_sub.unsubscribe()
 
     # -- inputs ---------------------------------------------------------
 
@@ -197,6 +204,23 @@ class Node:
             if token > self._max_token:
                 self._max_token, self._received = token, 0
             self._demand_changed.set()
+
+    async def _read_cancels(self, sub: Any) -> None:
+        """Cancel a job on request: at once if running here, else when it would start."""
+        async for msg in sub.messages:
+            try:
+                jid = str(json.loads(msg.data)["jid"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            now = anyio.current_time()
+            self._cancelled = {j: t for j, t in self._cancelled.items() if t > now}
+            scope = self._running.get(jid)
+            if scope is None:
+                self._cancelled[jid] = now + CANCEL_MEMORY
+                continue
+            scope.cancel()
+            if msg.reply:
+                await self.nc.publish(msg.reply, json.dumps({"node": self.node_id, "jid": jid}).encode())
 
     async def _report_demand(self) -> None:
         """Publish capacity every heartbeat and soon after it changes."""
@@ -266,6 +290,12 @@ class Node:
         if job.queue != queue:
             # Trust the stream the job came from, not what its producer wrote.
             job = attrs.evolve(job, queue=queue)
+        if job.periodic is not None:
+            # Every tick of a periodic job carries the same envelope: give
+            # each run its own jid, from the message's stream sequence.
+            job = attrs.evolve(
+                job, jid=f"{job.jid[:40]}-{ack_field(delivery.reply, 'sseq')}", enqueued_at=time.time()
+            )
         if delivery.num_delivered > self.max_deliveries:
             # Delivered again and again, never settled: it likely kills the
             # process that runs it. Keep it in the failed set, don't run it.
@@ -285,23 +315,27 @@ class Node:
     async def _execute(
         self, worker: type[Worker], job: jobs.Job, ack: Callable[[], Any], delivery: Delivery
     ) -> None:
-        started = anyio.current_time()
-        log.info("start jid=%s class=%s queue=%s", job.jid, job.cls, job.queue)
+        if self._cancelled.pop(job.jid, None) is not None:
+            log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
+            await ack()
+            return
         try:
-            await self._perform(worker, job, delivery)
+            with anyio.CancelScope() as scope:
+                self._running[job.jid] = scope
+                await self._perform(worker, job, delivery)
+            if scope.cancelled_caught:
+                # Cancelled on request (natskiq.api.cancel): the job is dropped.
+                log.info("cancelled jid=%s class=%s queue=%s while running", job.jid, job.cls, job.queue)
+                await ack()
+                return
         except Exception as exc:
-            duration = anyio.current_time() - started
-            log.info(
-                "fail jid=%s class=%s queue=%s duration=%.3fs error=%r",
-                job.jid, job.cls, job.queue, duration, exc,
-            )  # fmt: skip
             self._count(failed=True)
             await self._settle_with(retry.route, job, exc, worker=worker, ack=ack)
             return
+        finally:
+            self._running.pop(job.jid, None)
         self._count(failed=False)
         await ack()
-        duration = anyio.current_time() - started
-        log.info("done jid=%s class=%s queue=%s duration=%.3fs", job.jid, job.cls, job.queue, duration)
 
     def _count(self, *, failed: bool) -> None:
         """Sidekiq's stats: every finished run is processed; failures also failed."""
@@ -341,12 +375,15 @@ class Node:
         instance.jid, instance.job = job.jid, job
         instance.lease_token, instance.delivered_at = delivery.token, delivery.delivered_at
         timeout = worker.options.timeout
-        with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
-            if is_async(worker):
-                await instance.perform(*job.args, **job.kwargs)
-            else:
+
+        async def perform() -> Any:
+            with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
+                if is_async(worker):
+                    return await instance.perform(*job.args, **job.kwargs)
                 call = functools.partial(instance.perform, *job.args, **job.kwargs)
-                await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
+                return await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
+
+        await middleware.run_server(self.middleware, instance, job, perform)
 
     async def _settle_with(self, route: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Store a successor, retrying while NATS is unreachable.

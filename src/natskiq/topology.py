@@ -123,6 +123,11 @@ class Names:
     def dispatch_subject(self, node_id: str) -> str:
         return f"{self.namespace}.ctl.dispatch.{check_name('node', node_id)}"
 
+    @property
+    def cancel_subject(self) -> str:
+        """Where cancel requests for running jobs go (every node listens)."""
+        return f"{self.namespace}.ctl.cancel"
+
     def command_subject(self, node_id: str) -> str:
         return f"{self.namespace}.ctl.node.{check_name('node', node_id)}"
 

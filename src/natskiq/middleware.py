@@ -1,0 +1,115 @@
+"""Middleware: code around every enqueue (client side) and every run (server side).
+
+Client middleware sees each job before it is stored and may change it
+(headers of your own live in the envelope's ``kwargs`` or ``args``; tenant
+tags, trace ids...) or veto it by not calling ``call_next``::
+
+    @natskiq.client_middleware
+    async def tag_tenant(job: natskiq.Job, call_next):
+        return await call_next(attrs.evolve(job, kwargs={**job.kwargs, "tenant": current_tenant()}))
+
+Server middleware wraps each run on a node, with the worker instance::
+
+    @natskiq.server_middleware
+    async def timing(worker: natskiq.Worker, job: natskiq.Job, call_next):
+        started = time.perf_counter()
+        try:
+            return await call_next()
+        finally:
+            statsd.timing(job.cls, time.perf_counter() - started)
+
+Middleware registered with the decorators applies to every client and node
+in the process (a worker registers it by importing the module that defines
+it with ``--app``); ``Client(middleware=[...])`` and
+``Settings(middleware=[...])`` add more for one client or node. The first
+registered runs outermost. natskiq's own per-job log lines are server
+middleware too (:func:`log_jobs`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from .job import Job
+from .worker import Worker
+
+log = logging.getLogger("natskiq.node")
+
+ClientNext = Callable[[Job], Awaitable[Job | None]]
+ClientMiddleware = Callable[[Job, ClientNext], Awaitable[Job | None]]
+ServerNext = Callable[[], Awaitable[Any]]
+ServerMiddleware = Callable[[Worker, Job, ServerNext], Awaitable[Any]]
+
+_client: list[ClientMiddleware] = []
+_server: list[ServerMiddleware] = []
+
+
+def client_middleware(func: ClientMiddleware) -> ClientMiddleware:
+    """Register client middleware for every client in this process (a decorator)."""
+    _client.append(func)
+    return func
+
+
+def server_middleware(func: ServerMiddleware) -> ServerMiddleware:
+    """Register server middleware for every node in this process (a decorator)."""
+    _server.append(func)
+    return func
+
+
+def client_chain(extra: Sequence[ClientMiddleware] = ()) -> list[ClientMiddleware]:
+    return [*_client, *extra]
+
+
+def server_chain(extra: Sequence[ServerMiddleware] = ()) -> list[ServerMiddleware]:
+    return [log_jobs, *_server, *extra]
+
+
+async def run_client(chain: Sequence[ClientMiddleware], job: Job, store: ClientNext) -> Job | None:
+    """Pass ``job`` through the client chain, then to ``store``; None if vetoed."""
+
+    async def step(index: int, current: Job) -> Job | None:
+        if index == len(chain):
+            return await store(current)
+        return await chain[index](current, lambda changed: step(index + 1, changed))
+
+    return await step(0, job)
+
+
+async def run_server(chain: Sequence[ServerMiddleware], worker: Worker, job: Job, perform: ServerNext) -> Any:
+    """Run ``perform`` inside the server chain."""
+
+    async def step(index: int) -> Any:
+        if index == len(chain):
+            return await perform()
+        return await chain[index](worker, job, lambda: step(index + 1))
+
+    return await step(0)
+
+
+async def log_jobs(worker: Worker, job: Job, call_next: ServerNext) -> Any:
+    """One INFO line when a job starts and one when it ends, with jid, class,
+    queue and duration (``--log-level warning`` silences them)."""
+    if not log.isEnabledFor(logging.INFO):
+        return await call_next()
+    started = anyio.current_time()
+    log.info("start jid=%s class=%s queue=%s", job.jid, job.cls, job.queue)
+    try:
+        result = await call_next()
+    except Exception as exc:
+        duration = anyio.current_time() - started
+        log.info(
+            "fail jid=%s class=%s queue=%s duration=%.3fs error=%r",
+            job.jid,
+            job.cls,
+            job.queue,
+            duration,
+            exc,
+        )
+        raise
+    duration = anyio.current_time() - started
+    log.info("done jid=%s class=%s queue=%s duration=%.3fs", job.jid, job.cls, job.queue, duration)
+    return result
