@@ -48,6 +48,7 @@ HEARTBEAT = 1.0
 PEER_TIMEOUT = 3 * HEARTBEAT
 PULL_EXPIRES = 5.0
 MAX_PULL_BATCH = 1024
+PREFETCH = 2
 
 
 @attrs.define(slots=True, eq=False)
@@ -83,7 +84,14 @@ class LocalNode(Protocol):
     """What the aggregator needs of the node in its own process."""
 
     node_id: str
+    concurrency: int
     capacity_changed: Callable[[], None]
+
+    @property
+    def busy(self) -> int: ...
+
+    @property
+    def quiet(self) -> bool: ...
 
     def demand(self) -> dict[str, Any]: ...
 
@@ -105,8 +113,13 @@ class Peer:
     seen_at: float = 0.0
     choice: str | None = None
 
+    local: LocalNode | None = None
+
     @property
     def credit(self) -> int:
+        if self.local is not None:
+            # The node in this process: its own counters, exact and current.
+            return 0 if self.local.quiet else self.local.concurrency - self.local.busy
         return self.concurrency - self.busy - max(0, self.sent - self.received)
 
     def update(self, demand: dict[str, Any], token: int) -> None:
@@ -181,18 +194,28 @@ class Aggregator:
     _pulls: dict[str, deque[_Pull]] = attrs.field(init=False, factory=dict)
     _pending: dict[str, int] = attrs.field(init=False, factory=dict)
     _changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _pull_changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _tg: TaskGroup | None = attrs.field(init=False, default=None)
 
     def _notify(self) -> None:
+        """Capacity or membership changed: both dispatching and pulling may act."""
+        self._wake_dispatch()
+        self._wake_pull()
+
+    def _wake_dispatch(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    def _wake_pull(self) -> None:
+        self._pull_changed.set()
+        self._pull_changed = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Pull and dispatch until cancelled or the lease is lost."""
         demand_sub = await self.nc.subscribe(self.names.demand_subject)
         if self.local is not None:
             self.local.capacity_changed = self._notify
-            self._peers[self.local.node_id] = Peer(self.local.node_id)
+            self._peers[self.local.node_id] = Peer(self.local.node_id, local=self.local)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -231,6 +254,7 @@ class Aggregator:
                 self._notify()
 
     def _refresh_local(self) -> None:
+        """Take the local node's queues and order (its credit is read live)."""
         if self.local is not None:
             peer = self._peers[self.local.node_id]
             peer.update(self.local.demand(), self.token)
@@ -267,16 +291,19 @@ class Aggregator:
         subject = self.names.pull_subject(queue)
         ensured = False
         while True:
-            changed = self._changed
+            changed = self._pull_changed
             now = anyio.current_time()
             while pulls and pulls[0].expires_at < now:
                 pulls.popleft()
             if not ensured:
                 ensured = await self._ensure_consumer(queue)
-            credit = self._credit_for(queue)
+            # Hold up to PREFETCH times the free slots, so a slot that frees
+            # finds its next job already here; pull in batches of at least a
+            # quarter of that, not one by one.
+            target = PREFETCH * self._credit_for(queue)
             outstanding = sum(p.remaining for p in pulls)
-            want = min(MAX_PULL_BATCH, credit - len(self._buffers[queue]) - outstanding)
-            if ensured and want > 0 and (not outstanding or want >= max(1, credit // 4)):
+            want = min(MAX_PULL_BATCH, target - len(self._buffers[queue]) - outstanding)
+            if ensured and want > 0 and (not outstanding or want >= max(1, target // 4)):
                 request = {"batch": want, "expires": int(PULL_EXPIRES * 1e9)}
                 pulls.append(_Pull(want, now + PULL_EXPIRES + 0.5))
                 await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
@@ -304,7 +331,7 @@ class Aggregator:
                     pulls[0].remaining -= 1
                     if pulls[0].remaining <= 0:
                         pulls.popleft()
-                self._notify()
+                self._wake_dispatch()
             elif status in ("408", "409"):
                 if pulls:
                     pulls.popleft()
@@ -319,12 +346,11 @@ class Aggregator:
     async def _dispatch_loop(self) -> None:
         while True:
             changed = self._changed
-            if not await self._dispatch_round():
-                await changed.wait()
+            await self._dispatch_round()
+            await changed.wait()
 
     async def _dispatch_round(self) -> bool:
         """Hand out as many buffered jobs as nodes have credit for."""
-        self._refresh_local()
         moved = False
         peers = list(self._peers.values())
         random.shuffle(peers)
@@ -337,16 +363,14 @@ class Aggregator:
                 await self._hand_off(peer, msg)
                 moved = True
         if moved:
-            self._notify()
+            self._wake_pull()  # buffers shrank: pull more
         return moved
 
     async def _hand_off(self, peer: Peer, msg: Msg) -> None:
         token = self.check_lease()
         peer.sent += 1
-        if self.local is not None and peer.node_id == self.local.node_id:
-            self.local.deliver(Delivery(msg.data, msg.reply, token))
-            peer.busy += 1
-            peer.received += 1
+        if peer.local is not None:
+            peer.local.deliver(Delivery(msg.data, msg.reply, token))
             return
         headers = {TOKEN_HEADER: str(token), ACK_HEADER: msg.reply}
         await self.nc.publish(self.names.dispatch_subject(peer.node_id), msg.data, headers=headers)

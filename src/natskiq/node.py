@@ -6,7 +6,8 @@ objects (in-process from its own aggregator when it is master, otherwise on
 
 1. refuses it (NAK, so it runs elsewhere at once) if it carries a fencing
    token older than the newest it has seen, or if the node is quiet;
-2. waits for a slot of its :class:`anyio.CapacityLimiter`;
+2. waits for one of its runner tasks (at most ``concurrency``, started as
+   work needs them);
 3. decodes the envelope, looks the worker class up in the registry and runs
    ``perform`` in its task group (a plain ``def`` in a worker thread), under
    the worker's timeout;
@@ -34,7 +35,7 @@ from typing import Any
 
 import anyio
 import attrs
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 SETTLE_TIMEOUT = 5.0
 SETTLE_ATTEMPTS = 5
+ACK_LINGER = 0.001
 STATS_INTERVAL = 1.0
 MAX_DELIVERIES = 25
 CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
@@ -94,15 +96,18 @@ class Node:
     _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
     _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
     _unflushed: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    _limiter: anyio.CapacityLimiter = attrs.field(init=False)
     _threads: anyio.CapacityLimiter = attrs.field(init=False)
     _send: MemoryObjectSendStream[Delivery] = attrs.field(init=False)
     _recv: MemoryObjectReceiveStream[Delivery] = attrs.field(init=False)
     _demand_changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _idle: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _tg: TaskGroup | None = attrs.field(init=False, default=None)
+    _runners: int = attrs.field(init=False, default=0)
+    _waiting: int = attrs.field(init=False, default=0)
+    _acks: list[str] = attrs.field(init=False, factory=list)
+    _acks_ready: anyio.Event = attrs.field(init=False, factory=anyio.Event)
 
     def __attrs_post_init__(self) -> None:
-        self._limiter = anyio.CapacityLimiter(self.concurrency)
         self._threads = anyio.CapacityLimiter(self.concurrency)
         self._send, self._recv = anyio.create_memory_object_stream[Delivery](math.inf)
         self._idle.set()
@@ -130,8 +135,9 @@ class Node:
         }
 
     def _changed(self) -> None:
-        self._demand_changed.set()
-        self.capacity_changed()
+        if self.capacity_changed is _nothing:
+            self._demand_changed.set()  # a master elsewhere: report soon
+        self.capacity_changed()  # this node's own master, in-process
 
     def deliver(self, delivery: Delivery) -> None:
         """Accept a job from the master (never blocks; refusals happen in the runner)."""
@@ -143,6 +149,13 @@ class Node:
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._inflight.add(delivery)
         self._send.send_nowait(delivery)
+        queued = self._send.statistics().current_buffer_used
+        if queued > self._waiting and self._runners < self.concurrency and self._tg is not None:
+            # Runners are started as work needs them, up to the concurrency:
+            # an idle node holds few tasks, a busy one no more than it may run.
+            self._runners += 1
+            self._waiting += 1
+            self._tg.start_soon(self._runner)
 
     def set_quiet(self) -> None:
         """Stop taking new jobs (Sidekiq's quiet); running ones carry on."""
@@ -168,15 +181,18 @@ class Node:
                 tg.start_soon(self._report_demand)
                 tg.start_soon(self._keep_alive)
                 tg.start_soon(self._keep_stats)
+                tg.start_soon(self._ack_batches)
+                self._tg = tg
                 task_status.started()
-                async for delivery in self._recv:
-                    if delivery.token < self._max_token or self._quiet:
-                        tg.start_soon(self._refuse, delivery)
-                    else:
-                        tg.start_soon(self._run, delivery)
         finally:
+            self._tg = None
             self._send.close()
             self._recv.close()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
+                await self._flush_acks()
+                for delivery in list(self._inflight):
+                    # Received but never started: back to the queue at once.
+                    await self._settle(delivery, b"-NAK")
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await dispatch_sub.unsubscribe()
                 await master_sub.unsubscribe()
@@ -247,12 +263,6 @@ class Node:
 
     # -- running --------------------------------------------------------
 
-    async def _refuse(self, delivery: Delivery) -> None:
-        try:
-            await self._settle(delivery, b"-NAK")
-        finally:
-            self._done(delivery)
-
     def _done(self, delivery: Delivery) -> None:
         self._inflight.discard(delivery)
         self._busy -= 1
@@ -260,23 +270,31 @@ class Node:
             self._idle.set()
         self._changed()
 
-    async def _run(self, delivery: Delivery) -> None:
-        try:
-            async with self._limiter:
+    async def _runner(self) -> None:
+        """Run deliveries one at a time, for as long as the node runs."""
+        while True:
+            try:
+                delivery = await self._recv.receive()
+            except anyio.EndOfStream:
+                return
+            finally:
+                self._waiting -= 1
+            try:
                 if self._quiet or delivery.token < self._max_token:
                     # Quiet means no new job starts here, and a job handed out
                     # by a master that has since been replaced does not start
                     # either (fencing): back to the queue, to run at once.
                     await self._settle(delivery, b"-NAK")
-                    return
-                await self._process(delivery)
-        except anyio.get_cancelled_exc_class():
-            # Shut down before or while running: hand the job back at once.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
-                await self._settle(delivery, b"-NAK")
-            raise
-        finally:
-            self._done(delivery)
+                else:
+                    await self._process(delivery)
+            except anyio.get_cancelled_exc_class():
+                # Shut down while running: hand the job back at once.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
+                    await self._settle(delivery, b"-NAK")
+                raise
+            finally:
+                self._done(delivery)
+                self._waiting += 1
 
     async def _process(self, delivery: Delivery) -> None:
         ack = functools.partial(self._settle, delivery, b"+ACK")
@@ -403,10 +421,34 @@ class Node:
 
     async def _settle(self, delivery: Delivery, verdict: bytes) -> None:
         self._inflight.discard(delivery)
+        if verdict == b"+ACK" and self._tg is not None:
+            # Acks go out in batches (see _ack_batches): one socket write for
+            # many jobs instead of one each.
+            self._acks.append(delivery.reply)
+            self._acks_ready.set()
+            return
         try:
             await self.nc.publish(delivery.reply, verdict)
         except NatsError as exc:
             log.warning("could not send %s: %r", verdict.decode(), exc)
+
+    async def _ack_batches(self) -> None:
+        """Send queued acks after a short linger, so they share socket writes."""
+        while True:
+            await self._acks_ready.wait()
+            await anyio.sleep(ACK_LINGER)
+            self._acks_ready = anyio.Event()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        for index, reply in enumerate(acks):
+            try:
+                await self.nc.publish(reply, b"+ACK")
+            except NatsError as exc:
+                # Not acked: JetStream redelivers these after the ack wait (at least once).
+                log.warning("could not send %d ack(s): %r", len(acks) - index, exc)
+                return
 
 
 def _queue_of(delivery: Delivery) -> str:
