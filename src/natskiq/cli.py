@@ -3,14 +3,16 @@
 ::
 
     natskiq worker --app MODULE [--url URL] [--queue Q[:WEIGHT]]... [--concurrency N]
-                   [--namespace NS] [--timeout S] [--replicas 1|3]
-    natskiq server [--port 4222] [--host 127.0.0.1] [--store DIR]
+                   [--namespace NS] [--timeout S] [--replicas 1|3] [--metrics-port PORT]
+    natskiq server [--port 4222] [--host 127.0.0.1] [--store DIR] [--cluster N]
     natskiq demo
     natskiq stats  [--json]
     natskiq queues [list | peek Q | clear Q] [--json]
     natskiq retry     list|now|delete    [--queue Q] [--class C] [--jid J] [--error E]
     natskiq scheduled list|now|delete       [--since T] [--until T] [--all] [--json]
     natskiq failed    list|replay|delete
+    natskiq periodic  list | remove NAME [--json]
+    natskiq cancel    JID [--json]
 
 Every command that talks to NATS takes ``--url``, ``--namespace`` and the
 authentication and TLS options ``--user``/``--password``, ``--token``,
@@ -23,7 +25,8 @@ Exit codes: 0 done, 1 nothing matched, 2 bad input or NATS unreachable.
 
 Worker settings also come from ``[tool.natskiq]`` in ``./pyproject.toml`` or
 from ``./natskiq.toml`` (or ``--config FILE``); flags win, then the
-``NATSKIQ_URL`` / ``NATSKIQ_NAMESPACE`` environment, then the file.
+``NATSKIQ_URL`` / ``NATSKIQ_NAMESPACE`` / ``NATSKIQ_REPLICAS`` environment,
+then the file.
 """
 
 from __future__ import annotations
@@ -32,14 +35,16 @@ import argparse
 import json
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -47,6 +52,10 @@ from . import __version__, api
 from .client import AUTH_ENV, Client, auth_options
 from .errors import ConfigError, NatskiqError, NotFound
 from .launcher import Launcher, Settings, import_app
+from .topology import check_name
+
+if TYPE_CHECKING:
+    from .server import Server
 
 
 class UsageError(NatskiqError):
@@ -68,7 +77,10 @@ CONFIG_KEYS = {
     "failed_max_jobs",
     "max_deliveries",
     "failed_max_days",
+    "metrics_port",
 }
+# The settings a NATSKIQ_<KEY> environment variable stands in for (between flag and file).
+ENV_KEYS = ("url", "namespace", "replicas")
 # Authentication and TLS (the arguments of auth_options). A config file may
 # name the files and the user, never a secret: that comes from a flag or the environment.
 AUTH_KEYS = tuple(AUTH_ENV)
@@ -101,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--failed-max-jobs", type=int, help="failed jobs kept at most (10000)")
     worker.add_argument("--failed-max-days", type=float, help="days failed jobs are kept (180)")
+    worker.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT/metrics"
+    )
     worker.add_argument("--config", type=Path, help="a natskiq.toml or pyproject.toml")
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
@@ -108,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--port", "-p", type=int, default=4222)
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--store", type=Path, help="JetStream store directory")
+    server.add_argument(
+        "--cluster",
+        type=int,
+        metavar="N",
+        help="run an N-server cluster on 127.0.0.1, client ports PORT, PORT+1, ... (N >= 3)",
+    )
 
     sub.add_parser("demo", help="server + worker + sample jobs; exits when they have run")
 
@@ -140,6 +161,17 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--limit", type=int, help="at most this many (list: 50)")
         _connection_args(cmd)
         _json_arg(cmd)
+
+    periodic = sub.add_parser("periodic", help="list periodic jobs or remove one")
+    periodic.add_argument("action", nargs="?", choices=("list", "remove"), default="list")
+    periodic.add_argument("name", nargs="?", help="the periodic job's name (remove)")
+    _connection_args(periodic)
+    _json_arg(periodic)
+
+    cancel = sub.add_parser("cancel", help="cancel a job: delete it if waiting, stop it if running")
+    cancel.add_argument("jid", help="the job's id")
+    _connection_args(cancel)
+    _json_arg(cancel)
     return parser
 
 
@@ -235,7 +267,7 @@ def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
     merged: dict[str, Any] = {}
     for key in CONFIG_KEYS:
         flag = getattr(args, key, None)
-        env = os.environ.get(f"NATSKIQ_{key.upper()}") if key in ("url", "namespace") else None
+        env = _env_setting(key)
         value = flag if flag is not None else env if env is not None else file.get(key)
         if value is not None:
             merged[key] = value
@@ -246,11 +278,28 @@ def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
     merged["app"] = _strings("app", app)
     if "queues" in merged:
         merged["queues"] = _strings("queues", merged["queues"])
+    port = merged.get("metrics_port")
+    if port is not None and (type(port) is not int or not 0 <= port <= 65535):
+        raise ConfigError(f"metrics port must be a whole number from 0 to 65535, not {port!r}")
     merged["nats_options"] = connection_auth(args, file)
     try:
         return Settings(**merged), level
     except TypeError as exc:
         raise ConfigError(f"bad setting: {exc}") from exc
+
+
+def _env_setting(key: str) -> str | int | None:
+    """The value of ``$NATSKIQ_<KEY>`` for a worker setting it stands in for, if set."""
+    name = f"NATSKIQ_{key.upper()}"
+    value = os.environ.get(name) if key in ENV_KEYS else None
+    if value is None or key != "replicas":
+        return value
+    if not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"${name} must be 1, 3 or 5, not {value!r}") from None
 
 
 def _strings(key: str, value: object) -> tuple[str, ...]:
@@ -402,25 +451,89 @@ async def _sets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server(args: argparse.Namespace) -> None:
-    from .server import Server, default_store_dir
+async def _periodic(args: argparse.Namespace) -> int:
+    if args.action == "remove" and not args.name:
+        raise UsageError("periodic remove needs the periodic job's name")
+    if args.action == "list" and args.name:
+        raise UsageError("periodic list takes no name")
+    async with _client(args) as client:
+        if args.action == "remove":
+            removed = await api.remove_periodic(client, args.name)
+            doc = {"removed": args.name, "count": removed}
+            print(json.dumps(doc) if args.json else f"removed periodic job {args.name}")
+            return 0
+        found = await api.periodic_jobs(client)
+    if args.json:
+        print(json.dumps({"periodic": [p.to_dict() for p in found]}, indent=2))
+        return 0
+    print(f"{'name':24} {'queue':12} {'schedule':20} {'tz':16} {'class':28} next")
+    for p in found:
+        print(
+            f"{p.name:24} {p.queue:12} {p.schedule:20} {p.tz or 'UTC':16} {p.cls[-28:]:28} {p.next_at or '-'}"
+        )
+    print(f"({len(found)} periodic job{'s' if len(found) != 1 else ''})")
+    return 0
 
+
+async def _cancel(args: argparse.Namespace) -> int:
+    check_name("jid", args.jid)  # before connecting
+    async with _client(args) as client:
+        result = await api.cancel(client, args.jid)
+    if args.json:
+        print(json.dumps({"jid": args.jid, **result}))
+        return 0
+    where = [f"deleted from {kind}" for kind in result["deleted"]]
+    where += [f"stopped on {node}" for node in result["running_on"]]
+    print(f"cancelled {args.jid}: {', '.join(where)}")
+    return 0
+
+
+def _server(args: argparse.Namespace) -> None:
+    from .server import Cluster, Server, default_store_dir
+
+    if args.cluster is not None:
+        if args.cluster < 3:
+            raise UsageError(
+                f"--cluster needs at least 3 servers (replicated streams have 3), not {args.cluster}"
+            )
+        if args.host != "127.0.0.1":
+            raise UsageError("--cluster runs on 127.0.0.1 only")
+        store = args.store or default_store_dir() / "cluster"
+        ports = [args.port + i for i in range(args.cluster)]
+        cluster = Cluster(size=args.cluster, root=store, client_ports=ports)
+        _serve_until_stopped(
+            cluster.start, cluster.servers, cluster.stop, f"{args.cluster}-node cluster", store
+        )
+        return
     store = args.store or default_store_dir()
     server = Server(store_dir=store, port=args.port, host=args.host)
+    _serve_until_stopped(server.start, [server], server.stop, "JetStream", store)
 
-    def stop(signum: int, frame: object) -> None:
+
+def _serve_until_stopped(
+    start: Callable[[], str], servers: list[Server], stop: Callable[[], None], what: str, store: Path
+) -> None:
+    """Start nats-server(s), print the URL, and stop them all on SIGTERM or Ctrl-C, or when one exits."""
+
+    def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        server.start()
-        print(f"natskiq server: JetStream at {server.url} (store {store}); Ctrl-C stops it", flush=True)
-        code = server.wait()
-        raise ConfigError(f"nats-server exited with code {code}")
+        url = start()
+        print(f"natskiq server: {what} at {url} (store {store}); Ctrl-C stops it", flush=True)
+        # One thread waits on each process; the main thread blocks on the
+        # first to report, and a signal interrupts that wait.
+        exited: queue.Queue[tuple[int, int]] = queue.Queue()
+        for index, server in enumerate(servers):
+            threading.Thread(target=lambda i=index, s=server: exited.put((i, s.wait())), daemon=True).start()
+        index, code = exited.get()
+        name = f"nats-server {index + 1}" if len(servers) > 1 else "nats-server"
+        raise ConfigError(f"{name} exited with code {code}")
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        stop()
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -444,6 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             anyio.run(_stats, args)
         elif args.command == "queues":
             return anyio.run(_queues, args)
+        elif args.command == "periodic":
+            return anyio.run(_periodic, args)
+        elif args.command == "cancel":
+            return anyio.run(_cancel, args)
         else:
             return anyio.run(_sets, args)
     except KeyboardInterrupt:
