@@ -7,7 +7,7 @@ BENCH_STAMP = $(VENV)/.natskiq-bench-installed
 # `make bench BENCH_ARGS=--quick` for a one-repetition run on 1,000 jobs.
 BENCH_ARGS ?=
 
-.PHONY: demo test lint format clean bench
+.PHONY: demo test lint format clean bench soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP) lint
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# 10,000 jobs on a local 3-node cluster under 20 injected faults; fails if a
+# job is lost or ran under a stale lease (see tests/chaos.py).
+soak: $(STAMP)
+	$(BIN)/python -m tests.chaos --jobs 10000 --faults 20
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench
