@@ -88,12 +88,8 @@ def test_plugin_fixtures_give_a_client(pytester: pytest.Pytester) -> None:
             assert await natskiq.api.queue_names(natskiq_client) == []
         """
     )
-    result = pytester.runpytest(
-        "-p",
-        "natskiq.testing",
-        "-o",
-        "asyncio_mode=auto",
-        "-o",
-        "asyncio_default_fixture_loop_scope=function",
+    # The plugin is loaded through its pytest11 entry point, as in a user's project.
+    result = pytester.runpytest_subprocess(
+        "-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function"
     )
     result.assert_outcomes(passed=1)
