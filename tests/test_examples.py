@@ -1,18 +1,20 @@
 """The examples in examples/ run against a real server, so they never rot.
 
-A ``natskiq worker --app examples.workers`` subprocess runs the jobs; each
-example job prints ``[<queue>] ... (jid=<jid>)``, which the tests read back
-from the worker's output.
+A ``natskiq worker --app examples.workers`` (or ``examples.cron``)
+subprocess runs the jobs; each example job prints ``[<queue>] ...
+(jid=<jid>)``, which the tests read back from the worker's output.
+``examples/testing_example.py`` is run by pytest in a subprocess.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import anyio
@@ -22,18 +24,37 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 MAX_LINES = 60
-JOB_LINE = re.compile(r"^\[(?P<queue>[\w-]+)\] (?P<what>.*) \(jid=(?P<jid>\w+)\)$")
+JOB_LINE = re.compile(r"^\[(?P<queue>[\w-]+)\] (?P<what>.*) \(jid=(?P<jid>[\w-]+)\)$")
 
 
 class ExampleWorker:
-    """`natskiq worker --app examples.workers` as a subprocess, output to a file."""
+    """`natskiq worker --app examples.workers` (or another app) as a subprocess, output to a file."""
 
-    def __init__(self, url: str, namespace: str, log: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        log: Path,
+        app: str = "examples.workers",
+        queues: tuple[str, ...] = ("critical", "default"),
+        **env: str,
+    ) -> None:
         self.log = log
         self._out = log.open("wb")
-        cmd = [sys.executable, "-m", "natskiq", "worker", "--app", "examples.workers"]
-        cmd += ["--url", url, "--namespace", namespace, "--queue", "critical", "--queue", "default"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "natskiq",
+            "worker",
+            "--app",
+            app,
+            "--url",
+            url,
+            "--namespace",
+            namespace,
+        ]
+        cmd += [arg for queue in queues for arg in ("--queue", queue)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, env=env)
 
     def output(self) -> str:
@@ -47,14 +68,21 @@ class ExampleWorker:
     async def wait_for(self, jids: Iterable[str], timeout: float = 30.0) -> dict[str, re.Match[str]]:
         """Wait until every jid's job has printed its line; returns those lines."""
         wanted = set(jids)
+        await self.wait_until(lambda lines: wanted <= set(lines), timeout)
+        lines = self.job_lines()
+        return {jid: lines[jid] for jid in wanted}
+
+    async def wait_until(
+        self, done: Callable[[dict[str, re.Match[str]]], bool], timeout: float = 30.0
+    ) -> None:
+        """Wait until ``done(job lines by jid)`` holds; fails if the worker exits or a job fails."""
         with anyio.fail_after(timeout):
-            while not wanted <= set(lines := self.job_lines()):
+            while not done(self.job_lines()):
                 if self.proc.poll() is not None:
                     pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.output()}")
                 if " fail jid=" in (output := self.output()) or "Traceback" in output:
                     pytest.fail(f"a job failed:\n{output}")
                 await anyio.sleep(0.05)
-        return {jid: lines[jid] for jid in wanted}
 
     def stop(self) -> int:
         """SIGTERM (a graceful stop); returns the exit code."""
@@ -139,6 +167,42 @@ async def test_webapp_signup_enqueues(
     await example_worker.stop_cleanly()
 
 
+async def test_cron_example_ticks(nats_url: str, namespace: str, tmp_path: Path) -> None:
+    """A worker with --app examples.cron stores both periodic jobs, and the interval one fires."""
+    worker = ExampleWorker(
+        nats_url, namespace, tmp_path / "cron.log", app="examples.cron", queues=("default",),
+        HEARTBEAT_EVERY="1s",
+    )  # fmt: skip
+    cli = [sys.executable, "-m", "natskiq", "periodic", "--url", nats_url, "--namespace", namespace]
+    try:
+        await worker.wait_until(lambda lines: any(m["what"] == "heartbeat" for m in lines.values()))
+        listed = await anyio.run_process([*cli[:4], "list", *cli[4:], "--json"], cwd=ROOT)
+        found = {p["name"]: p for p in json.loads(listed.stdout)["periodic"]}
+        assert found["Heartbeat"]["schedule"] == "@every 1s"
+        nightly = found["nightly-sales"]
+        assert (nightly["schedule"], nightly["tz"], nightly["args"]) == (
+            "0 0 3 * * *",
+            "Europe/Paris",
+            ["sales"],
+        )
+        for name in found:  # so the server stops firing them into this namespace
+            await anyio.run_process([*cli[:4], "remove", name, *cli[4:]], cwd=ROOT)
+    finally:
+        await worker.stop_cleanly()
+
+
+async def test_testing_example_passes_under_pytest() -> None:
+    """examples/testing_example.py's tests pass under pytest, with the plugin from natskiq's entry point."""
+    result = await anyio.run_process(
+        [sys.executable, "-m", "pytest", "-q", "examples/testing_example.py"],
+        cwd=ROOT,
+        check=False,
+    )
+    output = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 0, output
+    assert "3 passed" in output, output
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_is_short(path: Path) -> None:
     """Every example stays small enough to read at a glance."""
@@ -148,4 +212,11 @@ def test_example_is_short(path: Path) -> None:
 
 def test_every_example_is_exercised() -> None:
     """The examples are exactly the ones the tests above run (add a test with a new one)."""
-    assert [p.name for p in EXAMPLES] == ["__init__.py", "producer.py", "webapp.py", "workers.py"]
+    assert [p.name for p in EXAMPLES] == [
+        "__init__.py",
+        "cron.py",
+        "producer.py",
+        "testing_example.py",
+        "webapp.py",
+        "workers.py",
+    ]
