@@ -277,7 +277,9 @@ async def run_now(client: Client, entry: Entry) -> str:
         raise NatskiqError(f"run_now takes scheduled jobs and retries, not {entry.kind} ones")
     job = _require_job(entry)
     await client.publish(attrs.evolve(job, at=None, enqueued_at=time.time()), attempt=f"now{entry.seq}")
-    await client.js.delete_msg(entry.stream, entry.seq)
+    # The job may already have run, failed and scheduled its next retry on
+    # the same subject, which replaced this message: then it is gone already.
+    await _remove(client, entry)
     return job.jid
 
 
