@@ -86,6 +86,48 @@ def test_encode_is_compact_json_with_wire_names() -> None:
     assert b" " not in jobs.encode(_job(args=[], kwargs={}))
 
 
+@pytest.mark.parametrize(
+    "optional",
+    [{}, {"at": 1764280100.125}],
+)
+def test_encode_new_is_encode_of_the_same_job(optional: dict[str, float]) -> None:
+    """encode_new() writes exactly what encode() writes for the Job it describes."""
+    now = 1764280000.123456
+    args, kwargs = [1, "two", {"k": ["é", None]}], {"note": '\u2603 "quoted"'}
+    raw = jobs.encode_new("ab12", 'w."odd"', args, kwargs, queue="emails", retry=5, now=now, **optional)
+    job = jobs.Job(
+        jid="ab12", cls='w."odd"', args=args, kwargs=kwargs, queue="emails", retry=5,
+        created_at=now, enqueued_at=now, **optional,
+    )  # fmt: skip
+    assert raw == jobs.encode(job)
+
+
+def test_encode_new_refuses_a_time_json_cannot_carry() -> None:
+    """A non-finite scheduled time raises ValueError, as encode() does."""
+    with pytest.raises(ValueError, match="JSON"):
+        jobs.encode_new("j", "c", [], {}, queue="q", retry=1, now=1.0, at=math.inf)
+
+
+def test_encode_many_splices_jid_and_args_into_the_shared_fields() -> None:
+    """Each payload of encode_many() decodes to the template with its own jid and args."""
+    template = _job(args=[], kwargs={}, at=1764283600.0)
+    jids = jobs.new_jids(3)
+    args_list: list[Any] = [[1], ("t", 2), [{"k": [None]}]]
+    payloads = jobs.encode_many(template, jids, args_list)
+    decoded = [jobs.decode(raw) for raw in payloads]
+    assert decoded == [
+        attrs.evolve(template, jid=jid, args=list(args)) for jid, args in zip(jids, args_list, strict=True)
+    ]
+
+
+def test_new_jids_are_like_new_jid() -> None:
+    """new_jids(n) gives n distinct 24-hex-digit ids."""
+    jids = jobs.new_jids(500)
+    assert len(set(jids)) == 500
+    assert all(len(j) == 24 and int(j, 16) >= 0 for j in jids)
+    assert jobs.new_jids(0) == []
+
+
 def test_decode_fills_defaults_for_optional_fields() -> None:
     """A minimal envelope from another language gets kwargs {}, retry 25 and timestamps."""
     job = jobs.decode(_raw(_envelope(args=[1])))

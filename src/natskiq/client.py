@@ -19,6 +19,9 @@ error message: URLs are shown with their ``user:password@`` part redacted.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import logging
 import os
 import re
@@ -49,7 +52,9 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "nats://127.0.0.1:4222"
 MAX_JOB_BYTES = 1024 * 1024
 CONNECT_ATTEMPTS = 3
-BULK_BATCH = 1000
+# nats-py lets 4,000 publish_async() calls await their PubAck at once (past
+# that it waits silently): the most a bulk enqueue keeps in flight.
+BULK_WINDOW = 4000
 BULK_ATTEMPTS = 3
 BULK_ACK_TIMEOUT = 10.0
 
@@ -454,11 +459,13 @@ class Client:
             self._ensured.add(queue)
 
     async def enqueue(self, worker: type[Worker], *args: Any, **kwargs: Any) -> str:
-        """Enqueue ``worker`` with these arguments now; returns the jid."""
+        """Enqueue ``worker`` with these arguments now; returns the jid (see :meth:`push`)."""
+        _check_worker(worker)
         return await self.push(worker, args, kwargs, options=worker.options)
 
     async def enqueue_many(self, worker: type[Worker], args_list: Iterable[Sequence[Any]]) -> list[str]:
         """Enqueue one ``worker`` job per argument list, pipelined; returns the jids."""
+        _check_worker(worker)
         return await self.push_many(worker, args_list, options=worker.options)
 
     def build(
@@ -471,8 +478,7 @@ class Client:
         at: float | None = None,
     ) -> jobs.Job:
         """The envelope for a call, checking that the arguments are JSON-native."""
-        if not (isinstance(worker, type) and issubclass(worker, Worker)):
-            raise TypeError(f"{worker!r} is not a natskiq.Worker subclass")
+        _check_worker(worker)
         jobs.check_arguments(args, kwargs)
         now = time.time()
         return jobs.Job(
@@ -503,13 +509,21 @@ class Client:
             TypeError: an argument is not JSON-native.
             EnqueueError: the job could not be stored.
         """
+        now = time.time()
         if delay is not None:
-            at = time.time() + delay
-        if at is not None and at <= time.time():
+            at = now + delay
+        if at is not None and at <= now:
             at = None
-        job = self.build(worker, args, kwargs, options=options, at=at)
-        await self.publish(job)
-        return job.jid
+        # The plain enqueue, the hot path: its envelope encoded straight from the call.
+        _check_worker(worker)
+        jobs.check_arguments(args, kwargs)
+        jid = jobs.new_jid()
+        payload = jobs.encode_new(
+            jid, worker.name, args, kwargs, queue=options.queue, retry=options.retries, now=now, at=at
+        )
+        self._check_size(jid, payload)
+        await self._send(jid, options.queue, at, payload)
+        return jid
 
     async def push_many(
         self,
@@ -517,111 +531,184 @@ class Client:
         args_list: Iterable[Sequence[Any]],
         *,
         options: Options,
-        batch_size: int = BULK_BATCH,
+        batch_size: int = BULK_WINDOW,
     ) -> list[str]:
         """Enqueue one job per argument list, pipelined; returns the jids in order.
 
         Every argument list is checked before anything is sent. Publishes are
-        pipelined ``batch_size`` at a time; a batch's unacknowledged publishes
-        are sent again (``Nats-Msg-Id`` makes that safe) before giving up.
+        pipelined with at most ``batch_size`` (capped at nats-py's
+        :data:`BULK_WINDOW`) awaiting their PubAck at once, a sliding
+        window; unacknowledged publishes are sent again (``Nats-Msg-Id``
+        makes that safe) before giving up.
 
         Raises:
             TypeError: an argument is not JSON-native (nothing was sent).
             EnqueueError: some jobs could not be stored; ``exc.stored`` lists
                 the jids that were.
         """
-        built = []
-        for index, args in enumerate(args_list):
+        _check_worker(worker)
+        items = list(args_list)
+        for index, args in enumerate(items):
             if not isinstance(args, list | tuple):
                 raise TypeError(
                     f"item {index} of perform_bulk is a {type(args).__name__}, not a list of arguments"
                 )
             try:
-                built.append(self.build(worker, args, {}, options=options))
+                jobs.check_arguments(args, {})
             except TypeError as exc:
                 raise TypeError(f"item {index} of perform_bulk: {exc}") from None
-        payloads = [self._payload(job) for job in built]
+        window = max(1, min(batch_size, BULK_WINDOW))
+        jids = jobs.new_jids(len(items))
+        template = self.build(worker, [], {}, options=options)
+        payloads = jobs.encode_many(template, jids, items)
+        self._check_sizes(jids, payloads)
         await self.ensure_queue(options.queue)
         subject = self.names.queue_subject(options.queue)
-        stored: list[str] = []
-        for start in range(0, len(built), batch_size):
-            chunk = list(
-                zip(built[start : start + batch_size], payloads[start : start + batch_size], strict=True)
-            )
-            missing = await self._publish_pipelined(subject, chunk)
-            if missing:
-                error = EnqueueError(
-                    f"{len(missing) + len(built) - start - len(chunk)} of {len(built)} jobs were not stored"
-                )
-                error.stored = stored + [job.jid for job, _ in chunk if job.jid not in missing]
-                raise error
-            stored.extend(job.jid for job, _ in chunk)
-        return stored
+        await self._publish_all(
+            [(jid, subject, payload) for jid, payload in zip(jids, payloads, strict=True)], window
+        )
+        return jids
 
-    async def _publish_pipelined(self, subject: str, chunk: list[tuple[jobs.Job, bytes]]) -> set[str]:
-        """Publish with ``publish_async``; returns the jids still unacknowledged after retries."""
-        pending = chunk
+    def _check_sizes(self, jids: list[str], payloads: list[bytes]) -> None:
+        if payloads and max(map(len, payloads)) > self._max_bytes:
+            for jid, payload in zip(jids, payloads, strict=True):
+                self._check_size(jid, payload)
+
+    def _check_size(self, jid: str, payload: bytes) -> None:
+        if len(payload) > self._max_bytes:
+            raise EnqueueError(f"job {jid} is {len(payload)} bytes, over the {self._max_bytes}-byte cap")
+
+    async def _publish_all(self, batch: list[_Publish], window: int) -> None:
+        """Publish ``(jid, subject, payload)`` triples pipelined, each with
+        ``Nats-Msg-Id: <jid>:0``; send the unacknowledged ones again, up to
+        :data:`BULK_ATTEMPTS` rounds.
+
+        Raises:
+            EnqueueError: some were never acknowledged; ``exc.stored`` lists
+                the jids that were, in order.
+        """
+        pending = batch
         for _ in range(BULK_ATTEMPTS):
-            futures = []
-            for job, payload in pending:
-                headers = {"Nats-Msg-Id": f"{job.jid}:0"}
-                futures.append(await self.js.publish_async(subject, payload, headers=headers))
-            failed = []
-            with anyio.move_on_after(BULK_ACK_TIMEOUT):
-                for (job, payload), future in zip(pending, futures, strict=True):
-                    try:
-                        await future
-                    except (NatsError, JSError) as exc:
-                        log.debug("bulk publish of %s failed: %r", job.jid, exc)
-                        failed.append((job, payload))
-            failed.extend(item for item, future in zip(pending, futures, strict=True) if not future.done())
-            for future in futures:
-                future.cancel()
-            if not failed:
-                return set()
-            pending = failed
-        return {job.jid for job, _ in pending}
+            pending = await self._publish_round(pending, window)
+            if not pending:
+                return
+        missing = {jid for jid, _, _ in pending}
+        error = EnqueueError(f"{len(missing)} of {len(batch)} jobs were not stored")
+        error.stored = [jid for jid, _, _ in batch if jid not in missing]
+        raise error
+
+    async def _publish_round(self, batch: list[_Publish], window: int) -> list[_Publish]:
+        """One pass of ``publish_async`` over ``batch`` with at most ``window``
+        unacknowledged; returns what was not acknowledged.
+
+        A sliding window rather than chunks: the next publish goes out as soon
+        as the oldest is acknowledged, so neither the server nor this process
+        waits for the other at a chunk's end. If the oldest is not
+        acknowledged within :data:`BULK_ACK_TIMEOUT`, the round stops there.
+        """
+        js = self.js
+        inflight: collections.deque[tuple[_Publish, asyncio.Future[Any]]] = collections.deque()
+        failed: list[_Publish] = []
+        sent = 0
+        try:
+            for item in batch:
+                if len(inflight) >= window:
+                    oldest = inflight[0][1]
+                    if oldest.done() and not oldest.cancelled() and oldest.exception() is None:
+                        inflight.popleft()  # the usual case, without a call
+                    elif not await _settle_oldest(inflight, failed):
+                        break
+                jid, subject, payload = item
+                future = await js.publish_async(subject, payload, headers={"Nats-Msg-Id": f"{jid}:0"})
+                inflight.append((item, future))
+                sent += 1
+            else:
+                while inflight and await _settle_oldest(inflight, failed):
+                    pass
+        finally:
+            for _, future in inflight:
+                future.cancel()  # frees nats-py's pending slot
+        failed.extend(item for item, _ in inflight)
+        failed.extend(batch[sent:])
+        return failed
 
     def _payload(self, job: jobs.Job) -> bytes:
         payload = jobs.encode(job)
-        if len(payload) > self._max_bytes:
-            raise EnqueueError(f"job {job.jid} is {len(payload)} bytes, over the {self._max_bytes}-byte cap")
+        self._check_size(job.jid, payload)
         return payload
 
     async def publish(self, job: jobs.Job, *, attempt: int | str = 0) -> None:
         """Store an envelope in its queue's stream (scheduled if ``job.at`` is set)."""
-        payload = self._payload(job)
-        await self.ensure_queue(job.queue)
-        headers = {"Nats-Msg-Id": f"{job.jid}:{attempt}"}
-        subject = self.names.queue_subject(job.queue)
-        if job.at is not None:
-            headers["Nats-Schedule"] = f"@at {rfc3339(job.at)}"
+        await self._send(job.jid, job.queue, job.at, self._payload(job), attempt)
+
+    async def _send(
+        self, jid: str, queue: str, at: float | None, payload: bytes, attempt: int | str = 0
+    ) -> None:
+        """Publish an encoded envelope with ``Nats-Msg-Id: <jid>:<attempt>`` and wait for its PubAck."""
+        if queue not in self._ensured:
+            await self.ensure_queue(queue)
+        headers = {"Nats-Msg-Id": f"{jid}:{attempt}"}
+        subject = self.names.queue_subject(queue)
+        if at is not None:
+            headers["Nats-Schedule"] = f"@at {rfc3339(at)}"
             headers["Nats-Schedule-Target"] = subject
-            subject = self.names.scheduled_subject(job.queue, job.jid)
-        await self._publish_retrying(job.jid, subject, payload, headers)
+            subject = self.names.scheduled_subject(queue, jid)
+        try:
+            await self.js.publish(subject, payload, headers=headers)
+        except (NatsError, JSError, TimeoutError) as exc:
+            await self._publish_retrying(jid, subject, payload, headers, exc)
 
     async def _publish_retrying(
-        self, jid: str, subject: str, payload: bytes, headers: dict[str, str]
+        self, jid: str, subject: str, payload: bytes, headers: dict[str, str], failure: Exception
     ) -> None:
-        """Publish until JetStream acknowledges, riding out a failover.
+        """Publish again until JetStream acknowledges, riding out a failover.
 
         While a server restarts or a stream elects a new leader, publishes
         time out or find no responders; the same ``Nats-Msg-Id`` is sent
         again (the duplicate window makes that safe) for up to
-        ``publish_timeout`` seconds.
+        ``publish_timeout`` seconds after the first failure.
         """
         deadline = anyio.current_time() + self.publish_timeout
         pause = 0.05
         while True:
+            if not _retryable(failure) or anyio.current_time() + pause > deadline:
+                raise EnqueueError(f"job {jid} was not stored: {failure!r}") from failure
+            log.debug("publish of %s failed (%r); retrying", jid, failure)
+            await anyio.sleep(pause)
+            pause = min(1.0, pause * 2)
             try:
+                # A copy each time: nats-py adds headers to the dict it is given.
                 await self.js.publish(subject, payload, headers=dict(headers))
                 return
             except (NatsError, JSError, TimeoutError) as exc:
-                if not _retryable(exc) or anyio.current_time() + pause > deadline:
-                    raise EnqueueError(f"job {jid} was not stored: {exc!r}") from exc
-                log.debug("publish of %s failed (%r); retrying", jid, exc)
-            await anyio.sleep(pause)
-            pause = min(1.0, pause * 2)
+                failure = exc
+
+
+_Publish = tuple[str, str, bytes]  # jid, subject, payload
+
+
+def _check_worker(worker: object) -> None:
+    if not (isinstance(worker, type) and issubclass(worker, Worker)):
+        raise TypeError(f"{worker!r} is not a natskiq.Worker subclass")
+
+
+async def _settle_oldest(
+    inflight: collections.deque[tuple[_Publish, asyncio.Future[Any]]], failed: list[_Publish]
+) -> bool:
+    """Wait for the oldest publish's PubAck (a refusal goes to ``failed``);
+    False if none came within :data:`BULK_ACK_TIMEOUT` (it stays in flight)."""
+    item, future = inflight[0]
+    if not future.done():
+        with anyio.move_on_after(BULK_ACK_TIMEOUT), contextlib.suppress(Exception):
+            await future  # its outcome is read below
+        if not future.done() or future.cancelled():
+            return False
+    inflight.popleft()
+    exc = future.exception()
+    if exc is not None:
+        log.debug("bulk publish of %s failed: %r", item[0], exc)
+        failed.append(item)
+    return True
 
 
 def _retryable(exc: BaseException) -> bool:

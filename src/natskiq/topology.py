@@ -51,11 +51,17 @@ def _check_namespace(_: object, __: object, value: str) -> None:
         raise ConfigError(f"invalid namespace {value!r}: use 1-32 letters, digits, '_' or '-'")
 
 
+MAX_CACHED_SUBJECTS = 1024
+
+
 @attrs.frozen
 class Names:
     """Subject, stream and bucket names for one namespace."""
 
     namespace: str = attrs.field(default="natskiq", validator=_check_namespace)
+    # Every enqueue needs its queue's subject: checking the name each time
+    # costs more than a look-up. Only checked names get in.
+    _queue_subjects: dict[str, str] = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
     @property
     def _stream_prefix(self) -> str:
@@ -65,7 +71,13 @@ class Names:
         return f"{self._stream_prefix}_Q_{check_name('queue', queue)}"
 
     def queue_subject(self, queue: str) -> str:
-        return f"{self.namespace}.queue.{check_name('queue', queue)}"
+        subject = self._queue_subjects.get(queue) if type(queue) is str else None
+        if subject is None:
+            subject = f"{self.namespace}.queue.{check_name('queue', queue)}"
+            if len(self._queue_subjects) >= MAX_CACHED_SUBJECTS:
+                self._queue_subjects.clear()
+            self._queue_subjects[queue] = subject
+        return subject
 
     def scheduled_subject(self, queue: str, jid: str) -> str:
         return f"{self.namespace}.scheduled.{check_name('queue', queue)}.{check_name('jid', jid)}"

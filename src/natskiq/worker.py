@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, cast
 
@@ -123,6 +123,7 @@ class Worker:
     options: ClassVar[Options] = Options()
     name: ClassVar[str] = ""
     jobs = _FakeJobs()
+    _plain: ClassVar[Configured[Any] | None] = None  # the class with its own options, made once
 
     jid: str
     job: Any
@@ -150,6 +151,7 @@ class Worker:
         }
         changes = {key: value for key, value in given.items() if value is not None}
         cls.options = attrs.evolve(cls.options, **changes)
+        cls._plain = None
         cls.name = name or f"{cls.__module__}.{cls.__qualname__}"
         if not cls.name or any(c.isspace() for c in cls.name):
             raise ConfigError(f"invalid worker name {cls.name!r}")
@@ -189,11 +191,13 @@ class Worker:
     @classmethod
     async def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a job to run as soon as a node is free; returns its jid."""
-        return await _configured(cls).perform_async(*args, **kwargs)
+        plain = _configured(cls)  # what Configured.perform_async does, one await less
+        return await plain._client().push(plain.worker, args, kwargs, options=plain.options)
 
     @classmethod
-    async def perform_bulk(cls, args_list: Iterable[Sequence[Any]], *, batch_size: int = 1000) -> list[str]:
-        """Enqueue one job per argument list (``[[1], [2], ...]``), pipelined; returns the jids."""
+    async def perform_bulk(cls, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000) -> list[str]:
+        """Enqueue one job per argument list (``[[1], [2], ...]``), pipelined; returns the jids
+        in order (see :meth:`natskiq.Client.push_many`)."""
         return await _configured(cls).perform_bulk(args_list, batch_size=batch_size)
 
     @classmethod
@@ -220,15 +224,15 @@ class Configured(Generic[P]):
     def _client(self) -> Enqueuer:
         if _modes:
             return _modes[-1]  # natskiq.testing's inline or fake mode
-        from .client import current_client  # worker.py sits above client.py
-
-        return self.client if self.client is not None else current_client()
+        if self.client is not None:
+            return self.client
+        return _default_client()
 
     async def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue now; returns the jid."""
         return await self._client().push(self.worker, args, kwargs, options=self.options)
 
-    async def perform_bulk(self, args_list: Iterable[Sequence[Any]], *, batch_size: int = 1000) -> list[str]:
+    async def perform_bulk(self, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000) -> list[str]:
         """Enqueue one job per argument list, pipelined; returns the jids."""
         return await self._client().push_many(
             self.worker, args_list, options=self.options, batch_size=batch_size
@@ -273,11 +277,26 @@ class Enqueuer(Protocol):
 
 
 _modes: list[Enqueuer] = []  # testing modes in force, innermost last
+_current_client: Callable[[], Enqueuer] | None = None
+
+
+def _default_client() -> Enqueuer:
+    """``natskiq.client.current_client()``, imported on first use (worker.py sits above client.py)."""
+    global _current_client
+    if _current_client is None:
+        from .client import current_client
+
+        _current_client = current_client
+    return _current_client()
 
 
 def _configured(cls: type[_Performs[P]]) -> Configured[P]:
-    """The class with its own options, for the ``perform_*`` classmethods."""
-    return Configured(worker=cast(type[Worker], cls), options=cls.options)
+    """The class with its own options, for the ``perform_*`` classmethods (made once per class)."""
+    worker = cast(type[Worker], cls)  # every _Performs here is a Worker subclass
+    plain = worker._plain
+    if plain is None or plain.worker is not worker or plain.options is not worker.options:
+        plain = worker._plain = Configured(worker=worker, options=worker.options)
+    return cast(Configured[P], plain)
 
 
 def lookup(name: str) -> type[Worker]:
