@@ -86,6 +86,12 @@ def test_encode_is_compact_json_with_wire_names() -> None:
     assert b" " not in jobs.encode(_job(args=[], kwargs={}))
 
 
+def test_round_trip_with_middleware_headers() -> None:
+    """headers survive a round trip."""
+    job = _job(headers={"tenant": "acme", "trace": [1, {"x": None}]})
+    assert jobs.decode(jobs.encode(job)) == job
+
+
 @pytest.mark.parametrize(
     "optional",
     [{}, {"at": 1764280100.125}],

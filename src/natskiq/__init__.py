@@ -30,6 +30,7 @@ from .errors import (
     UnknownWorker,
 )
 from .job import Job
+from .middleware import client_middleware, server_middleware
 from .retry import on_death
 from .worker import Configured, Options, Worker
 
@@ -53,7 +54,9 @@ __all__ = [
     "Worker",
     "__version__",
     "api",
+    "client_middleware",
     "connect",
     "on_death",
     "periodic",
+    "server_middleware",
 ]

@@ -43,7 +43,9 @@ from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import Error as JSError
 
 from . import job as jobs
+from . import middleware
 from .errors import ConfigError, EnqueueError, NotConnected
+from .middleware import ClientMiddleware
 from .topology import Names, ensure_queue
 from .worker import Options, Worker
 
@@ -324,7 +326,8 @@ class Client:
     and later ``await client.close()``). When ``nats_options`` carry no
     credentials (and the URL no ``user:password@``), it takes them from the
     ``NATSKIQ_*`` environment variables :func:`auth_options` reads; likewise
-    for TLS.
+    for TLS. ``middleware`` is client middleware for this client's enqueues,
+    run after the process-wide chain (:func:`natskiq.client_middleware`).
     """
 
     url: str | None = attrs.field(default=None, repr=lambda url: repr(url and redact_url(url)))
@@ -332,6 +335,7 @@ class Client:
     replicas: int | None = None
     nats_options: dict[str, Any] = attrs.field(factory=dict, repr=False)
     publish_timeout: float = 10.0
+    middleware: list[ClientMiddleware] = attrs.field(factory=list, repr=False)
     names: Names = attrs.field(init=False)
     _nc: NATS | None = attrs.field(init=False, default=None)
     _js: JetStreamContext | None = attrs.field(init=False, default=None)
@@ -503,10 +507,20 @@ class Client:
         delay: float | None = None,
         at: float | None = None,
     ) -> str:
-        """Build, store and PubAck one job; returns its jid.
+        """Build one job, pass it through the client middleware, store it and
+        wait for its PubAck.
+
+        Returns:
+            The new job's jid, or ``""`` when client middleware vetoed the job (nothing is stored;
+            an INFO line gives the jid it would have had). Sidekiq returns
+            nil for a veto; ``""`` is as falsy, so ``if jid:`` reads the same,
+            while keeping the return type ``str``. Returning the jid the job
+            would have had was the other choice, but a caller could then not
+            tell a stored job from a dropped one.
 
         Raises:
-            TypeError: an argument is not JSON-native.
+            TypeError: an argument (or a header middleware added) is not
+                JSON-native.
             EnqueueError: the job could not be stored.
         """
         now = time.time()
@@ -514,6 +528,11 @@ class Client:
             at = now + delay
         if at is not None and at <= now:
             at = None
+        chain = middleware.client_chain(self.middleware)
+        if chain:
+            return await self._push_through(
+                chain, self.build(worker, args, kwargs, options=options, at=at), options
+            )
         # The plain enqueue, the hot path: its envelope encoded straight from the call.
         _check_worker(worker)
         jobs.check_arguments(args, kwargs)
@@ -524,6 +543,23 @@ class Client:
         self._check_size(jid, payload)
         await self._send(jid, options.queue, at, payload)
         return jid
+
+    async def _push_through(self, chain: list[ClientMiddleware], job: jobs.Job, options: Options) -> str:
+        """push() for a job that client middleware sees first."""
+        outcome: list[str] = []
+
+        async def store(current: jobs.Job) -> jobs.Job | None:
+            if current is not job:
+                jobs.check_job(current)
+            await self.publish(current)
+            outcome.append(current.jid)
+            return current
+
+        await middleware.run_client(chain, job, store)
+        if not outcome:
+            log.info("jid=%s class=%s queue=%s vetoed by client middleware", job.jid, job.cls, job.queue)
+            return ""
+        return outcome[-1]
 
     async def push_many(
         self,
@@ -539,7 +575,14 @@ class Client:
         pipelined with at most ``batch_size`` (capped at nats-py's
         :data:`BULK_WINDOW`) awaiting their PubAck at once, a sliding
         window; unacknowledged publishes are sent again (``Nats-Msg-Id``
-        makes that safe) before giving up.
+        makes that safe) before giving up. Client middleware sees each job
+        in turn, and ``call_next`` returns once the job is accepted into the
+        batch; the batch is stored after the last job went through (as
+        Sidekiq's ``push_bulk`` does).
+
+        Returns:
+            One jid per argument list, as :meth:`push` returns it: the new
+            job's, or ``""`` for a veto.
 
         Raises:
             TypeError: an argument is not JSON-native (nothing was sent).
@@ -558,6 +601,9 @@ class Client:
             except TypeError as exc:
                 raise TypeError(f"item {index} of perform_bulk: {exc}") from None
         window = max(1, min(batch_size, BULK_WINDOW))
+        chain = middleware.client_chain(self.middleware)
+        if chain:
+            return await self._push_many_through(chain, worker, items, options, window)
         jids = jobs.new_jids(len(items))
         template = self.build(worker, [], {}, options=options)
         payloads = jobs.encode_many(template, jids, items)
@@ -568,6 +614,44 @@ class Client:
             [(jid, subject, payload) for jid, payload in zip(jids, payloads, strict=True)], window
         )
         return jids
+
+    async def _push_many_through(
+        self,
+        chain: list[ClientMiddleware],
+        worker: type[Worker],
+        items: list[Any],
+        options: Options,
+        window: int,
+    ) -> list[str]:
+        """push_many() for jobs that client middleware sees first."""
+        accepted: list[jobs.Job] = []
+        result: list[str] = []
+        for args in items:
+            job = self.build(worker, args, {}, options=options)
+            outcome: list[str] = []
+
+            async def collect(
+                current: jobs.Job, job: jobs.Job = job, outcome: list[str] = outcome
+            ) -> jobs.Job | None:
+                if current is not job:
+                    jobs.check_job(current)
+                accepted.append(current)
+                outcome.append(current.jid)
+                return current
+
+            await middleware.run_client(chain, job, collect)
+            if not outcome:
+                log.info("jid=%s class=%s queue=%s vetoed by client middleware", job.jid, job.cls, job.queue)
+            result.append(outcome[-1] if outcome else "")
+        payloads = [self._payload(job) for job in accepted]
+        for queue in {job.queue for job in accepted}:
+            await self.ensure_queue(queue)
+        batch = [
+            (job.jid, self.names.queue_subject(job.queue), payload)
+            for job, payload in zip(accepted, payloads, strict=True)
+        ]
+        await self._publish_all(batch, window)
+        return result
 
     def _check_sizes(self, jids: list[str], payloads: list[bytes]) -> None:
         if payloads and max(map(len, payloads)) > self._max_bytes:
@@ -725,6 +809,7 @@ def connect(
     *,
     namespace: str | None = None,
     replicas: int | None = None,
+    middleware: Sequence[ClientMiddleware] = (),
     **nats_options: Any,
 ) -> Client:
     """A client for the NATS server or cluster at ``url``.
@@ -737,6 +822,9 @@ def connect(
         replicas: replicas of the queue streams this client creates (1, 3
             or 5); None accepts existing streams as they are and creates new
             ones with 1.
+        middleware: client middleware for this client's enqueues (see
+            :mod:`natskiq.middleware`), run inside the chain registered with
+            :func:`natskiq.client_middleware`, in the order given.
         **nats_options: passed to :func:`nats.connect` (user, password,
             token, nkeys_seed, user_credentials, tls, ...); build the
             credential and TLS ones with :func:`auth_options`. When none of
@@ -754,5 +842,6 @@ def connect(
         url=url,
         namespace=namespace or os.environ.get("NATSKIQ_NAMESPACE") or "natskiq",
         replicas=replicas,
+        middleware=list(middleware),
         nats_options=nats_options,
     )

@@ -9,8 +9,14 @@ enqueue)::
 
 plus, once a job has failed, ``retry_count``, ``error_class``,
 ``error_message``, ``failed_at``, ``retried_at`` and optionally
-``backtrace``. :func:`encode` refuses arguments that are not JSON-native
-(raising :class:`TypeError` that names the argument), so nothing can fail to
+``backtrace``. Optional fields a producer may set:
+
+* ``headers``: an object of JSON values that client middleware attaches
+  (tenant, trace id...), for server middleware and ``self.job.headers``;
+  never passed to ``perform``.
+
+:func:`check_arguments` refuses arguments that are not JSON-native (raising
+:class:`TypeError` that names the argument), so nothing can fail to
 round-trip at run time; :func:`decode` validates what arrives and raises
 :class:`~natskiq.errors.InvalidJob` with the raw bytes and the reason.
 """
@@ -96,6 +102,7 @@ class Job:
     backtrace: list[str] | None = None
     at: float | None = None
     periodic: str | None = None
+    headers: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict (optional fields only when set)."""
@@ -126,6 +133,7 @@ _OPTIONAL = (
     "backtrace",
     "at",
     "periodic",
+    "headers",
 )
 _optional_values = operator.attrgetter(*_OPTIONAL)
 _UNSET = (None,) * len(_OPTIONAL)
@@ -146,6 +154,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "backtrace": (list,),
     "at": (int, float),
     "periodic": (str,),
+    "headers": (dict,),
 }
 _REQUIRED = ("jid", "class", "args", "queue")
 
@@ -164,6 +173,15 @@ def check_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -
     for key, value in kwargs.items():
         if type(value) not in _PLAIN:
             _check_value(value, f"keyword argument {key!r}", 0)
+
+
+def check_job(job: Job) -> None:
+    """Raise TypeError naming the first argument or header of ``job`` that is not JSON-native."""
+    check_arguments(job.args, job.kwargs)
+    for key, value in (job.headers or {}).items():
+        if type(key) is not str:
+            raise TypeError(f"header {key!r} is not a string; JSON keys are strings")
+        _check_value(value, f"header {key!r}", 0)
 
 
 def _check_value(value: Any, where: str, depth: int) -> None:

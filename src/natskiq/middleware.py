@@ -1,12 +1,29 @@
 """Middleware: code around every enqueue (client side) and every run (server side).
 
-Client middleware sees each job before it is stored and may change it
-(headers of your own live in the envelope's ``kwargs`` or ``args``; tenant
-tags, trace ids...) or veto it by not calling ``call_next``::
+Client middleware sees each job before it is stored (``perform_*``,
+``Client.enqueue``, ``perform_bulk``, and natskiq.testing's inline and fake
+modes) and may change it with :func:`attrs.evolve` (add ``headers``: an
+object of JSON values carried in the envelope for server middleware and
+``self.job.headers``, never passed to ``perform``; tag a tenant in
+``kwargs``; change ``args`` or ``queue``) or veto it by returning without
+calling ``call_next``::
 
     @natskiq.client_middleware
     async def tag_tenant(job: natskiq.Job, call_next):
-        return await call_next(attrs.evolve(job, kwargs={**job.kwargs, "tenant": current_tenant()}))
+        headers = {**(job.headers or {}), "tenant": current_tenant()}
+        return await call_next(attrs.evolve(job, headers=headers))
+
+    @natskiq.client_middleware
+    async def no_spam(job: natskiq.Job, call_next):
+        if job.cls == "app.SendEmail" and is_blocked(job.args[0]):
+            return None  # vetoed: nothing is stored, perform_async returns ""
+        return await call_next(job)
+
+``call_next`` returns the job as stored (None if something further in
+was vetoed); a changed job's
+arguments and headers are checked again before it is stored. For
+``perform_bulk``, ``call_next`` returns once the job is accepted into the
+batch, which is stored after every job has been through the chain.
 
 Server middleware wraps each run on a node, with the worker instance::
 
@@ -20,9 +37,10 @@ Server middleware wraps each run on a node, with the worker instance::
 
 Middleware registered with the decorators applies to every client and node
 in the process (a worker registers it by importing the module that defines
-it with ``--app``); ``Client(middleware=[...])`` and
-``Settings(middleware=[...])`` add more for one client or node. The first
-registered runs outermost. natskiq's own per-job log lines are server
+it with ``--app``); ``Client(middleware=[...])`` (or ``connect(...,
+middleware=[...])``) adds client middleware for one client, after the
+process-wide chain, and ``Node.middleware`` is a node's server chain. The
+first registered runs outermost. natskiq's own per-job log lines are server
 middleware too (:func:`log_jobs`).
 """
 
@@ -61,6 +79,7 @@ def server_middleware(func: ServerMiddleware) -> ServerMiddleware:
 
 
 def client_chain(extra: Sequence[ClientMiddleware] = ()) -> list[ClientMiddleware]:
+    """The process-wide client middleware, then ``extra`` (a client's own), outermost first."""
     return [*_client, *extra]
 
 

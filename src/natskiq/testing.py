@@ -15,7 +15,8 @@ Without a server, like Sidekiq's testing modes:
 * :func:`fake` records jobs per worker instead (``SendEmail.jobs``,
   ``SendEmail.clear()``, and ``fake.drain()`` to run them).
 
-Each mode restores the previous state when its block ends. Installed as a
+Both modes pass each job through the process-wide client middleware. Each mode restores
+the previous state when its block ends. Installed as a
 pytest plugin, natskiq also provides the fixtures ``natskiq_server`` (one
 server per session), ``natskiq_namespace`` and ``natskiq_client`` (an open
 client on that server, in a fresh namespace).
@@ -36,7 +37,7 @@ import anyio
 import attrs
 
 from . import job as jobs
-from . import retry, worker
+from . import middleware, retry, worker
 from .client import Client
 from .errors import InvalidJob
 from .server import Server
@@ -170,6 +171,10 @@ def _round_trip(
 
 @attrs.define
 class _Mode:
+    """What both modes share: each job goes through the process-wide client
+    middleware (:func:`natskiq.client_middleware`) and, unless vetoed, to
+    :meth:`take`."""
+
     async def push(
         self,
         worker: type[Worker],
@@ -182,9 +187,7 @@ class _Mode:
     ) -> str:
         if delay is not None:
             at = time.time() + delay
-        job = _round_trip(worker, args, kwargs, options, at)
-        await self.take(job)
-        return job.jid
+        return await self._accept(_round_trip(worker, args, kwargs, options, at))
 
     async def push_many(
         self,
@@ -192,12 +195,25 @@ class _Mode:
         args_list: Iterable[Sequence[Any]],
         *,
         options: Options,
-        batch_size: int = 1000,
+        batch_size: int = 4000,
     ) -> list[str]:
         built = [_round_trip(worker, list(args), {}, options, None) for args in args_list]
-        for job in built:
+        return [await self._accept(job) for job in built]
+
+    async def _accept(self, job: jobs.Job) -> str:
+        """Take the job through the client middleware; its jid, or "" if vetoed (as a client does)."""
+        chain = middleware.client_chain()
+        if not chain:
             await self.take(job)
-        return [job.jid for job in built]
+            return job.jid
+        taken = await middleware.run_client(chain, job, self._take_changed)
+        return "" if taken is None else taken.jid
+
+    async def _take_changed(self, job: jobs.Job) -> jobs.Job:
+        jobs.check_job(job)  # middleware may have changed it: round-trip it again
+        job = jobs.decode(jobs.encode(job))
+        await self.take(job)
+        return job
 
     async def take(self, job: jobs.Job) -> None:
         raise NotImplementedError

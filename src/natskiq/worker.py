@@ -190,7 +190,12 @@ class Worker:
 
     @classmethod
     async def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue a job to run as soon as a node is free; returns its jid."""
+        """Enqueue a job to run as soon as a node is free; returns its jid.
+
+        Returns:
+            The new job's jid, or ``""`` when client middleware vetoed the job (nothing is stored; see
+            :meth:`natskiq.Client.push`).
+        """
         plain = _configured(cls)  # what Configured.perform_async does, one await less
         return await plain._client().push(plain.worker, args, kwargs, options=plain.options)
 
