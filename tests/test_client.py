@@ -27,7 +27,7 @@ async def test_perform_async_stores_the_envelope_with_a_msg_id(client: natskiq.C
     job, headers = await stored(client, 1)
     assert headers["Nats-Msg-Id"] == f"{jid}:0"
     assert (job.jid, job.cls, job.args, job.kwargs) == (jid, "tests.Record", [0.0, "n"], {"note": {"k": [1]}})
-    assert (job.queue, job.retry, job.at) == ("default", 3, None)
+    assert (job.queue, job.retry, job.at, job.expires_at) == ("default", 3, None, None)
     assert before <= job.created_at == job.enqueued_at <= time.time()
 
 

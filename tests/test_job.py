@@ -86,15 +86,21 @@ def test_encode_is_compact_json_with_wire_names() -> None:
     assert b" " not in jobs.encode(_job(args=[], kwargs={}))
 
 
-def test_round_trip_with_middleware_headers() -> None:
-    """headers survive a round trip."""
-    job = _job(headers={"tenant": "acme", "trace": [1, {"x": None}]})
+def test_round_trip_with_middleware_unique_and_expiry_fields() -> None:
+    """headers, expires_at and the unique lock fields survive a round trip."""
+    job = _job(
+        headers={"tenant": "acme", "trace": [1, {"x": None}]},
+        expires_at=1764283600.5,
+        unique_key="0123abcd",
+        unique_revision=42,
+        unique_until="start",
+    )
     assert jobs.decode(jobs.encode(job)) == job
 
 
 @pytest.mark.parametrize(
     "optional",
-    [{}, {"at": 1764280100.125}],
+    [{}, {"at": 1764280100.125}, {"expires_at": 1764283600.0}, {"at": 1764280100.0, "expires_at": 1.5}],
 )
 def test_encode_new_is_encode_of_the_same_job(optional: dict[str, float]) -> None:
     """encode_new() writes exactly what encode() writes for the Job it describes."""
@@ -116,7 +122,7 @@ def test_encode_new_refuses_a_time_json_cannot_carry() -> None:
 
 def test_encode_many_splices_jid_and_args_into_the_shared_fields() -> None:
     """Each payload of encode_many() decodes to the template with its own jid and args."""
-    template = _job(args=[], kwargs={}, at=1764283600.0)
+    template = _job(args=[], kwargs={}, expires_at=1764283600.0)
     jids = jobs.new_jids(3)
     args_list: list[Any] = [[1], ("t", 2), [{"k": [None]}]]
     payloads = jobs.encode_many(template, jids, args_list)

@@ -43,10 +43,10 @@ from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import Error as JSError
 
 from . import job as jobs
-from . import middleware
+from . import middleware, unique
 from .errors import ConfigError, EnqueueError, NotConnected
 from .middleware import ClientMiddleware
-from .topology import Names, ensure_queue
+from .topology import Names, ensure_bucket, ensure_queue
 from .worker import Options, Worker
 
 log = logging.getLogger(__name__)
@@ -341,6 +341,7 @@ class Client:
     _js: JetStreamContext | None = attrs.field(init=False, default=None)
     _ensured: set[str] = attrs.field(init=False, factory=set)
     _max_bytes: int = attrs.field(init=False, default=MAX_JOB_BYTES)
+    _unique_ready: bool = attrs.field(init=False, default=False)
     _opening: anyio.CancelScope | None = attrs.field(init=False, default=None, repr=False)
     _connect_errors: list[Exception] = attrs.field(init=False, factory=list, repr=False)
 
@@ -495,6 +496,7 @@ class Client:
             created_at=now,
             enqueued_at=now,
             at=at,
+            expires_at=_expires_at(options, at, now),
         )
 
     async def push(
@@ -511,7 +513,10 @@ class Client:
         wait for its PubAck.
 
         Returns:
-            The new job's jid, or ``""`` when client middleware vetoed the job (nothing is stored;
+            The jid of the job that will run this call: the new job's; for a
+            ``unique_for`` worker whose lock is held, the jid of the pending
+            job holding it (nothing is stored, and an INFO line says so); or
+            ``""`` when client middleware vetoed the job (nothing is stored;
             an INFO line gives the jid it would have had). Sidekiq returns
             nil for a veto; ``""`` is as falsy, so ``if jid:`` reads the same,
             while keeping the return type ``str``. Returning the jid the job
@@ -533,13 +538,17 @@ class Client:
             return await self._push_through(
                 chain, self.build(worker, args, kwargs, options=options, at=at), options
             )
+        if options.unique_for is not None:
+            job = self.build(worker, args, kwargs, options=options, at=at)
+            return (await self._store_unique(job, options))[1]
         # The plain enqueue, the hot path: its envelope encoded straight from the call.
         _check_worker(worker)
         jobs.check_arguments(args, kwargs)
         jid = jobs.new_jid()
         payload = jobs.encode_new(
-            jid, worker.name, args, kwargs, queue=options.queue, retry=options.retries, now=now, at=at
-        )
+            jid, worker.name, args, kwargs, queue=options.queue, retry=options.retries, now=now, at=at,
+            expires_at=_expires_at(options, at, now),
+        )  # fmt: skip
         self._check_size(jid, payload)
         await self._send(jid, options.queue, at, payload)
         return jid
@@ -551,15 +560,69 @@ class Client:
         async def store(current: jobs.Job) -> jobs.Job | None:
             if current is not job:
                 jobs.check_job(current)
-            await self.publish(current)
-            outcome.append(current.jid)
-            return current
+            if options.unique_for is not None:
+                stored, jid = await self._store_unique(current, options)
+            else:
+                await self.publish(current)
+                stored, jid = current, current.jid
+            outcome.append(jid)
+            return stored
 
         await middleware.run_client(chain, job, store)
         if not outcome:
             log.info("jid=%s class=%s queue=%s vetoed by client middleware", job.jid, job.cls, job.queue)
             return ""
         return outcome[-1]
+
+    async def _store_unique(self, job: jobs.Job, options: Options) -> tuple[jobs.Job | None, str]:
+        """Store a unique worker's job if its lock is free: ``(stored job or None, jid that will run)``."""
+        assert options.unique_for is not None
+        locked, holder = await self._lock(job, options.unique_for, options.unique_until)
+        if holder != job.jid:
+            return None, holder
+        stored = False
+        try:
+            await self.publish(locked)
+            stored = True
+        finally:
+            if not stored:
+                # Not stored (or not known to be): free the call for a retry
+                # rather than lock it out for unique_for seconds.
+                with anyio.CancelScope(shield=True):
+                    await unique.release(self.js, self.names, locked)
+        return locked, holder
+
+    async def _lock(self, job: jobs.Job, unique_for: float, until: str) -> tuple[jobs.Job, str]:
+        """:func:`natskiq.unique.acquire`, creating the bucket first and riding out a failover."""
+        if not self._unique_ready:
+            try:
+                await ensure_bucket(
+                    self.js, self.names.unique_bucket, replicas=self.replicas, marker_ttl=unique.MARKER_TTL
+                )
+            except (NatsError, JSError, TimeoutError) as exc:
+                raise EnqueueError(f"cannot create the unique-jobs bucket: {exc!r}") from exc
+            self._unique_ready = True
+        ttl = unique.lock_ttl(unique_for, job.at, time.time())
+        deadline = anyio.current_time() + self.publish_timeout
+        pause = 0.05
+        while True:
+            try:
+                locked, holder = await unique.acquire(self.js, self.names, job, ttl=ttl, until=until)
+                break
+            except (NatsError, JSError, TimeoutError) as exc:
+                if not _retryable(exc) or anyio.current_time() + pause > deadline:
+                    raise EnqueueError(f"job {job.jid}: cannot take its unique lock: {exc!r}") from exc
+            await anyio.sleep(pause)
+            pause = min(1.0, pause * 2)
+        if holder != job.jid:
+            log.info(
+                "jid=%s class=%s queue=%s not enqueued: jid=%s holds its unique lock",
+                job.jid,
+                job.cls,
+                job.queue,
+                holder,
+            )
+        return locked, holder
 
     async def push_many(
         self,
@@ -578,11 +641,12 @@ class Client:
         makes that safe) before giving up. Client middleware sees each job
         in turn, and ``call_next`` returns once the job is accepted into the
         batch; the batch is stored after the last job went through (as
-        Sidekiq's ``push_bulk`` does).
+        Sidekiq's ``push_bulk`` does). A unique worker takes its locks one
+        job at a time, a round trip each.
 
         Returns:
             One jid per argument list, as :meth:`push` returns it: the new
-            job's, or ``""`` for a veto.
+            job's, the holder's for a unique duplicate, ``""`` for a veto.
 
         Raises:
             TypeError: an argument is not JSON-native (nothing was sent).
@@ -602,7 +666,7 @@ class Client:
                 raise TypeError(f"item {index} of perform_bulk: {exc}") from None
         window = max(1, min(batch_size, BULK_WINDOW))
         chain = middleware.client_chain(self.middleware)
-        if chain:
+        if chain or options.unique_for is not None:
             return await self._push_many_through(chain, worker, items, options, window)
         jids = jobs.new_jids(len(items))
         template = self.build(worker, [], {}, options=options)
@@ -623,7 +687,7 @@ class Client:
         options: Options,
         window: int,
     ) -> list[str]:
-        """push_many() for jobs that client middleware sees first."""
+        """push_many() for jobs that client middleware sees first, or that take unique locks."""
         accepted: list[jobs.Job] = []
         result: list[str] = []
         for args in items:
@@ -635,6 +699,11 @@ class Client:
             ) -> jobs.Job | None:
                 if current is not job:
                     jobs.check_job(current)
+                if options.unique_for is not None:
+                    current, holder = await self._lock(current, options.unique_for, options.unique_until)
+                    if holder != current.jid:
+                        outcome.append(holder)
+                        return None
                 accepted.append(current)
                 outcome.append(current.jid)
                 return current
@@ -643,14 +712,22 @@ class Client:
             if not outcome:
                 log.info("jid=%s class=%s queue=%s vetoed by client middleware", job.jid, job.cls, job.queue)
             result.append(outcome[-1] if outcome else "")
-        payloads = [self._payload(job) for job in accepted]
-        for queue in {job.queue for job in accepted}:
-            await self.ensure_queue(queue)
-        batch = [
-            (job.jid, self.names.queue_subject(job.queue), payload)
-            for job, payload in zip(accepted, payloads, strict=True)
-        ]
-        await self._publish_all(batch, window)
+        try:
+            payloads = [self._payload(job) for job in accepted]
+            for queue in {job.queue for job in accepted}:
+                await self.ensure_queue(queue)
+            batch = [
+                (job.jid, self.names.queue_subject(job.queue), payload)
+                for job, payload in zip(accepted, payloads, strict=True)
+            ]
+            await self._publish_all(batch, window)
+        except BaseException as exc:
+            stored = set(exc.stored) if isinstance(exc, EnqueueError) else set()
+            with anyio.CancelScope(shield=True):
+                for job in accepted:
+                    if job.jid not in stored:
+                        await unique.release(self.js, self.names, job)
+            raise
         return result
 
     def _check_sizes(self, jids: list[str], payloads: list[bytes]) -> None:
@@ -774,6 +851,11 @@ _Publish = tuple[str, str, bytes]  # jid, subject, payload
 def _check_worker(worker: object) -> None:
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"{worker!r} is not a natskiq.Worker subclass")
+
+
+def _expires_at(options: Options, at: float | None, now: float) -> float | None:
+    """When a job must have started by: ``expires_in`` after it is due."""
+    return None if options.expires_in is None else (at or now) + options.expires_in
 
 
 async def _settle_oldest(

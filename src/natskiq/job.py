@@ -13,7 +13,13 @@ plus, once a job has failed, ``retry_count``, ``error_class``,
 
 * ``headers``: an object of JSON values that client middleware attaches
   (tenant, trace id...), for server middleware and ``self.job.headers``;
-  never passed to ``perform``.
+  never passed to ``perform``;
+* ``expires_at`` (epoch seconds): a node skips the job if it has not started
+  by then (the ``expires_in`` class keyword sets it);
+* ``unique_key``, ``unique_revision``, ``unique_until``: the unique lock
+  this job holds (the key in the ``<ns>_unique`` bucket, the revision that
+  created it, and ``"start"`` or ``"success"``: when a node releases it).
+  See :mod:`natskiq.unique`.
 
 :func:`check_arguments` refuses arguments that are not JSON-native (raising
 :class:`TypeError` that names the argument), so nothing can fail to
@@ -103,6 +109,10 @@ class Job:
     at: float | None = None
     periodic: str | None = None
     headers: dict[str, Any] | None = None
+    expires_at: float | None = None
+    unique_key: str | None = None
+    unique_revision: int | None = None
+    unique_until: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict (optional fields only when set)."""
@@ -134,6 +144,10 @@ _OPTIONAL = (
     "at",
     "periodic",
     "headers",
+    "expires_at",
+    "unique_key",
+    "unique_revision",
+    "unique_until",
 )
 _optional_values = operator.attrgetter(*_OPTIONAL)
 _UNSET = (None,) * len(_OPTIONAL)
@@ -155,6 +169,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "at": (int, float),
     "periodic": (str,),
     "headers": (dict,),
+    "expires_at": (int, float),
+    "unique_key": (str,),
+    "unique_revision": (int,),
+    "unique_until": (str,),
 }
 _REQUIRED = ("jid", "class", "args", "queue")
 
@@ -249,6 +267,7 @@ def encode_new(
     retry: int,
     now: float,
     at: float | None = None,
+    expires_at: float | None = None,
 ) -> bytes:
     """``encode(Job(...))`` of a new job, byte for byte, without building the Job.
 
@@ -265,6 +284,8 @@ def encode_new(
     )
     if at is not None:
         text += f',"at":{_dumps(at)}'
+    if expires_at is not None:
+        text += f',"expires_at":{_dumps(expires_at)}'
     return (text + "}").encode()
 
 
@@ -318,8 +339,8 @@ def decode(raw: bytes) -> Job:
         value = data.get(key)
         if value is not None and not 0 <= value <= MAX_RETRIES:
             raise InvalidJob(f"field {key!r} must be between 0 and {MAX_RETRIES}", raw)
-    for key in ("jid", "queue"):
-        if not NAME_RE.fullmatch(data[key]):
+    for key in ("jid", "queue", "unique_key"):
+        if key in data and data[key] is not None and not NAME_RE.fullmatch(data[key]):
             raise InvalidJob(f"field {key!r} must be 1-64 letters, digits, '_' or '-'", raw)
     now = time.time()
     return Job(

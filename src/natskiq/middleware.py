@@ -20,7 +20,7 @@ calling ``call_next``::
         return await call_next(job)
 
 ``call_next`` returns the job as stored (None if something further in
-was vetoed); a changed job's
+was vetoed, or was a duplicate of a pending unique job); a changed job's
 arguments and headers are checked again before it is stored. For
 ``perform_bulk``, ``call_next`` returns once the job is accepted into the
 batch, which is stored after every job has been through the chain.

@@ -5,7 +5,8 @@ Against a real server:
 * :func:`server` runs a JetStream server on a free port for a block;
 * :func:`unique_namespace` gives each test its own streams and buckets;
 * :func:`drain` runs the jobs queued in the client's namespace in this
-  process until the queues are empty, and re-raises the first failure;
+  process until the queues are empty, and re-raises the first failure
+  (skipping expired jobs and releasing unique locks as a node does);
 * :func:`fast_retries` (alias :func:`zero_backoff`) shrinks retry delays.
 
 Without a server, like Sidekiq's testing modes:
@@ -15,7 +16,8 @@ Without a server, like Sidekiq's testing modes:
 * :func:`fake` records jobs per worker instead (``SendEmail.jobs``,
   ``SendEmail.clear()``, and ``fake.drain()`` to run them).
 
-Both modes pass each job through the process-wide client middleware. Each mode restores
+Both modes pass each job through the process-wide client middleware; unique
+locks and expiry need a server and do not apply in them. Each mode restores
 the previous state when its block ends. Installed as a
 pytest plugin, natskiq also provides the fixtures ``natskiq_server`` (one
 server per session), ``natskiq_namespace`` and ``natskiq_client`` (an open
@@ -37,7 +39,7 @@ import anyio
 import attrs
 
 from . import job as jobs
-from . import middleware, retry, worker
+from . import middleware, retry, unique, worker
 from .client import Client
 from .errors import InvalidJob
 from .server import Server
@@ -148,12 +150,16 @@ async def _run_message(client: Client, msg: Any) -> None:
     except InvalidJob as exc:
         await retry.fail_invalid(client.js, client.names, msg.data, exc.reason, queue="invalid", ack=msg.ack)
         raise
+    if not await unique.on_start(client.js, client.names, job):
+        await msg.ack()  # expired: skipped, as a node skips it
+        return
     try:
         await run_job(job)
     except Exception as exc:
         cls = worker.registered().get(job.cls)
         await retry.route(client.js, client.names, job, exc, worker=cls, ack=msg.ack)
         raise
+    await unique.on_success(client.js, client.names, job)
     await msg.ack()
 
 
@@ -173,7 +179,7 @@ def _round_trip(
 class _Mode:
     """What both modes share: each job goes through the process-wide client
     middleware (:func:`natskiq.client_middleware`) and, unless vetoed, to
-    :meth:`take`."""
+    :meth:`take`. Unique locks and expiry need a server and do not apply."""
 
     async def push(
         self,

@@ -119,6 +119,15 @@ class Names:
     def nodes_bucket(self) -> str:
         return f"{self.namespace}_nodes"
 
+    @property
+    def unique_bucket(self) -> str:
+        """The KV bucket of unique-job locks."""
+        return f"{self.namespace}_unique"
+
+    def unique_subject(self, key: str) -> str:
+        """The KV subject of a unique-job lock (a create or a release is a publish to it)."""
+        return f"$KV.{self.unique_bucket}.{check_name('unique key', key)}"
+
     def lease_subject(self, key: str = LEASE_KEY) -> str:
         """The KV subject of a lease key (used to renew with a TTL)."""
         return f"$KV.{self.lease_bucket}.{key}"

@@ -52,6 +52,22 @@ def _backtrace_lines(value: bool | int | None) -> int:
     return 20 if value is True else int(value or 0)
 
 
+def _check_unique_for(_: object, __: object, value: float | None) -> None:
+    # A lock is a KV key with a per-message TTL, which NATS takes from 1 s.
+    if value is not None and not value >= 1:
+        raise ConfigError(f"unique_for must be at least 1 second, not {value!r}")
+
+
+def _check_unique_until(_: object, __: object, value: str) -> None:
+    if value not in ("start", "success"):
+        raise ConfigError(f"unique_until must be 'start' or 'success', not {value!r}")
+
+
+def _check_expires_in(_: object, __: object, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigError(f"expires_in must be a positive number of seconds, not {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Options:
     """A worker's job options: class keywords, overridable per call with ``set()``."""
@@ -61,6 +77,9 @@ class Options:
     timeout: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_timeout)
     dead: bool = True
     backtrace: int = attrs.field(default=0, converter=_backtrace_lines)
+    unique_for: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_unique_for)
+    unique_until: str = attrs.field(default="success", validator=_check_unique_until)
+    expires_in: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_expires_in)
 
 
 PER_CALL_OPTIONS = frozenset({"queue", "retries"})
@@ -110,6 +129,16 @@ class Worker:
         dead: keep jobs whose retries ran out in the failed set (default
             True); False drops them.
         backtrace: lines of traceback kept with a failure (True = 20).
+        unique_for: seconds (or a timedelta, at least 1 s) during which
+            enqueueing this class again with the same queue, args and kwargs
+            stores nothing while a job is pending (see :mod:`natskiq.unique`);
+            ``perform_async`` then returns the pending job's jid.
+        unique_until: when the lock is released: ``"success"`` (default,
+            once the job succeeded) or ``"start"`` (as it starts); it also
+            expires after ``unique_for``.
+        expires_in: seconds (or a timedelta) after enqueueing (or after the
+            scheduled time) by which the job must have started; later, a
+            node skips it.
         name: the registered name, ``module.QualName`` by default.
 
     Optional hooks, as Sidekiq has them:
@@ -138,6 +167,9 @@ class Worker:
         timeout: float | timedelta | None = None,
         dead: bool | None = None,
         backtrace: bool | int | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_until: str | None = None,
+        expires_in: float | timedelta | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -148,6 +180,9 @@ class Worker:
             "timeout": timeout,
             "dead": dead,
             "backtrace": backtrace,
+            "unique_for": unique_for,
+            "unique_until": unique_until,
+            "expires_in": expires_in,
         }
         changes = {key: value for key, value in given.items() if value is not None}
         cls.options = attrs.evolve(cls.options, **changes)
@@ -193,7 +228,9 @@ class Worker:
         """Enqueue a job to run as soon as a node is free; returns its jid.
 
         Returns:
-            The new job's jid, or ``""`` when client middleware vetoed the job (nothing is stored; see
+            The new job's jid; for a ``unique_for`` class whose lock is held,
+            the jid of the pending job holding it (nothing is stored); ``""``
+            when client middleware vetoed the job (nothing is stored; see
             :meth:`natskiq.Client.push`).
         """
         plain = _configured(cls)  # what Configured.perform_async does, one await less
