@@ -1,0 +1,461 @@
+"""The web dashboard through its ASGI interface (httpx): pages, escaping, actions,
+CSRF, auth, read-only mode, mounting and the server. Browser tests are in
+test_web_browser.py."""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+import natskiq
+from natskiq import api, cron, retry, testing
+from natskiq import job as jobs
+from natskiq.server import Server
+from natskiq.topology import ensure_failed
+from natskiq.web import create_app, serve
+
+from .sample_workers import Record, Tick
+
+HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(1)>"
+PAGES = ["/", "/busy", "/queues", "/scheduled", "/retries", "/failed", "/periodic"]
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[Server]:
+    """A server of this module's own: late in a run the session's holds more than
+    256 streams, and api.queue_names reads only the first page of the stream list."""
+    with testing.server() as srv:
+        yield srv
+
+
+def asgi(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+@pytest.fixture
+async def web(client: natskiq.Client) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi(create_app(client)) as http:
+        yield http
+
+
+async def csrf_token(http: httpx.AsyncClient, path: str = "/busy") -> str:
+    """The token a page's forms carry (the page also sets the matching cookie)."""
+    page = await http.get(path)
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+async def noop() -> None:
+    """An ack for jobs that were never delivered (seeding the sets directly)."""
+
+
+async def fail(
+    client: natskiq.Client, queue: str = "default", *, cls: str = Record.name, **fields: Any
+) -> str:
+    """Put a job straight into the failed set, as a node does when its retries run out."""
+    await client.ensure_queue(queue)
+    await ensure_failed(client.js, client.names)
+    job = jobs.Job(jid=jobs.new_jid(), cls=cls, queue=queue, retry=0, **fields)
+    await retry.route(client.js, client.names, job, ValueError("boom"), worker=None, ack=noop)
+    return job.jid
+
+
+async def to_retry(client: natskiq.Client, exc: Exception, **fields: Any) -> str:
+    """Put a job in the retry set (Sidekiq's backoff: its first retry is 15 s or more away)."""
+    await client.ensure_queue("default")
+    job = jobs.Job(jid=jobs.new_jid(), cls=Record.name, retry=5, **fields)
+    await retry.route(client.js, client.names, job, exc, worker=None, ack=noop)
+    return job.jid
+
+
+async def post(http: httpx.AsyncClient, path: str, token: str, **form: Any) -> httpx.Response:
+    data = {"csrf": token, **form}
+    return await http.post(path, data=data)
+
+
+def kinds(entries: list[api.Entry]) -> list[str | None]:
+    return sorted(e.jid for e in entries)
+
+
+# -- pages ------------------------------------------------------------------------------
+
+
+async def test_pages_render_on_an_empty_namespace(web: httpx.AsyncClient) -> None:
+    """Every page answers 200 in a namespace with no streams yet, and the stats are zero."""
+    for path in PAGES:
+        page = await web.get(path)
+        assert page.status_code == 200, (path, page.text)
+        assert "text/html" in page.headers["content-type"]
+    stats = (await web.get("/api/stats")).json()
+    assert stats["processed"] == stats["failed"] == stats["dead"] == stats["nodes"] == 0
+    assert stats["queues"] == [] and stats["master"] is None
+
+
+async def test_pages_show_jobs_nodes_and_stats(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """Queues, scheduled jobs, retries, failed jobs and periodic jobs show on their pages."""
+    queued = await Record.set(queue="mail").perform_async(note="hello")
+    scheduled = await Record.perform_in(3600, note="later")
+    retrying = await to_retry(client, RuntimeError("flaky network"))
+    failed = await fail(client, "mail", args=[1, 2])
+    nightly = cron.Periodic(
+        name="nightly", schedule=cron.normalize("0 3 * * *"), worker=Tick.name, queue="default",
+        retry=3, args=["report"], tz="Europe/Paris",
+    )  # fmt: skip
+    await cron.register(client.js, client.names, [nightly])
+
+    assert queued in (await web.get("/queues/mail")).text
+    queues = (await web.get("/queues")).text
+    assert 'href="/queues/mail"' in queues and 'href="/queues/default"' in queues
+    assert scheduled in (await web.get("/scheduled")).text
+    retries = (await web.get("/retries")).text
+    assert retrying in retries and "flaky network" in retries and "RuntimeError" in retries
+    assert failed in (await web.get("/failed")).text
+    periodic = (await web.get("/periodic")).text
+    assert "nightly" in periodic and "0 0 3 * * *" in periodic and "Europe/Paris" in periodic
+    assert "nightly" not in (await web.get("/scheduled")).text  # a definition is not a scheduled job
+
+    stats = (await web.get("/api/stats")).json()
+    assert (stats["enqueued"], stats["retries"], stats["dead"]) == (1, 1, 1)
+    assert stats["scheduled"] >= 1
+    assert {q["name"] for q in stats["queues"]} == {"default", "mail"}
+    dashboard = (await web.get("/")).text
+    assert 'data-stat="dead">1<' in dashboard and 'data-queue="mail"' in dashboard
+
+
+async def test_times_are_relative_with_utc_on_hover(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """A job's time shows relative ("in 59m") with the UTC time in its title."""
+    await Record.perform_in(3600)
+    page = (await web.get("/scheduled")).text
+    found = re.search(
+        r'<time datetime="[^"]+Z" title="(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC)"[^>]*>in (\d+)m</time>', page
+    )
+    assert found, page
+    assert 58 <= int(found.group(2)) <= 60
+
+
+async def test_pages_paginate(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """A queue of 30 jobs shows 25 on the first page and 5 on the second."""
+    await Record.set(queue="bulk").perform_bulk([[0.0, i] for i in range(30)])
+    first = (await web.get("/queues/bulk")).text
+    assert first.count('name="item"') == 25 and 'href="/queues/bulk?page=2"' in first
+    second = (await web.get("/queues/bulk?page=2")).text
+    assert second.count('name="item"') == 5 and 'href="/queues/bulk?page=1"' in second
+
+
+async def test_unknown_queue_is_404(web: httpx.AsyncClient) -> None:
+    """A queue that does not exist, or could not exist, is a 404 page."""
+    assert (await web.get("/queues/nothing")).status_code == 404
+    assert (await web.get("/queues/a.b")).status_code == 404
+    bad_filter = await web.get("/failed", params={"queue": "a>b"})
+    assert bad_filter.status_code == 404
+
+
+# -- escaping ------------------------------------------------------------------------------
+
+
+async def test_job_data_renders_as_text(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """HTML or script in arguments, class names, errors and raw payloads is escaped on every page."""
+    await Record.set(queue="mail").perform_async(note=HOSTILE)
+    await Record.perform_in(3600, note=HOSTILE)
+    await to_retry(client, RuntimeError(HOSTILE), args=[HOSTILE])
+    await fail(client, cls=HOSTILE, args=[HOSTILE], kwargs={HOSTILE: HOSTILE})
+    await retry.fail_invalid(client.js, client.names, HOSTILE.encode(), "not JSON", queue="default", ack=noop)
+    evil = cron.Periodic(
+        name="evil", schedule="@daily", worker=HOSTILE, queue="default", retry=0, args=[HOSTILE]
+    )
+    await cron.register(client.js, client.names, [evil])
+
+    for path in [*PAGES, "/queues/mail", "/queues/default"]:
+        page = (await web.get(path)).text
+        assert "<script>alert" not in page and "<img src=x" not in page, path
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
+    for path in ["/queues/mail", "/retries", "/failed", "/periodic"]:
+        assert escaped in (await web.get(path)).text, path
+    assert "invalid payload" in (await web.get("/failed")).text
+    # Every script on a page is the package's own file: nothing inline can run (the CSP forbids it too).
+    page = await web.get("/failed")
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/natskiq.js?v=0.1.0" defer>']
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+async def test_long_arguments_are_cut_with_a_way_to_see_them(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """Arguments longer than a line are shortened, with all of them one click away."""
+    await Record.set(queue="mail").perform_async(note="x" * 500 + "END")
+    page = (await web.get("/queues/mail")).text
+    assert "show all" in page and "…" in page
+    details = re.search(r"<details class=\"args\">.*?<pre>(.*?)</pre>", page, re.S)
+    assert details and "END" in details.group(1)
+
+
+# -- actions and CSRF --------------------------------------------------------------------------
+
+
+async def test_actions_need_the_csrf_token(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """A POST without the token, with a forged one, or marked cross-site is refused; nothing changes."""
+    jid = await fail(client)
+    [entry] = await api.find(client, "failed")
+    row = f"replay:default:{entry.seq}"
+    assert (await web.post("/failed", data={"row": row})).status_code == 403
+    assert (await web.post("/failed", data={"row": row, "csrf": "abc.def"})).status_code == 403
+    token = await csrf_token(web)
+    forged = token.split(".")[0] + "." + "0" * 64
+    web.cookies.set("natskiq_csrf", forged)
+    assert (await web.post("/failed", data={"row": row, "csrf": forged})).status_code == 403
+    web.cookies.clear()
+    token = await csrf_token(web)
+    cross = await web.post(
+        "/failed", data={"row": row, "csrf": token}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert cross.status_code == 403
+    assert [e.jid for e in await api.find(client, "failed")] == [jid]
+
+    done = await post(web, "/failed", token, row=row)
+    assert done.status_code == 303 and done.headers["location"] == "/failed?done=replay&n=1"
+    assert await api.find(client, "failed") == []
+    assert [e.jid for e in await api.find(client, "queued")] == [jid]
+    assert "Replayed 1 job(s)" in (await web.get(done.headers["location"])).text
+
+
+async def test_failed_replay_and_delete_single_selected_and_matching(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """Failed jobs are replayed or deleted one at a time, by selection, or all that match a filter."""
+    one, two, three = [await fail(client, "mail", args=[i]) for i in range(3)]
+    four = await fail(client, "default", cls="tests.Other")
+    five = await fail(client, "default", cls="tests.Other")
+    seq = {e.jid: e.seq for e in await api.find(client, "failed")}
+    token = await csrf_token(web)
+
+    await post(web, "/failed", token, row=f"delete:mail:{seq[one]}")
+    await post(web, "/failed", token, action="replay", item=[f"mail:{seq[two]}", f"mail:{seq[three]}"])
+    assert kinds(await api.find(client, "queued")) == sorted([two, three])
+    filtered = await web.get("/failed", params={"class": "tests.Other"})
+    assert four in filtered.text and one not in filtered.text
+    everything = await post(web, "/failed", token, action="delete_all", **{"class": "tests.Other"})
+    assert everything.headers["location"] == "/failed?class=tests.Other&done=delete&n=2"
+    assert await api.find(client, "failed") == []
+    assert five not in (await web.get("/failed")).text
+    again = await post(web, "/failed", token, row=f"replay:mail:{seq[one]}")
+    assert again.headers["location"] == "/failed?problem=notfound"
+
+
+async def test_retries_and_scheduled_run_now_or_delete(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """A retry or a scheduled job moves to its queue at once, or is deleted; all at once too."""
+    retrying = await to_retry(client, RuntimeError("later"))
+    soon = await Record.perform_in(3600, note="soon")
+    await Record.perform_in(3600, note="never")
+    await Record.perform_in(3600, note="nor this")
+    [entry] = await api.find(client, "retry")
+    token = await csrf_token(web)
+    await post(web, "/retries", token, row=f"run_now:default:{entry.seq}")
+    scheduled = {e.jid: e.seq for e in await api.find(client, "scheduled")}
+    await post(web, "/scheduled", token, row=f"run_now:default:{scheduled[soon]}")
+    assert kinds(await api.find(client, "queued")) == sorted([retrying, soon])
+    assert await api.find(client, "retry") == []
+    cleared = await post(web, "/scheduled", token, action="delete_all")
+    assert cleared.headers["location"] == "/scheduled?done=delete&n=2"
+    assert await api.find(client, "scheduled") == []
+    wrong = await post(web, "/scheduled", token, action="replay", item=["default:1"])
+    assert wrong.status_code == 400
+
+
+async def test_queue_delete_and_clear(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """One ready job is deleted from a queue page; clearing empties the queue."""
+    jids = [await Record.set(queue="mail").perform_async(note=i) for i in range(3)]
+    entries = await api.find(client, "queued")
+    token = await csrf_token(web)
+    await post(web, "/queues/mail", token, row=f"delete:mail:{entries[0].seq}")
+    assert kinds(await api.find(client, "queued")) == sorted(jids[1:])
+    cleared = await post(web, "/queues/mail", token, action="clear")
+    assert cleared.headers["location"] == "/queues/mail?done=clear&n=2"
+    assert await api.find(client, "queued") == []
+
+
+async def test_a_stale_item_is_not_acted_on(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """A sequence that holds no job of that kind (gone, or another kind) is skipped."""
+    queued = await Record.perform_async()
+    [entry] = await api.find(client, "queued")
+    token = await csrf_token(web)
+    response = await post(web, "/scheduled", token, row=f"delete:default:{entry.seq}")
+    assert response.headers["location"] == "/scheduled?problem=notfound"
+    assert [e.jid for e in await api.find(client, "queued")] == [queued]
+
+
+async def test_periodic_remove(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """A periodic job definition is removed from its page."""
+    await client.ensure_queue("default")
+    definition = cron.Periodic(name="hourly", schedule="@hourly", worker=Tick.name, queue="default", retry=0)
+    await cron.register(client.js, client.names, [definition])
+    token = await csrf_token(web)
+    removed = await post(web, "/periodic", token, name="hourly")
+    assert removed.headers["location"] == "/periodic?done=remove&n=1"
+    assert await api.periodic_jobs(client) == []
+    missing = await post(web, "/periodic", token, name="hourly")
+    assert missing.headers["location"] == "/periodic?problem=notfound"
+
+
+async def test_cancel_a_job_by_jid(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """The busy page's cancel form deletes a waiting job; an unknown jid says nothing matched."""
+    jid = await Record.perform_in(3600)
+    token = await csrf_token(web)
+    done = await post(web, "/busy/cancel", token, jid=jid)
+    assert done.headers["location"] == "/busy?done=cancel&n=1"
+    assert await api.find(client, "scheduled") == []
+    again = await post(web, "/busy/cancel", token, jid=jid)
+    assert again.headers["location"] == "/busy?problem=notfound"
+    assert (await post(web, "/busy/cancel", token, jid="a.b")).status_code == 404
+
+
+# -- read-only, auth -------------------------------------------------------------------------------
+
+
+async def test_read_only_shows_no_actions_and_refuses_them(client: natskiq.Client) -> None:
+    """In read-only mode no page has a form that changes anything, and every POST is 403."""
+    jid = await fail(client)
+    await Record.perform_in(3600)
+    async with asgi(create_app(client, read_only=True)) as web:
+        for path in [*PAGES, "/queues/default"]:
+            page = (await web.get(path)).text
+            assert 'method="post"' not in page and "<button" not in page.replace(
+                '<button class="btn">Filter', ""
+            )
+            assert "read-only" in page
+        assert jid in (await web.get("/failed")).text
+        [entry] = await api.find(client, "failed")
+        token = (await web.get("/")).cookies.get("natskiq_csrf")
+        refused = await web.post("/failed", data={"csrf": token or "", "row": f"replay:default:{entry.seq}"})
+        assert refused.status_code == 403
+        assert (await web.post("/queues/default", data={"action": "clear"})).status_code == 403
+    assert [e.jid for e in await api.find(client, "failed")] == [jid]
+
+
+async def test_basic_auth(client: natskiq.Client) -> None:
+    """With user:password, every request without those credentials is 401, static files included."""
+    async with asgi(create_app(client, auth="admin:s3cret")) as web:
+        refused = await web.get("/")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
+        assert (await web.get("/static/natskiq.js")).status_code == 401
+        assert (await web.get("/", auth=("admin", "wrong"))).status_code == 401
+        assert (await web.get("/", auth=("root", "s3cret"))).status_code == 401
+        assert (await web.get("/", auth=("admin", "s3cret"))).status_code == 200
+        assert (await web.get("/api/stats", auth=("admin", "s3cret"))).status_code == 200
+
+
+async def test_token_auth(client: natskiq.Client) -> None:
+    """With token:SECRET, a bearer header works, and ?token= is traded for a cookie and leaves the URL."""
+    async with asgi(create_app(client, auth="token:t0ken")) as web:
+        assert (await web.get("/")).status_code == 401
+        assert (await web.get("/", headers={"Authorization": "Bearer nope"})).status_code == 401
+        assert (await web.get("/", headers={"Authorization": "Bearer t0ken"})).status_code == 200
+        assert (await web.get("/failed?token=nope")).status_code == 401
+        welcome = await web.get("/failed?queue=mail&token=t0ken")
+        assert (
+            welcome.status_code == 303
+            and welcome.headers["location"] == "http://testserver/failed?queue=mail"
+        )
+        cookie = welcome.cookies.get("natskiq_auth")
+        assert cookie and "t0ken" not in cookie
+        assert (await web.get("/failed")).status_code == 200  # the cookie alone
+    async with asgi(create_app(client, auth="token:t0ken")) as other:
+        other.cookies.set("natskiq_auth", cookie)
+        assert (await other.get("/")).status_code == 401  # another app's key: not valid here
+
+
+def test_bad_auth_specs_are_refused() -> None:
+    """--auth must be user:password or token:SECRET, with no empty part."""
+    for spec in ["admin", "admin:", ":pw", "token:"]:
+        with pytest.raises(natskiq.ConfigError, match="user:password"):
+            create_app(None, auth=spec)
+
+
+# -- mounting, connecting, serving ------------------------------------------------------------------
+
+
+async def test_mounted_inside_another_app(client: natskiq.Client) -> None:
+    """Mounted under a prefix, links, static files, redirects and cookies all live under it."""
+    jid = await fail(client)
+    host = Starlette(routes=[Mount("/admin/jobs", create_app(client))])
+    async with asgi(host) as web:
+        page = await web.get("/admin/jobs/failed")
+        assert page.status_code == 200 and jid in page.text
+        assert 'href="/admin/jobs/queues"' in page.text and 'src="/admin/jobs/static/natskiq.js' in page.text
+        assert "Path=/admin/jobs" in page.headers["set-cookie"]
+        assert (await web.get("/admin/jobs/static/natskiq.css")).status_code == 200
+        token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        [entry] = await api.find(client, "failed")
+        done = await web.post(
+            "/admin/jobs/failed", data={"csrf": token, "row": f"replay:default:{entry.seq}"}
+        )
+        assert done.headers["location"] == "/admin/jobs/failed?done=replay&n=1"
+        assert 'action="/admin/jobs/queues/default"' in (await web.get("/admin/jobs/queues/default")).text
+
+
+async def test_a_url_connects_on_first_use(nats_url: str, namespace: str) -> None:
+    """Given a URL, the app connects on its first request (a host app runs no lifespan of ours)."""
+    app = create_app(nats_url, namespace=namespace)
+    try:
+        async with asgi(app) as web:
+            page = await web.get("/")
+            assert page.status_code == 200 and namespace in page.text
+    finally:
+        await app.state.natskiq.close()
+    async with asgi(create_app("nats://127.0.0.1:1")) as web:
+        down = await web.get("/")
+        assert down.status_code == 503 and "cannot connect to NATS" in down.text
+
+
+async def test_serve_listens_on_localhost(nats_url: str, namespace: str, client: natskiq.Client) -> None:
+    """serve() connects, binds 127.0.0.1 by default and answers over real HTTP until cancelled."""
+    jid = await Record.perform_in(3600, note="served")
+    ready: list[str] = []
+    async with anyio.create_task_group() as tg:
+        start = functools.partial(serve, nats_url, namespace, port=0, on_ready=ready.append, auth="u:p")
+        url = await tg.start(start)
+        assert url.startswith("http://127.0.0.1:") and ready == [url]
+        async with httpx.AsyncClient(base_url=url, auth=("u", "p")) as http:
+            page = await http.get("/scheduled")
+            assert page.status_code == 200 and jid in page.text
+            assert (await http.get("/api/stats")).json()["scheduled"] == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_serve_refuses_an_unreachable_nats() -> None:
+    """serve() says NATS cannot be reached before it listens."""
+    with pytest.raises(natskiq.ConfigError, match="cannot connect to NATS"):
+        await serve("nats://127.0.0.1:1", port=0)
+
+
+async def test_stats_track_processed_jobs(
+    client: natskiq.Client, web: httpx.AsyncClient, ledger: Any
+) -> None:
+    """/api/stats counts jobs a node has run (its counters flush every second)."""
+    from .conftest import running_node, until, wait_for_ledger
+
+    await client.ensure_queue("default")
+    async with running_node(client.url, client.namespace):
+        await Record.perform_bulk([[0.0, i] for i in range(3)])
+        await wait_for_ledger(ledger, 3)
+
+        async def counted() -> bool:
+            return (await web.get("/api/stats")).json()["processed"] >= 3
+
+        await until(counted)
+        nodes = (await web.get("/api/stats")).json()
+        assert nodes["nodes"] == 1 and nodes["master"] is not None
+        busy = (await web.get("/busy")).text
+        assert "master" in busy and time.strftime("%Y-%m-%d", time.gmtime()) in (await web.get("/")).text
