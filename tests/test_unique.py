@@ -277,3 +277,24 @@ def test_decode_refuses_a_unique_key_that_is_not_a_subject_token(key: str) -> No
     raw = json.dumps({"jid": "j", "class": "c", "args": [], "queue": "q", "unique_key": key}).encode()
     with pytest.raises(natskiq.InvalidJob, match="unique_key"):
         jobs.decode(raw)
+
+
+async def test_a_worker_node_releases_the_lock_on_success(client: natskiq.Client) -> None:
+    """On a real node, a unique job's lock is held until it succeeds, then a new enqueue is stored."""
+    from .conftest import running_node
+
+    first = await Sync.perform_async(7)
+    assert await Sync.perform_async(7) == first  # locked: the holder's jid, nothing stored
+    assert await ready(client) == 1
+    async with running_node(client.url, client.namespace):
+
+        async def acked() -> bool:
+            info = await client.js.consumer_info(client.names.queue_stream("default"), "aggregator")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await until(acked)
+
+        async def stored_again() -> bool:
+            return await Sync.perform_async(7) not in ("", first)
+
+        await until(stored_again)

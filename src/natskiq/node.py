@@ -42,7 +42,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 
 from . import job as jobs
-from . import middleware, retry
+from . import middleware, retry, unique
 from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery, ack_field
 from .errors import DeliveryLimit, InvalidJob, UnknownWorker
 from .topology import Names
@@ -333,9 +333,14 @@ class Node:
     async def _execute(
         self, worker: type[Worker], job: jobs.Job, ack: Callable[[], Any], delivery: Delivery
     ) -> None:
+        js = self.nc.jetstream()
         if self._cancelled.pop(job.jid, None) is not None:
             log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
+            await unique.release(js, self.names, job)
             await ack()
+            return
+        if not await unique.on_start(js, self.names, job):
+            await ack()  # expired before it could start (expires_in): skipped, not run
             return
         try:
             with anyio.CancelScope() as scope:
@@ -344,6 +349,7 @@ class Node:
             if scope.cancelled_caught:
                 # Cancelled on request (natskiq.api.cancel): the job is dropped.
                 log.info("cancelled jid=%s class=%s queue=%s while running", job.jid, job.cls, job.queue)
+                await unique.release(js, self.names, job)
                 await ack()
                 return
         except Exception as exc:
@@ -353,6 +359,7 @@ class Node:
         finally:
             self._running.pop(job.jid, None)
         self._count(failed=False)
+        await unique.on_success(js, self.names, job)
         await ack()
 
     def _count(self, *, failed: bool) -> None:
