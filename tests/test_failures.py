@@ -283,3 +283,15 @@ async def test_cancel_a_queued_and_a_running_job(client: natskiq.Client, ledger:
     assert await api.find(client, "retry") == [] and await failed_count(client) == 0
     with pytest.raises(natskiq.NotFound):
         await api.cancel(client, long)
+
+
+async def test_queues_are_listed_past_a_page_of_streams(private_server: object) -> None:
+    """Queue listing pages through JetStream's stream names (more than one page of 256 streams)."""
+    url = private_server.url  # type: ignore[attr-defined]
+    async with natskiq.connect(url, namespace="crowd") as crowd:
+        for i in range(260):
+            await crowd.ensure_queue(f"q{i}")
+        assert len(await api.queue_names(crowd)) == 260
+    async with natskiq.connect(url, namespace="late") as late:
+        await late.ensure_queue("x")
+        assert await api.queue_names(late) == ["x"]

@@ -124,14 +124,25 @@ def _queue_prefix(client: Client) -> str:
 
 
 async def queue_names(client: Client) -> list[str]:
-    """Every queue with a stream in the client's namespace."""
+    """Every queue with a stream in the client's namespace.
+
+    Asks JetStream for the names of the streams holding ``<ns>.queue.*``,
+    page by page (a server answers at most 1,024 names at a time).
+    """
     prefix = _queue_prefix(client)
-    names = await client.js.streams_info()
-    return sorted(
-        (info.config.name or "")[len(prefix) :]
-        for info in names
-        if (info.config.name or "").startswith(prefix)
-    )
+    subject = f"{client.names.namespace}.queue.*"
+    found: list[str] = []
+    while True:
+        request = json.dumps({"offset": len(found), "subject": subject}).encode()
+        reply = await client.nc.request("$JS.API.STREAM.NAMES", request, timeout=5)
+        page = json.loads(reply.data)
+        if "error" in page:
+            raise NatskiqError(f"cannot list queues: {page['error'].get('description', page['error'])}")
+        names = page.get("streams") or []
+        found.extend(names)
+        if not names or len(found) >= int(page.get("total", 0)):
+            break
+    return sorted(name[len(prefix) :] for name in found if name.startswith(prefix))
 
 
 async def _check_queue(client: Client, queue: str) -> None:
