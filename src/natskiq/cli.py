@@ -32,6 +32,7 @@ then the file.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -172,6 +173,15 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("jid", help="the job's id")
     _connection_args(cancel)
     _json_arg(cancel)
+
+    web = sub.add_parser("web", help="the web dashboard (pip install 'natskiq[web]')")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    web.add_argument("--port", type=int, default=7878)
+    web.add_argument(
+        "--auth", help="user:password (basic auth) or token:SECRET; or $NATSKIQ_WEB_AUTH (keeps it out of ps)"
+    )
+    web.add_argument("--read-only", action="store_true", help="show everything, change nothing")
+    _connection_args(web)
     return parser
 
 
@@ -537,6 +547,27 @@ def _serve_until_stopped(
         signal.signal(signal.SIGTERM, previous)
 
 
+def _web(args: argparse.Namespace) -> None:
+    try:
+        from . import web
+    except ImportError as exc:
+        raise ConfigError(f"natskiq web needs the web extra: pip install 'natskiq[web]' ({exc})") from exc
+    _logging("info")
+    anyio.run(
+        functools.partial(
+            web.serve,
+            args.url,
+            args.namespace or os.environ.get("NATSKIQ_NAMESPACE"),
+            host=args.host,
+            port=args.port,
+            auth=args.auth or os.environ.get("NATSKIQ_WEB_AUTH"),
+            read_only=args.read_only,
+            nats_options=connection_auth(args),
+            on_ready=lambda url: print(f"natskiq web: {url} (Ctrl-C stops it)", flush=True),
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``natskiq`` command; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -561,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(_periodic, args)
         elif args.command == "cancel":
             return anyio.run(_cancel, args)
+        elif args.command == "web":
+            _web(args)
         else:
             return anyio.run(_sets, args)
     except KeyboardInterrupt:
