@@ -194,7 +194,7 @@ class Launcher:
             max_deliveries=s.max_deliveries,
         )
         if s.metrics_port is not None:
-            self.metrics = Metrics()
+            self.metrics = Metrics(outcomes=self.node.outcomes)
             self.node.middleware.append(self.metrics)
         self.lease = Lease(self.client.nc, self.client.names, s.node_id, ttl=s.lease_ttl)
 

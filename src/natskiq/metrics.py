@@ -59,6 +59,8 @@ class Metrics:
                 counts[index] += 1
         self._sums[key] += seconds
 
+    outcomes: collections.Counter[str] | None = None  # the node's, set by the launcher
+
     def render(self, queues: list[api.QueueInfo]) -> str:
         """The Prometheus text exposition of these counters and ``queues``."""
         lines: list[str] = []
@@ -72,6 +74,11 @@ class Metrics:
         lines += [f"natskiq_jobs_processed_total{_labels(k)} {v}" for k, v in sorted(self.processed.items())]
         family("natskiq_jobs_failed_total", "counter", "Job runs that raised on this node.")
         lines += [f"natskiq_jobs_failed_total{_labels(k)} {v}" for k, v in sorted(self.failed.items())]
+        family("natskiq_jobs_retried_total", "counter", "Failed runs this node scheduled for a retry.")
+        outcomes = self.outcomes if self.outcomes is not None else collections.Counter()
+        lines.append(f"natskiq_jobs_retried_total {outcomes['retry']}")
+        family("natskiq_jobs_dead_total", "counter", "Jobs this node moved to the failed set for good.")
+        lines.append(f"natskiq_jobs_dead_total {outcomes['failed']}")
         family("natskiq_jobs_running", "gauge", "Jobs running on this node now.")
         lines.append(f"natskiq_jobs_running {self.running}")
         family("natskiq_job_duration_seconds", "histogram", "Run time of jobs on this node.")

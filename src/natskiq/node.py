@@ -96,6 +96,8 @@ class Node:
     _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
     _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
     _unflushed: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    outcomes: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    """Where this node's failed runs went: ``retry``, ``failed`` or ``discarded``."""
     _threads: anyio.CapacityLimiter = attrs.field(init=False)
     _send: MemoryObjectSendStream[Delivery] = attrs.field(init=False)
     _recv: MemoryObjectReceiveStream[Delivery] = attrs.field(init=False)
@@ -410,8 +412,8 @@ class Node:
 
         await middleware.run_server(self.middleware, instance, job, perform)
 
-    async def _settle_with(self, route: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Store a successor, retrying while NATS is unreachable.
+    async def _settle_with(self, route: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Store a successor, retrying while NATS is unreachable; returns the route's outcome.
 
         If it still fails, the job is left unacked and JetStream redelivers
         it after the ack wait: it runs again rather than being lost.
@@ -420,11 +422,14 @@ class Node:
         for attempt in range(SETTLE_ATTEMPTS):
             try:
                 with anyio.fail_after(SETTLE_TIMEOUT):
-                    await route(js, self.names, *args, **kwargs)
-                return
+                    outcome = await route(js, self.names, *args, **kwargs)
+                if outcome is not None:
+                    self.outcomes[outcome] += 1
+                return outcome
             except (NatsError, JSError, TimeoutError) as exc:
                 log.warning("could not store a retry/failed record (attempt %d): %r", attempt + 1, exc)
                 await anyio.sleep(0.2 * (attempt + 1))
+        return None
 
     async def _settle(self, delivery: Delivery, verdict: bytes) -> None:
         self._inflight.discard(delivery)
