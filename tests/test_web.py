@@ -459,3 +459,33 @@ async def test_stats_track_processed_jobs(
         assert nodes["nodes"] == 1 and nodes["master"] is not None
         busy = (await web.get("/busy")).text
         assert "master" in busy and time.strftime("%Y-%m-%d", time.gmtime()) in (await web.get("/")).text
+
+
+async def test_busy_page_lists_running_jobs_and_quiets_a_node(
+    client: natskiq.Client, web: httpx.AsyncClient, ledger: Any
+) -> None:
+    """Busy shows each node's running jobs (jid, class) and its Quiet button tells the node to go quiet."""
+    from .conftest import running_node, until, wait_for_ledger
+    from .sample_workers import Record
+
+    jid = await Record.perform_async(sleep=30, note="long")
+    async with running_node(client.url, client.namespace, node_id="busy-node"):
+        await wait_for_ledger(ledger, 1, kind="start")
+
+        async def listed() -> bool:
+            return jid in (await web.get("/busy")).text
+
+        await until(listed)
+        page = (await web.get("/busy")).text
+        assert "tests.Record" in page and 'value="quiet"' in page
+        token = await csrf_token(web)
+        answer = await post(web, "/busy/node", token, node="busy-node", verb="quiet")
+        assert answer.status_code in (200, 303)
+
+        async def quiet() -> bool:
+            return any(n["node"] == "busy-node" and n["quiet"] for n in await api.nodes(client))
+
+        await until(quiet)
+        with pytest.raises(natskiq.NotFound):
+            await api.command(client, "nobody", "stop")
+        await api.cancel(client, jid)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import anyio
 import attrs
+from nats.errors import NoRespondersError
 from nats.js import api as jsapi
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.errors import Error as JSError
@@ -528,3 +529,24 @@ async def cancel(client: Client, jid: str, *, wait: float = 0.5) -> dict[str, An
     if not deleted and not running:
         raise NotFound(f"job {jid} is not queued, scheduled, retrying or running (it may have finished)")
     return {"deleted": deleted, "running_on": running}
+
+
+# -- node commands -----------------------------------------------------------------
+
+
+async def command(client: Client, node_id: str, verb: Literal["quiet", "stop"]) -> None:
+    """Tell a node to go quiet (take no new jobs) or to stop gracefully, as
+    SIGTSTP and SIGTERM would.
+
+    Raises:
+        NotFound: no live node has that id.
+    """
+    check_name("node", node_id)
+    if verb not in ("quiet", "stop"):
+        raise NatskiqError(f"unknown node command {verb!r}: use 'quiet' or 'stop'")
+    try:
+        reply = await client.nc.request(client.names.command_subject(node_id), verb.encode(), timeout=2)
+    except (NoRespondersError, TimeoutError):
+        raise NotFound(f"no live node {node_id!r} answered") from None
+    if reply.data != b"ok":
+        raise NatskiqError(f"node {node_id} refused {verb!r}: {reply.data.decode(errors='replace')}")

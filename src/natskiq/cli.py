@@ -174,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
     _connection_args(cancel)
     _json_arg(cancel)
 
+    node = sub.add_parser("node", help="tell a worker node to go quiet or to stop")
+    node.add_argument("action", choices=("quiet", "stop"))
+    node.add_argument("node_id", help="the node's id (see natskiq stats)")
+    _connection_args(node)
+
     web = sub.add_parser("web", help="the web dashboard (pip install 'natskiq[web]')")
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     web.add_argument("--port", type=int, default=7878)
@@ -547,6 +552,12 @@ def _serve_until_stopped(
         signal.signal(signal.SIGTERM, previous)
 
 
+async def _node(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        await api.command(client, args.node_id, args.action)
+    print(f"node {args.node_id}: {args.action} sent")
+
+
 def _web(args: argparse.Namespace) -> None:
     try:
         from . import web
@@ -594,6 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(_cancel, args)
         elif args.command == "web":
             _web(args)
+        elif args.command == "node":
+            anyio.run(_node, args)
         else:
             return anyio.run(_sets, args)
     except KeyboardInterrupt:

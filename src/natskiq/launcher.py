@@ -42,6 +42,7 @@ from .topology import Names, check_name, ensure_bucket, ensure_failed, ensure_qu
 log = logging.getLogger(__name__)
 
 NODE_TTL = 15.0
+NODE_BEAT = 2.0  # how often a node refreshes its entry (busy counts, running jobs)
 FAILED_CHECK = 10.0
 SETUP_TIMEOUT = 30.0
 
@@ -229,6 +230,7 @@ class Launcher:
                 await tg.start(self.node.run)
                 tg.start_soon(self._elect)
                 tg.start_soon(self._heartbeat)
+                tg.start_soon(self._read_commands)
                 tg.start_soon(self._watch_failed)
                 if self.metrics is not None and self.settings.metrics_port is not None:
                     self.metrics_address = await tg.start(
@@ -304,6 +306,7 @@ class Launcher:
                 "quiet": self.node.quiet,
                 "processed": self.node.processed,
                 "failed": self.node.failed,
+                "running": self.node.running_jobs(),
                 "at": time.time(),
             }
         ).encode()
@@ -316,7 +319,25 @@ class Launcher:
                 await js.publish(subject, self._info(), headers={"Nats-TTL": f"{int(NODE_TTL)}s"})
             except (NatsError, JSError, TimeoutError) as exc:
                 log.debug("node heartbeat not stored: %r", exc)
-            await anyio.sleep(NODE_TTL / 3)
+            await anyio.sleep(NODE_BEAT)
+
+    async def _read_commands(self) -> None:
+        """Obey ``quiet`` and ``stop`` sent to this node (``natskiq.api.command``)."""
+        sub = await self.client.nc.subscribe(self.client.names.command_subject(self.settings.node_id))
+        try:
+            async for msg in sub.messages:
+                verb = msg.data.decode(errors="replace").strip()
+                if verb == "quiet":
+                    self.quiet()
+                elif verb == "stop":
+                    self.stop()
+                if msg.reply:
+                    answer = "ok" if verb in ("quiet", "stop") else f"unknown command {verb[:40]!r}"
+                    await self.client.nc.publish(msg.reply, answer.encode())
+                log.info("command %r received", verb[:40])
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await sub.unsubscribe()
 
     async def _watch_failed(self) -> None:
         """Log when the failed set's limits push jobs out (the master says it, once)."""

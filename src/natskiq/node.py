@@ -94,6 +94,7 @@ class Node:
     _quiet: bool = attrs.field(init=False, default=False)
     _inflight: set[Delivery] = attrs.field(init=False, factory=set)
     _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
+    _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
     _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
     _unflushed: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     outcomes: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
@@ -122,6 +123,10 @@ class Node:
     @property
     def quiet(self) -> bool:
         return self._quiet
+
+    def running_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The jobs running here now (jid, class, queue, started), oldest first."""
+        return sorted(self._running_info.values(), key=lambda j: float(j["started"]))[:limit]
 
     def demand(self) -> dict[str, Any]:
         """This node's capacity report, as sent to the master."""
@@ -344,6 +349,12 @@ class Node:
         if not await unique.on_start(js, self.names, job):
             await ack()  # expired before it could start (expires_in): skipped, not run
             return
+        self._running_info[job.jid] = {
+            "jid": job.jid,
+            "class": job.cls,
+            "queue": job.queue,
+            "started": time.time(),
+        }
         try:
             with anyio.CancelScope() as scope:
                 self._running[job.jid] = scope
@@ -360,6 +371,7 @@ class Node:
             return
         finally:
             self._running.pop(job.jid, None)
+            self._running_info.pop(job.jid, None)
         self._count(failed=False)
         await unique.on_success(js, self.names, job)
         await ack()

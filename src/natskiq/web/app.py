@@ -53,6 +53,8 @@ DONE = {
     "delete": "Deleted {n} job(s).",
     "clear": "Cleared {n} ready job(s) from the queue.",
     "remove": "Removed the periodic job.",
+    "quiet": "Told the node to go quiet: it takes no new jobs; running ones finish.",
+    "stop": "Told the node to stop: it finishes or hands back its jobs and exits.",
     "cancel": "Cancelled the job ({n} place(s): deleted where it waited, stopped where it ran).",
 }
 PROBLEMS = {
@@ -281,6 +283,18 @@ class Dashboard:
             return _back(request, "/periodic", {}, problem="notfound")
         return _back(request, "/periodic", {}, done="remove", n=1)
 
+    async def command_node(self, request: Request) -> Response:
+        form = await self.form(request)
+        node = valid_name("node", _first(form, "node").strip())
+        verb = _first(form, "verb")
+        if verb not in ("quiet", "stop"):
+            return _back(request, "/busy", {}, problem="notfound")
+        try:
+            await api.command(await self.client(), node, "quiet" if verb == "quiet" else "stop")
+        except NotFound:
+            return _back(request, "/busy", {}, problem="notfound")
+        return _back(request, "/busy", {}, done=verb, n=1)
+
     async def cancel(self, request: Request) -> Response:
         form = await self.form(request)
         jid = valid_name("jid", _first(form, "jid").strip())
@@ -375,6 +389,7 @@ def create_app(
         Route("/api/stats", dash.stats, name="stats"),
         Route("/busy", dash.busy, name="busy"),
         Route("/busy/cancel", dash.cancel, methods=["POST"]),
+        Route("/busy/node", dash.command_node, methods=["POST"]),
         Route("/queues", dash.queues, name="queues"),
         Route("/queues/{name}", dash.queue, name="queue"),
         Route("/queues/{name}", dash.act_on_queue, methods=["POST"]),

@@ -147,7 +147,7 @@ def queue_table(view: View, queues: Sequence[api.QueueInfo]) -> Safe:
 
 def busy(view: View, nodes: Sequence[dict[str, Any]], master: dict[str, Any] | None) -> str:
     rows = [_node_row(view, node) for node in nodes]
-    head = ("Node", "Host", "PID", "Queues", "Busy", "Started", "Processed", "Failed", "Seen")
+    head = ("Node", "Host", "PID", "Queues", "Busy", "Started", "Processed", "Failed", "Seen", "")
     if master:
         lead = tag(
             '<p class="master">Master: <b>$node</b> ($host, pid $pid) · lease renewed $renewed · '
@@ -169,11 +169,52 @@ def busy(view: View, nodes: Sequence[dict[str, Any]], master: dict[str, Any] | N
         ),
         css="inline",
     )
-    note = tag(
-        '<p class="hint">Each node reports how many jobs it holds; it does not list them. '
-        "A running job can be cancelled by its jid.</p>"
+    running = [
+        _running_row(view, node, job)
+        for node in nodes
+        for job in (node.get("running") or [])
+        if isinstance(job, dict)
+    ]
+    jobs_table = table(("Node", "jid", "Class", "Queue", "Running for"), running, "No job is running.")
+    note = tag('<p class="hint">Nodes refresh this every 2 s. A running job can be cancelled by its jid.</p>')
+    return layout(
+        view,
+        "busy",
+        "Busy",
+        join(
+            [
+                lead,
+                table(head, rows, "No node is running."),
+                tag("<h2>Running jobs</h2>"),
+                jobs_table,
+                note,
+                cancel,
+            ]
+        ),
     )
-    return layout(view, "busy", "Busy", join([lead, table(head, rows, "No node is running."), note, cancel]))
+
+
+def _running_row(view: View, node: dict[str, Any], job: dict[str, Any]) -> Safe:
+    started = _float(job.get("started"))
+    return tag(
+        "<tr><td>$node</td><td><code>$jid</code></td><td>$cls</td><td>$queue</td><td>$since</td></tr>",
+        node=node.get("node", "?"),
+        jid=job.get("jid", "?"),
+        cls=job.get("class", "?"),
+        queue=job.get("queue", "?"),
+        since=when(started, view.now),
+    )
+
+
+def _node_actions(view: View, node: dict[str, Any]) -> Safe:
+    """Quiet and stop buttons for one node (none in read-only mode)."""
+    body = tag(
+        '<input type="hidden" name="node" value="$node">'
+        '<button class="btn" name="verb" value="quiet" data-confirm="Quiet $node?">Quiet</button> '
+        '<button class="btn danger" name="verb" value="stop" data-confirm="Stop $node?">Stop</button>',
+        node=node.get("node", ""),
+    )
+    return view.form("/busy/node", body, css="inline")
 
 
 def _node_row(view: View, node: dict[str, Any]) -> Safe:
@@ -188,7 +229,7 @@ def _node_row(view: View, node: dict[str, Any]) -> Safe:
     return tag(
         "<tr><td><b>$node</b> $badges</td><td>$host</td><td>$pid</td><td>$queues</td>"
         '<td class="num">$busy / $concurrency</td><td>$started</td><td class="num">$processed</td>'
-        '<td class="num">$failed</td><td>$seen</td></tr>',
+        '<td class="num">$failed</td><td>$seen</td><td>$actions</td></tr>',
         node=node.get("node", "?"),
         badges=badges,
         host=node.get("host", ""),
@@ -200,6 +241,7 @@ def _node_row(view: View, node: dict[str, Any]) -> Safe:
         processed=number(int(node.get("processed", 0))),
         failed=number(int(node.get("failed", 0))),
         seen=when(_float(node.get("at")), view.now),
+        actions=_node_actions(view, node),
     )
 
 
