@@ -175,7 +175,7 @@ def busy(view: View, nodes: Sequence[dict[str, Any]], master: dict[str, Any] | N
         for job in (node.get("running") or [])
         if isinstance(job, dict)
     ]
-    jobs_table = table(("Node", "jid", "Class", "Queue", "Running for"), running, "No job is running.")
+    jobs_table = table(("Node", "jid", "Class", "Queue", "Started"), running, "No job is running.")
     note = tag('<p class="hint">Nodes refresh this every 2 s. A running job can be cancelled by its jid.</p>')
     return layout(
         view,
