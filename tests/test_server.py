@@ -72,3 +72,14 @@ def test_server_command_serves_until_sigterm(tmp_path: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_demo_runs_every_job_and_exits() -> None:
+    """`natskiq demo` starts a server and a node, runs its sample jobs and exits 0 by itself."""
+    result = subprocess.run(
+        [sys.executable, "-m", "natskiq", "demo"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("  ran ") == 9
+    assert "Flaky('x')" in result.stdout and "on attempt 3" in result.stdout
+    assert result.stdout.rstrip().endswith("all jobs ran; stopping")

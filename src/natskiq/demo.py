@@ -31,7 +31,7 @@ class Greet(Worker, queue="default", name="demo.Greet"):
     """Says hello."""
 
     async def perform(self, name: str) -> None:
-        _report(f"  ran   Greet({name!r})                jid={self.jid}")
+        _report(f"  ran    {f'Greet({name!r})':32} jid={self.jid} queue={self.job.queue}")
 
 
 class Resize(Worker, queue="images", name="demo.Resize"):
@@ -39,14 +39,14 @@ class Resize(Worker, queue="images", name="demo.Resize"):
 
     def perform(self, path: str, width: int = 640) -> None:
         time.sleep(0.05)
-        _report(f"  ran   Resize({path!r}, width={width}) in a thread")
+        _report(f"  ran    {f'Resize({path!r}, width={width})':32} in a worker thread")
 
 
 class Remind(Worker, queue="default", name="demo.Remind"):
     """A delayed job."""
 
     async def perform(self, text: str, due: float) -> None:
-        _report(f"  ran   Remind({text!r}) {time.time() - due:+.2f}s from its due time")
+        _report(f"  ran    {f'Remind({text!r})':32} {time.time() - due:+.2f}s from its due time")
 
 
 class Flaky(Worker, queue="default", retries=3, name="demo.Flaky"):
@@ -57,9 +57,9 @@ class Flaky(Worker, queue="default", retries=3, name="demo.Flaky"):
     async def perform(self, label: str) -> None:
         count = self.attempts[self.jid] = self.attempts.get(self.jid, 0) + 1
         if count < 3:
-            _report(f"  fail  Flaky({label!r}) attempt {count}: will be retried")
+            _report(f"  fail   {f'Flaky({label!r})':32} attempt {count} raised: retried with backoff")
             raise RuntimeError(f"attempt {count} fails on purpose")
-        _report(f"  ran   Flaky({label!r}) on attempt {count}")
+        _report(f"  ran    {f'Flaky({label!r})':32} on attempt {count}")
 
 
 async def run_demo(out: Callable[[str], None]) -> None:
