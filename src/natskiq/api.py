@@ -410,17 +410,24 @@ class Stats:
         return attrs.asdict(self)
 
 
+async def failed_set_size(client: Client) -> tuple[int, int]:
+    """``(dead, trimmed)``: failed jobs kept now, and how many its limits pushed out.
+
+    Everything the failed stream ever stored is kept, deleted by us (replay,
+    delete: counted) or trimmed by its limits, so trimmed is the rest.
+    """
+    try:
+        info = await client.js.stream_info(client.names.failed_stream)
+    except NotFoundError:
+        return 0, 0
+    removed = await counter(client, "failed_removed")
+    return info.state.messages, max(0, info.state.last_seq - info.state.messages - removed)
+
+
 async def stats(client: Client) -> Stats:
     """Totals across the cluster and every queue."""
     all_queues = await queues(client)
-    dead, trimmed = 0, 0
-    try:
-        info = await client.js.stream_info(client.names.failed_stream)
-        dead = info.state.messages
-        removed = await counter(client, "failed_removed")
-        trimmed = max(0, info.state.last_seq - info.state.messages - removed)
-    except NotFoundError:
-        pass
+    dead, trimmed = await failed_set_size(client)
     return Stats(
         processed=await counter(client, "processed"),
         failed=await counter(client, "failed"),

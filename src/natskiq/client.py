@@ -484,20 +484,11 @@ class Client:
     ) -> jobs.Job:
         """The envelope for a call, checking that the arguments are JSON-native."""
         _check_worker(worker)
-        jobs.check_arguments(args, kwargs)
         now = time.time()
-        return jobs.Job(
-            jid=jobs.new_jid(),
-            cls=worker.name,
-            args=list(args),
-            kwargs=dict(kwargs),
-            queue=options.queue,
-            retry=options.retries,
-            created_at=now,
-            enqueued_at=now,
-            at=at,
+        return jobs.new_job(
+            worker.name, args, kwargs, queue=options.queue, retry=options.retries, at=at, now=now,
             expires_at=_expires_at(options, at, now),
-        )
+        )  # fmt: skip
 
     async def push(
         self,

@@ -242,13 +242,15 @@ def new_job(
     queue: str,
     retry: int,
     at: float | None = None,
+    now: float | None = None,
+    expires_at: float | None = None,
 ) -> Job:
     """A fresh envelope for a call, checking that the arguments are JSON-native."""
     check_arguments(args, kwargs)
-    now = time.time()
+    now = time.time() if now is None else now
     return Job(
         jid=new_jid(), cls=name, args=list(args), kwargs=dict(kwargs), queue=queue, retry=retry,
-        created_at=now, enqueued_at=now, at=at,
+        created_at=now, enqueued_at=now, at=at, expires_at=expires_at,
     )  # fmt: skip
 
 

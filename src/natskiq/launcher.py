@@ -348,7 +348,7 @@ class Launcher:
                 seen = None
                 continue
             try:
-                trimmed = (await api.stats(self.client)).trimmed
+                _, trimmed = await api.failed_set_size(self.client)
             except (NatsError, JSError, TimeoutError):
                 continue
             if seen is not None and trimmed > seen:
