@@ -36,7 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import natskiq
 from natskiq import cli
-from natskiq.client import AUTH_ENV, auth_options, redact_url
+from natskiq.auth import AUTH_ENV, auth_options, redact_url
 from natskiq.launcher import Settings
 from natskiq.server import Server
 

@@ -31,7 +31,8 @@ from nats.js.kv import KeyValue
 
 from . import api, cron
 from .aggregator import Aggregator
-from .client import Client, redact_url
+from .auth import redact_url
+from .client import Client
 from .errors import ConfigError
 from .lease import Lease, elect
 from .metrics import Metrics
@@ -85,7 +86,7 @@ class Settings:
     failed_max_jobs: int | None = None
     failed_max_days: float | None = None
     node_id: str = attrs.field(factory=_default_node_id)
-    # Credentials and TLS (see natskiq.client.auth_options): kept out of repr.
+    # Credentials and TLS (see natskiq.auth.auth_options): kept out of repr.
     nats_options: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
