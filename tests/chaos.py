@@ -123,8 +123,11 @@ class Harness:
         assert self.client is not None
         with anyio.move_on_after(timeout):
             while True:
-                if len(await api.nodes(self.client)) >= count:
-                    return
+                try:
+                    if len(await api.nodes(self.client)) >= count:
+                        return
+                except TimeoutError:
+                    pass  # a freshly started cluster may not answer at once
                 await anyio.sleep(0.1)
         raise AssertionError(f"{count} nodes did not register; worker logs:\n{self.logs()[-3000:]}")
 

@@ -58,7 +58,6 @@ class Delivery:
     data: bytes
     reply: str
     token: int
-    received_at: float = attrs.field(factory=anyio.current_time)
     delivered_at: float = attrs.field(factory=time.time)
 
     @property
@@ -80,6 +79,49 @@ def ack_field(reply: str, name: str, default: int = 0) -> int:
         return default
 
 
+@attrs.define(eq=False)
+class Inbox:
+    """A core subscription whose messages are taken in batches.
+
+    nats-py's ``sub.messages`` creates a task and an ``asyncio.wait`` for every
+    message, which at thousands of jobs a second costs more than the job
+    itself. Here nats-py's callback does nothing but append the message to a
+    list and wake the reader: no await and no work run on nats-py's task, so
+    nothing escapes natskiq's cancel scopes (the reason natskiq otherwise
+    never passes ``cb=``), and the reader, a task in natskiq's own task
+    group, takes everything that arrived since it last looked in one go.
+    Use it only where the sender bounds what arrives (pull requests sized by
+    credit, dispatches sized by a node's free slots).
+    """
+
+    sub: Any = None
+    _msgs: list[Msg] = attrs.field(init=False, factory=list)
+    _ready: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+
+    @classmethod
+    async def subscribe(cls, nc: NATS, subject: str) -> Inbox:
+        """Subscribe to ``subject``; unsubscribe with :meth:`close`."""
+        inbox = cls()
+        inbox.sub = await nc.subscribe(subject, cb=inbox._put)
+        return inbox
+
+    async def _put(self, msg: Msg) -> None:
+        self._msgs.append(msg)
+        self._ready.set()
+
+    async def get(self) -> list[Msg]:
+        """Every message that arrived since the last call; waits for at least one."""
+        await self._ready.wait()
+        self._ready = anyio.Event()
+        msgs, self._msgs = self._msgs, []
+        return msgs
+
+    async def close(self) -> None:
+        """Unsubscribe (shielded and bounded: safe in a ``finally``)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+            await self.sub.unsubscribe()
+
+
 class LocalNode(Protocol):
     """What the aggregator needs of the node in its own process."""
 
@@ -96,6 +138,8 @@ class LocalNode(Protocol):
     def demand(self) -> dict[str, Any]: ...
 
     def deliver(self, delivery: Delivery) -> None: ...
+
+    def deliver_many(self, deliveries: list[Delivery]) -> None: ...
 
 
 @attrs.define
@@ -202,13 +246,13 @@ class Aggregator:
         self._wake_dispatch()
         self._wake_pull()
 
+    # A wake-up only sets an event; each loop makes its next event itself when
+    # it wakes, so a burst of notifications costs one event, not one each.
     def _wake_dispatch(self) -> None:
         self._changed.set()
-        self._changed = anyio.Event()
 
     def _wake_pull(self) -> None:
         self._pull_changed.set()
-        self._pull_changed = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Pull and dispatch until cancelled or the lease is lost."""
@@ -276,22 +320,21 @@ class Aggregator:
 
     async def _pull(self, queue: str) -> None:
         """Keep pull requests open for as many jobs as there is credit for."""
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        subject = self.nc.new_inbox()
+        inbox = await Inbox.subscribe(self.nc, subject)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_pulled, queue, sub)
-                await self._request_loop(queue, inbox)
+                tg.start_soon(self._read_pulled, queue, inbox)
+                await self._request_loop(queue, subject)
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await sub.unsubscribe()
+            await inbox.close()
 
     async def _request_loop(self, queue: str, inbox: str) -> None:
         pulls = self._pulls[queue]
         subject = self.names.pull_subject(queue)
         ensured = False
         while True:
-            changed = self._pull_changed
+            changed = self._pull_changed = anyio.Event()
             now = anyio.current_time()
             while pulls and pulls[0].expires_at < now:
                 pulls.popleft()
@@ -320,32 +363,42 @@ class Aggregator:
             await anyio.sleep(0.5)
             return False
 
-    async def _read_pulled(self, queue: str, sub: Any) -> None:
+    async def _read_pulled(self, queue: str, inbox: Inbox) -> None:
         buffer, pulls = self._buffers[queue], self._pulls[queue]
-        async for msg in sub.messages:
-            status = msg.headers.get("Status") if msg.headers else None
-            if status is None and msg.reply:
-                buffer.append((msg, anyio.current_time()))
-                self._pending[queue] = ack_field(msg.reply, "pending")
-                if pulls:
-                    pulls[0].remaining -= 1
-                    if pulls[0].remaining <= 0:
+        while True:
+            msgs = await inbox.get()
+            now = anyio.current_time()
+            last_reply = ""
+            ended = False
+            for msg in msgs:
+                status = msg.headers.get("Status") if msg.headers else None
+                if status is None and msg.reply:
+                    buffer.append((msg, now))
+                    last_reply = msg.reply
+                    if pulls:
+                        pulls[0].remaining -= 1
+                        if pulls[0].remaining <= 0:
+                            pulls.popleft()
+                elif status in ("408", "409"):
+                    if pulls:
                         pulls.popleft()
+                    if status == "408":
+                        self._pending[queue] = 0  # the request expired: nothing was left
+                    else:
+                        log.debug("pull on %s ended: %s", queue, msg.headers)
+                    ended = True
+            if last_reply:
+                # JetStream's count of jobs left in the queue, as of the newest one.
+                self._pending[queue] = ack_field(last_reply, "pending")
                 self._wake_dispatch()
-            elif status in ("408", "409"):
-                if pulls:
-                    pulls.popleft()
-                if status == "408":
-                    self._pending[queue] = 0  # the request expired: nothing was left
-                if status == "409":
-                    log.debug("pull on %s ended: %s", queue, msg.headers)
+            if ended:
                 self._notify()
 
     # -- dispatch -------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
         while True:
-            changed = self._changed
+            changed = self._changed = anyio.Event()
             await self._dispatch_round()
             await changed.wait()
 
@@ -355,6 +408,9 @@ class Aggregator:
         peers = list(self._peers.values())
         random.shuffle(peers)
         for peer in peers:
+            if peer.local is not None:
+                moved = self._hand_off_local(peer, peer.local) or moved
+                continue
             while peer.credit > 0:
                 queue = peer.pick(self._buffers, self._pending)
                 if queue is None:
@@ -366,12 +422,38 @@ class Aggregator:
             self._wake_pull()  # buffers shrank: pull more
         return moved
 
+    def _hand_off_local(self, peer: Peer, local: LocalNode) -> bool:
+        """Hand the node in this process every job it has credit for, in one call.
+
+        Nothing here awaits, so the lease checked once holds for the whole batch.
+        """
+        batch: list[Delivery] = []
+        credit = peer.credit
+        token = 0
+        now = time.time()
+        while credit > 0:
+            queue = peer.pick(self._buffers, self._pending)
+            if queue is None:
+                break
+            if not batch:
+                token = self.check_lease()
+            buffer = self._buffers[queue]
+            # Strict order takes a run from the chosen queue; weighted order
+            # draws again for every job.
+            take = min(credit, len(buffer)) if peer.strict else 1
+            for _ in range(take):
+                msg, _ = buffer.popleft()
+                batch.append(Delivery(msg.data, msg.reply, token, now))
+            credit -= take
+        if not batch:
+            return False
+        peer.sent += len(batch)
+        local.deliver_many(batch)
+        return True
+
     async def _hand_off(self, peer: Peer, msg: Msg) -> None:
         token = self.check_lease()
         peer.sent += 1
-        if peer.local is not None:
-            peer.local.deliver(Delivery(msg.data, msg.reply, token))
-            return
         headers = {TOKEN_HEADER: str(token), ACK_HEADER: msg.reply}
         await self.nc.publish(self.names.dispatch_subject(peer.node_id), msg.data, headers=headers)
 

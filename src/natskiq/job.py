@@ -234,6 +234,11 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every payload: json.loads with an option builds a new one per call.
+_decode_json = json.JSONDecoder(parse_constant=_refuse_constant).decode
+_is_name = NAME_RE.fullmatch
+
+
 def new_job(
     name: str,
     args: tuple[Any, ...] | list[Any],
@@ -319,7 +324,7 @@ def decode(raw: bytes) -> Job:
             required field or has a field of the wrong type.
     """
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant)
+        data = _decode_json(raw.decode())
     except UnicodeDecodeError as exc:
         raise InvalidJob("payload is not UTF-8", raw) from exc
     except RecursionError as exc:
@@ -331,18 +336,19 @@ def decode(raw: bytes) -> Job:
     for key in _REQUIRED:
         if key not in data:
             raise InvalidJob(f"missing field {key!r}", raw)
-    for key, kinds in _TYPES.items():
-        value = data.get(key)
-        if value is None and key not in _REQUIRED:
-            continue
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+    for key, value in data.items():
+        kinds = _TYPES.get(key)
+        if kinds is None or (value is None and key not in _REQUIRED):
+            continue  # unknown fields are ignored; optional ones may be null
+        if type(value) not in kinds and (not isinstance(value, kinds) or isinstance(value, bool)):
             raise InvalidJob(f"field {key!r} is {type(value).__name__}, not {kinds[0].__name__}", raw)
     for key in ("retry", "retry_count"):
         value = data.get(key)
         if value is not None and not 0 <= value <= MAX_RETRIES:
             raise InvalidJob(f"field {key!r} must be between 0 and {MAX_RETRIES}", raw)
     for key in ("jid", "queue", "unique_key"):
-        if key in data and data[key] is not None and not NAME_RE.fullmatch(data[key]):
+        value = data.get(key)
+        if value is not None and not _is_name(value):
             raise InvalidJob(f"field {key!r} must be 1-64 letters, digits, '_' or '-'", raw)
     now = time.time()
     return Job(

@@ -46,11 +46,11 @@ middleware too (:func:`log_jobs`).
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-
-import anyio
 
 from .job import Job
 from .worker import Worker
@@ -100,13 +100,10 @@ async def run_client(chain: Sequence[ClientMiddleware], job: Job, store: ClientN
 
 async def run_server(chain: Sequence[ServerMiddleware], worker: Worker, job: Job, perform: ServerNext) -> Any:
     """Run ``perform`` inside the server chain."""
-
-    async def step(index: int) -> Any:
-        if index == len(chain):
-            return await perform()
-        return await chain[index](worker, job, lambda: step(index + 1))
-
-    return await step(0)
+    call_next = perform
+    for middleware in reversed(chain):
+        call_next = functools.partial(middleware, worker, job, call_next)
+    return await call_next()
 
 
 async def log_jobs(worker: Worker, job: Job, call_next: ServerNext) -> Any:
@@ -114,13 +111,13 @@ async def log_jobs(worker: Worker, job: Job, call_next: ServerNext) -> Any:
     queue and duration (``--log-level warning`` silences them)."""
     if not log.isEnabledFor(logging.INFO):
         return await call_next()
-    started = anyio.current_time()
-    log.info("start jid=%s class=%s queue=%s", job.jid, job.cls, job.queue)
+    started = time.perf_counter()  # a duration, not a deadline
+    _info("start jid=%s class=%s queue=%s", job.jid, job.cls, job.queue)
     try:
         result = await call_next()
     except Exception as exc:
-        duration = anyio.current_time() - started
-        log.info(
+        duration = time.perf_counter() - started
+        _info(
             "fail jid=%s class=%s queue=%s duration=%.3fs error=%r",
             job.jid,
             job.cls,
@@ -129,6 +126,24 @@ async def log_jobs(worker: Worker, job: Job, call_next: ServerNext) -> Any:
             exc,
         )
         raise
-    duration = anyio.current_time() - started
-    log.info("done jid=%s class=%s queue=%s duration=%.3fs", job.jid, job.cls, job.queue, duration)
+    duration = time.perf_counter() - started
+    _info("done jid=%s class=%s queue=%s duration=%.3fs", job.jid, job.cls, job.queue, duration)
     return result
+
+
+_ORIGIN = log_jobs.__code__
+
+
+def _info(msg: str, *args: Any) -> None:
+    """``log.info`` for the per-job lines, once :func:`log_jobs` has checked the level.
+
+    ``Logger.info`` walks the stack to find its caller for every record; these
+    records always come from :func:`log_jobs`, so they name it directly,
+    which saves a noticeable share of a short job's cost. Handlers and
+    filters see the records as usual.
+    """
+    record = log.makeRecord(
+        log.name, logging.INFO, _ORIGIN.co_filename, _ORIGIN.co_firstlineno, msg, args, None
+    )
+    record.funcName = "log_jobs"
+    log.handle(record)

@@ -39,11 +39,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JSError
 
 from . import job as jobs
 from . import middleware, retry, unique
-from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery, ack_field
+from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery, Inbox, ack_field
 from .errors import DeliveryLimit, InvalidJob, UnknownWorker
 from .topology import Names
 from .worker import Worker, is_async, lookup
@@ -107,6 +108,8 @@ class Node:
     _tg: TaskGroup | None = attrs.field(init=False, default=None)
     _runners: int = attrs.field(init=False, default=0)
     _waiting: int = attrs.field(init=False, default=0)
+    _queued: int = attrs.field(init=False, default=0)
+    _js: JetStreamContext | None = attrs.field(init=False, default=None)
     _acks: list[str] = attrs.field(init=False, factory=list)
     _acks_ready: anyio.Event = attrs.field(init=False, factory=anyio.Event)
 
@@ -148,18 +151,24 @@ class Node:
 
     def deliver(self, delivery: Delivery) -> None:
         """Accept a job from the master (never blocks; refusals happen in the runner)."""
-        if delivery.token > self._max_token:
-            self._max_token, self._received = delivery.token, 0
-        if delivery.token == self._max_token:
-            self._received += 1
-        self._busy += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self._inflight.add(delivery)
-        self._send.send_nowait(delivery)
-        queued = self._send.statistics().current_buffer_used
-        if queued > self._waiting and self._runners < self.concurrency and self._tg is not None:
-            # Runners are started as work needs them, up to the concurrency:
-            # an idle node holds few tasks, a busy one no more than it may run.
+        self.deliver_many([delivery])
+
+    def deliver_many(self, deliveries: list[Delivery]) -> None:
+        """Accept jobs from the master, as :meth:`deliver` does each."""
+        for delivery in deliveries:
+            if delivery.token > self._max_token:
+                self._max_token, self._received = delivery.token, 0
+            if delivery.token == self._max_token:
+                self._received += 1
+            self._inflight.add(delivery)
+            self._send.send_nowait(delivery)
+        self._busy += len(deliveries)
+        self._queued += len(deliveries)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        # Runners are started as work needs them, up to the concurrency: an
+        # idle node holds few tasks, a busy one no more than it may run.
+        while self._queued > self._waiting and self._runners < self.concurrency and self._tg is not None:
             self._runners += 1
             self._waiting += 1
             self._tg.start_soon(self._runner)
@@ -177,12 +186,12 @@ class Node:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Receive, run and settle jobs until cancelled."""
-        dispatch_sub = await self.nc.subscribe(self.names.dispatch_subject(self.node_id))
+        dispatch_inbox = await Inbox.subscribe(self.nc, self.names.dispatch_subject(self.node_id))
         master_sub = await self.nc.subscribe(self.names.master_subject)
         cancel_sub = await self.nc.subscribe(self.names.cancel_subject)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_dispatches, dispatch_sub)
+                tg.start_soon(self._read_dispatches, dispatch_inbox)
                 tg.start_soon(self._read_masters, master_sub)
                 tg.start_soon(self._read_cancels, cancel_sub)
                 tg.start_soon(self._report_demand)
@@ -200,23 +209,27 @@ class Node:
                 for delivery in list(self._inflight):
                     # Received but never started: back to the queue at once.
                     await self._settle(delivery, b"-NAK")
+            await dispatch_inbox.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await dispatch_sub.unsubscribe()
                 await master_sub.unsubscribe()
                 await cancel_sub.unsubscribe()
 
     # -- inputs ---------------------------------------------------------
 
-    async def _read_dispatches(self, sub: Any) -> None:
-        async for msg in sub.messages:
-            headers = msg.headers or {}
-            try:
-                token = int(headers[TOKEN_HEADER])
-                reply = headers[ACK_HEADER]
-            except (KeyError, ValueError):
-                log.warning("ignoring a dispatch without token or ack subject")
-                continue
-            self.deliver(Delivery(msg.data, reply, token))
+    async def _read_dispatches(self, inbox: Inbox) -> None:
+        while True:
+            batch = []
+            for msg in await inbox.get():
+                headers = msg.headers or {}
+                try:
+                    token = int(headers[TOKEN_HEADER])
+                    reply = headers[ACK_HEADER]
+                except (KeyError, ValueError):
+                    log.warning("ignoring a dispatch without token or ack subject")
+                    continue
+                batch.append(Delivery(msg.data, reply, token))
+            if batch:
+                self.deliver_many(batch)
 
     async def _read_masters(self, sub: Any) -> None:
         async for msg in sub.messages:
@@ -281,11 +294,18 @@ class Node:
         """Run deliveries one at a time, for as long as the node runs."""
         while True:
             try:
-                delivery = await self._recv.receive()
+                try:
+                    # Take a job that is already waiting without a pass through
+                    # the event loop (receive() always makes one): a runner
+                    # works through a burst of quick jobs in one go.
+                    delivery = self._recv.receive_nowait()
+                except anyio.WouldBlock:
+                    delivery = await self._recv.receive()
             except anyio.EndOfStream:
                 return
             finally:
                 self._waiting -= 1
+            self._queued -= 1
             try:
                 if self._quiet or delivery.token < self._max_token:
                     # Quiet means no new job starts here, and a job handed out
@@ -305,7 +325,7 @@ class Node:
 
     async def _process(self, delivery: Delivery) -> None:
         ack = functools.partial(self._settle, delivery, b"+ACK")
-        queue = _queue_of(delivery)
+        queue, delivered = _origin(delivery.reply)
         try:
             job = jobs.decode(delivery.data)
         except InvalidJob as exc:
@@ -321,11 +341,11 @@ class Node:
             job = attrs.evolve(
                 job, jid=f"{job.jid[:40]}-{ack_field(delivery.reply, 'sseq')}", enqueued_at=time.time()
             )
-        if delivery.num_delivered > self.max_deliveries:
+        if delivered > self.max_deliveries:
             # Delivered again and again, never settled: it likely kills the
             # process that runs it. Keep it in the failed set, don't run it.
             self._count(failed=True)
-            limit = DeliveryLimit(delivery.num_delivered)
+            limit = DeliveryLimit(delivered)
             await self._settle_with(retry.route, job, limit, worker=None, ack=ack, kill=True)
             return
         try:
@@ -340,13 +360,14 @@ class Node:
     async def _execute(
         self, worker: type[Worker], job: jobs.Job, ack: Callable[[], Any], delivery: Delivery
     ) -> None:
-        js = self.nc.jetstream()
-        if self._cancelled.pop(job.jid, None) is not None:
+        js = self._jetstream()
+        if self._cancelled and self._cancelled.pop(job.jid, None) is not None:
             log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
             await unique.release(js, self.names, job)
             await ack()
             return
-        if not await unique.on_start(js, self.names, job):
+        locked = job.unique_key is not None
+        if (locked or job.expires_at is not None) and not await unique.on_start(js, self.names, job):
             await ack()  # expired before it could start (expires_in): skipped, not run
             return
         self._running_info[job.jid] = {
@@ -373,8 +394,15 @@ class Node:
             self._running.pop(job.jid, None)
             self._running_info.pop(job.jid, None)
         self._count(failed=False)
-        await unique.on_success(js, self.names, job)
+        if locked:
+            await unique.on_success(js, self.names, job)
         await ack()
+
+    def _jetstream(self) -> JetStreamContext:
+        """The connection's JetStream context, made once (nats-py builds a new one per call)."""
+        if self._js is None:
+            self._js = self.nc.jetstream()
+        return self._js
 
     def _count(self, *, failed: bool) -> None:
         """Sidekiq's stats: every finished run is processed; failures also failed."""
@@ -475,8 +503,14 @@ class Node:
                 return
 
 
-def _queue_of(delivery: Delivery) -> str:
-    """The queue a message came from, read off its ack subject's stream name."""
-    tokens = delivery.reply.split(".")
-    stream = tokens[2] if len(tokens) == 9 else (tokens[4] if len(tokens) > 4 else "")
-    return stream.split("_Q_", 1)[1] if "_Q_" in stream else "invalid"
+def _origin(reply: str) -> tuple[str, int]:
+    """The queue a message came from (its ack subject's stream name) and how
+    many times JetStream has delivered it, from one split of the subject."""
+    tokens = reply.split(".")
+    offset = 2 if len(tokens) == 9 else 4
+    stream = tokens[offset] if len(tokens) > offset else ""
+    try:
+        delivered = int(tokens[offset + 2])
+    except (IndexError, ValueError):
+        delivered = 1
+    return (stream.split("_Q_", 1)[1] if "_Q_" in stream else "invalid"), delivered
