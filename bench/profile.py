@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
-import logging
 import os
 import pstats
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 import anyio
 
 import natskiq
+from natskiq.cli import configure_logging
 from natskiq.launcher import Launcher, Settings
 from natskiq.server import Server
 
@@ -138,12 +138,8 @@ async def calls(url: str, scratch: Path, n: int, top: int) -> str:
     namespace = ctx.name("p")
     rec = ctx.record_file("calls")
     os.environ[recorder.ENV] = str(rec)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        filename=str(scratch / "calls.log"),
-    )  # as natskiq's CLI sets it up (it logs to stderr)
-    logging.getLogger("nats").setLevel(logging.WARNING)
+    log_file = (scratch / "calls.log").open("a")  # natskiq's CLI logs the same way, to stderr
+    configure_logging("info", log_file)
     await _fill(url, namespace, n)
     launcher = Launcher(Settings(url=url, namespace=namespace, app=("bench.workers",)))
     profiler = cProfile.Profile()

@@ -48,7 +48,7 @@ HEARTBEAT = 1.0
 PEER_TIMEOUT = 3 * HEARTBEAT
 PULL_EXPIRES = 5.0
 MAX_PULL_BATCH = 1024
-PREFETCH = 2
+PREFETCH = 4
 
 
 @attrs.define(slots=True, eq=False)
@@ -134,6 +134,9 @@ class LocalNode(Protocol):
 
     @property
     def quiet(self) -> bool: ...
+
+    @property
+    def queued(self) -> int: ...
 
     def demand(self) -> dict[str, Any]: ...
 
@@ -246,6 +249,22 @@ class Aggregator:
         self._wake_dispatch()
         self._wake_pull()
 
+    def _local_changed(self) -> None:
+        """The node in this process freed slots: refill them from the buffers at
+        once, without a pass through the event loop, so a node running short
+        jobs goes from one to the next; then let pulling and the other nodes'
+        dispatch catch up."""
+        assert self.local is not None
+        peer = self._peers.get(self.local.node_id)
+        # Refill once the node has nothing waiting, so it gets its free slots
+        # in one batch rather than one job per finished job.
+        if peer is not None and self.local.queued == 0:
+            try:
+                self._hand_off_local(peer, self.local)
+            except LeaseLost:
+                pass  # the dispatch loop finds out too, and stops this aggregator
+        self._notify()
+
     # A wake-up only sets an event; each loop makes its next event itself when
     # it wakes, so a burst of notifications costs one event, not one each.
     def _wake_dispatch(self) -> None:
@@ -258,7 +277,7 @@ class Aggregator:
         """Pull and dispatch until cancelled or the lease is lost."""
         demand_sub = await self.nc.subscribe(self.names.demand_subject)
         if self.local is not None:
-            self.local.capacity_changed = self._notify
+            self.local.capacity_changed = self._local_changed
             self._peers[self.local.node_id] = Peer(self.local.node_id, local=self.local)
         try:
             async with anyio.create_task_group() as tg:

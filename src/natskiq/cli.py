@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
@@ -325,8 +326,9 @@ def _strings(key: str, value: object) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
+    """Log to ``stream`` (stderr) as ``natskiq worker`` does, at ``level``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("nats").setLevel(logging.WARNING)
@@ -344,7 +346,7 @@ class _Formatter(logging.Formatter):
         if second != self._second:
             self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
             self._second = second
-        return self.default_msec_format % (self._stamp, record.msecs)
+        return f"{self._stamp},{int(record.msecs):03d}"
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -576,7 +578,7 @@ def _web(args: argparse.Namespace) -> None:
         from . import web
     except ImportError as exc:
         raise ConfigError(f"natskiq web needs the web extra: pip install 'natskiq[web]' ({exc})") from exc
-    _logging("info")
+    configure_logging("info")
     anyio.run(
         functools.partial(
             web.serve,
@@ -598,13 +600,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             settings, level = worker_settings(args)
-            _logging(level)
+            configure_logging(level)
             import_app(settings.app)
+            # Everything imported so far lives as long as the process: keep it
+            # out of the collector's full passes, which would otherwise walk
+            # every module's objects again and again while jobs run.
+            gc.freeze()
             anyio.run(Launcher(settings).serve)
         elif args.command == "server":
             _server(args)
         elif args.command == "demo":
-            _logging("warning")
+            configure_logging("warning")
             from .demo import run_demo
 
             anyio.run(run_demo, lambda line: print(line, flush=True))

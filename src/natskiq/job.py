@@ -175,6 +175,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "unique_until": (str,),
 }
 _REQUIRED = ("jid", "class", "args", "queue")
+_USUAL = frozenset(("jid", "class", "args", "kwargs", "queue", "retry", "created_at", "enqueued_at"))
+_OPTIONAL_SET = frozenset(_OPTIONAL)
 
 
 def check_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
@@ -360,5 +362,6 @@ def decode(raw: bytes) -> Job:
         retry=data.get("retry", 25),
         created_at=float(data.get("created_at", now)),
         enqueued_at=float(data.get("enqueued_at", now)),
-        **{key: data.get(key) for key in _OPTIONAL},
+        # Most jobs carry none of the optional fields: look only at keys beyond the usual ones.
+        **{key: data[key] for key in data.keys() - _USUAL if key in _OPTIONAL_SET},
     )

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 SETTLE_TIMEOUT = 5.0
 SETTLE_ATTEMPTS = 5
 ACK_LINGER = 0.001
+RUN_STREAK = 16  # jobs a runner may run back to back before it yields
 STATS_INTERVAL = 1.0
 MAX_DELIVERIES = 25
 CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
@@ -124,8 +125,14 @@ class Node:
         return self._busy
 
     @property
+    def queued(self) -> int:
+        """Jobs received and waiting for a runner."""
+        return self._queued
+
+    @property
     def quiet(self) -> bool:
-        return self._quiet
+        """Whether the node takes no new jobs (told to be quiet, or not running)."""
+        return self._quiet or self._tg is None
 
     def running_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The jobs running here now (jid, class, queue, started), oldest first."""
@@ -291,8 +298,22 @@ class Node:
         self._changed()
 
     async def _runner(self) -> None:
-        """Run deliveries one at a time, for as long as the node runs."""
+        """Run deliveries one at a time, for as long as the node runs.
+
+        Jobs run in the runner's cancel scope: :func:`natskiq.api.cancel`
+        cancels it to stop the job running there, and the runner goes on in
+        a fresh one. (One scope per runner, not per job: entering and leaving
+        a scope costs about as much as a short job's own bookkeeping.)
+        """
         while True:
+            with anyio.CancelScope() as scope:
+                await self._run_jobs(scope)
+                if not scope.cancel_called:
+                    return  # no more deliveries: the node is stopping
+
+    async def _run_jobs(self, scope: anyio.CancelScope) -> None:
+        streak = 0
+        while not scope.cancel_called:
             try:
                 try:
                     # Take a job that is already waiting without a pass through
@@ -300,6 +321,7 @@ class Node:
                     # works through a burst of quick jobs in one go.
                     delivery = self._recv.receive_nowait()
                 except anyio.WouldBlock:
+                    streak = 0
                     delivery = await self._recv.receive()
             except anyio.EndOfStream:
                 return
@@ -313,17 +335,24 @@ class Node:
                     # either (fencing): back to the queue, to run at once.
                     await self._settle(delivery, b"-NAK")
                 else:
-                    await self._process(delivery)
+                    await self._process(delivery, scope)
             except anyio.get_cancelled_exc_class():
-                # Shut down while running: hand the job back at once.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
-                    await self._settle(delivery, b"-NAK")
+                if delivery in self._inflight:
+                    # Shut down while running: hand the job back at once.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
+                        await self._settle(delivery, b"-NAK")
                 raise
             finally:
                 self._done(delivery)
                 self._waiting += 1
+            streak += 1
+            if streak == RUN_STREAK:
+                # Quick jobs run back to back without the loop's help; let the
+                # rest of the process (pulls, acks, heartbeats) have a turn.
+                streak = 0
+                await anyio.lowlevel.checkpoint()
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
         ack = functools.partial(self._settle, delivery, b"+ACK")
         queue, delivered = _origin(delivery.reply)
         try:
@@ -355,10 +384,15 @@ class Node:
             await self._settle_with(retry.route, job, exc, worker=None, ack=ack)
             return
         assert worker is not None
-        await self._execute(worker, job, ack, delivery)
+        await self._execute(worker, job, ack, delivery, scope)
 
     async def _execute(
-        self, worker: type[Worker], job: jobs.Job, ack: Callable[[], Any], delivery: Delivery
+        self,
+        worker: type[Worker],
+        job: jobs.Job,
+        ack: Callable[[], Any],
+        delivery: Delivery,
+        scope: anyio.CancelScope,
     ) -> None:
         js = self._jetstream()
         if self._cancelled and self._cancelled.pop(job.jid, None) is not None:
@@ -376,16 +410,17 @@ class Node:
             "queue": job.queue,
             "started": time.time(),
         }
+        self._running[job.jid] = scope
         try:
-            with anyio.CancelScope() as scope:
-                self._running[job.jid] = scope
-                await self._perform(worker, job, delivery)
-            if scope.cancelled_caught:
+            await self._perform(worker, job, delivery)
+        except anyio.get_cancelled_exc_class():
+            if scope.cancel_called:
                 # Cancelled on request (natskiq.api.cancel): the job is dropped.
                 log.info("cancelled jid=%s class=%s queue=%s while running", job.jid, job.cls, job.queue)
-                await unique.release(js, self.names, job)
-                await ack()
-                return
+                with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
+                    await unique.release(js, self.names, job)
+                    await ack()
+            raise
         except Exception as exc:
             self._count(failed=True)
             await self._settle_with(retry.route, job, exc, worker=worker, ack=ack)
@@ -442,12 +477,16 @@ class Node:
         instance.jid, instance.job = job.jid, job
         instance.lease_token, instance.delivered_at = delivery.token, delivery.delivered_at
         timeout = worker.options.timeout
+        call = functools.partial(instance.perform, *job.args, **job.kwargs)
+        if timeout is None and is_async(worker):
+            # The common case, without a closure or a timeout scope around it.
+            await middleware.run_server(self.middleware, instance, job, call)
+            return
 
         async def perform() -> Any:
             with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
                 if is_async(worker):
-                    return await instance.perform(*job.args, **job.kwargs)
-                call = functools.partial(instance.perform, *job.args, **job.kwargs)
+                    return await call()
                 return await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
 
         await middleware.run_server(self.middleware, instance, job, perform)

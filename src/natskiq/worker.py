@@ -360,4 +360,12 @@ def registered() -> Mapping[str, type[Worker]]:
 
 def is_async(worker: type[Worker]) -> bool:
     """Whether the worker's ``perform`` is a coroutine function."""
-    return inspect.iscoroutinefunction(worker.perform)
+    perform = worker.perform
+    known = _async_performs.get(perform)
+    if known is None:
+        known = _async_performs[perform] = inspect.iscoroutinefunction(perform)
+    return known
+
+
+# ``inspect.iscoroutinefunction`` unwraps and inspects on every call; a node asks once per job.
+_async_performs: dict[Callable[..., Any], bool] = {}
