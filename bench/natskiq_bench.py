@@ -100,6 +100,11 @@ async def processed_quiet_logs(ctx: Context) -> dict[str, float]:
     return await processed(ctx, extra=["--log-level", "warning"])
 
 
+async def processed_uvloop(ctx: Context) -> dict[str, float]:
+    """As :func:`processed`, with ``--event-loop uvloop``."""
+    return await processed(ctx, extra=["--event-loop", "uvloop"])
+
+
 async def processed_c100(ctx: Context) -> dict[str, float]:
     """As :func:`processed`, with ``--concurrency 100``."""
     return await processed(ctx, extra=["--concurrency", "100"])

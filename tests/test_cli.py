@@ -284,6 +284,24 @@ def test_environment_sits_between_flags_and_file(isolated: Path, monkeypatch: py
     assert settings.namespace == "fromflag"
 
 
+def test_event_loop_from_flag_environment_or_file(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio's loop by default; uvloop from --event-loop, $NATSKIQ_EVENT_LOOP or the file; else refused."""
+
+    def options(*argv: str) -> dict[str, object]:
+        return cli.event_loop(cli._parser().parse_args(["worker", *argv]))
+
+    assert options() == {"use_uvloop": False}
+    assert options("--event-loop", "uvloop") == {"use_uvloop": True}
+    (isolated / "natskiq.toml").write_text('app = "m"\nevent_loop = "uvloop"\n')
+    assert options() == {"use_uvloop": True}
+    monkeypatch.setenv("NATSKIQ_EVENT_LOOP", "asyncio")
+    assert options() == {"use_uvloop": False}
+    assert options("--event-loop", "uvloop") == {"use_uvloop": True}
+    monkeypatch.setenv("NATSKIQ_EVENT_LOOP", "trio")
+    with pytest.raises(natskiq.ConfigError, match="event loop must be one of asyncio, uvloop, not 'trio'"):
+        options()
+
+
 def test_explicit_config_file(isolated: Path) -> None:
     """--config FILE reads that file, wherever it is and whatever its name."""
     path = isolated / "conf" / "prod.toml"

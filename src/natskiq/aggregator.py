@@ -169,6 +169,13 @@ class Peer:
             return 0 if self.local.quiet else self.local.concurrency - self.local.busy
         return self.concurrency - self.busy - max(0, self.sent - self.received)
 
+    @property
+    def slots(self) -> int:
+        """How many jobs the node runs at once; 0 while it is quiet."""
+        if self.local is not None:
+            return 0 if self.local.quiet else self.local.concurrency
+        return self.concurrency  # a quiet node reports 0
+
     def update(self, demand: dict[str, Any], token: int) -> None:
         """Take a demand report; ``received`` counts only this master's dispatches."""
         pairs = [(check_name("queue", str(q)), int(w)) for q, w in demand.get("queues", [])]
@@ -332,6 +339,9 @@ class Aggregator:
                 self._pulls[queue] = deque()
                 self._tg.start_soon(self._pull, queue, name=f"natskiq pull {queue}")
 
+    def _slots_for(self, queue: str) -> int:
+        return sum(p.slots for p in self._peers.values() if queue in p.queues)
+
     def _credit_for(self, queue: str) -> int:
         return sum(max(0, p.credit) for p in self._peers.values() if queue in p.queues)
 
@@ -359,10 +369,11 @@ class Aggregator:
                 pulls.popleft()
             if not ensured:
                 ensured = await self._ensure_consumer(queue)
-            # Hold up to PREFETCH times the free slots, so a slot that frees
-            # finds its next job already here; pull in batches of at least a
-            # quarter of that, not one by one.
-            target = PREFETCH * self._credit_for(queue)
+            # Hold a job for every slot that serves the queue, so a slot that
+            # frees finds its next job already here, plus PREFETCH per free
+            # slot; pull in batches of at least a quarter of that, not one
+            # by one.
+            target = PREFETCH * self._credit_for(queue) + self._slots_for(queue)
             outstanding = sum(p.remaining for p in pulls)
             want = min(MAX_PULL_BATCH, target - len(self._buffers[queue]) - outstanding)
             if ensured and want > 0 and (not outstanding or want >= max(1, target // 4)):

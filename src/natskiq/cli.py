@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.util
 import json
 import logging
 import os
@@ -76,13 +77,15 @@ CONFIG_KEYS = {
     "ack_wait",
     "node_id",
     "log_level",
+    "event_loop",
     "failed_max_jobs",
     "max_deliveries",
     "failed_max_days",
     "metrics_port",
 }
 # The settings a NATSKIQ_<KEY> environment variable stands in for (between flag and file).
-ENV_KEYS = ("url", "namespace", "replicas")
+ENV_KEYS = ("url", "namespace", "replicas", "event_loop")
+EVENT_LOOPS = ("asyncio", "uvloop")
 # Authentication and TLS (the arguments of auth_options). A config file may
 # name the files and the user, never a secret: that comes from a flag or the environment.
 AUTH_KEYS = tuple(AUTH_ENV)
@@ -120,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--config", type=Path, help="a natskiq.toml or pyproject.toml")
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    worker.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        help="asyncio's own loop (default) or uvloop (pip install 'natskiq[uvloop]')",
+    )
 
     server = sub.add_parser("server", help="run an embedded JetStream server (development)")
     server.add_argument("--port", "-p", type=int, default=4222)
@@ -278,7 +286,11 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
 
 def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
-    """Merge flags, environment and config file into Settings (flags win)."""
+    """Merge flags, environment and config file into Settings (flags win).
+
+    Returns the settings and the log level; the event loop is read with
+    :func:`event_loop`.
+    """
     file = load_config(args.config)
     merged: dict[str, Any] = {}
     for key in CONFIG_KEYS:
@@ -288,6 +300,7 @@ def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
         if value is not None:
             merged[key] = value
     level = str(merged.pop("log_level", "info"))
+    merged.pop("event_loop", None)
     app = merged.pop("app", None)
     if not app:
         raise ConfigError("no app: pass --app MODULE or set app in natskiq.toml")
@@ -302,6 +315,21 @@ def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
         return Settings(**merged), level
     except TypeError as exc:
         raise ConfigError(f"bad setting: {exc}") from exc
+
+
+def event_loop(args: argparse.Namespace) -> dict[str, Any]:
+    """anyio's backend options for the worker's event loop (flag, environment, config file)."""
+    chosen = (
+        args.event_loop
+        or _env_setting("event_loop")
+        or load_config(args.config).get("event_loop")
+        or "asyncio"
+    )
+    if chosen not in EVENT_LOOPS:
+        raise ConfigError(f"event loop must be one of {', '.join(EVENT_LOOPS)}, not {chosen!r}")
+    if chosen == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("event loop uvloop is not installed: pip install 'natskiq[uvloop]'")
+    return {"use_uvloop": chosen == "uvloop"}
 
 
 def _env_setting(key: str) -> str | int | None:
@@ -600,13 +628,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             settings, level = worker_settings(args)
+            loop_options = event_loop(args)
             configure_logging(level)
             import_app(settings.app)
             # Everything imported so far lives as long as the process: keep it
             # out of the collector's full passes, which would otherwise walk
             # every module's objects again and again while jobs run.
             gc.freeze()
-            anyio.run(Launcher(settings).serve)
+            anyio.run(Launcher(settings).serve, backend_options=loop_options)
         elif args.command == "server":
             _server(args)
         elif args.command == "demo":
