@@ -7,13 +7,15 @@ receives:
 * demand from every node on ``<ns>.ctl.demand`` (free capacity, queues and
   their order), as a heartbeat every second and whenever slots free up;
 * job messages from each queue's durable pull consumer ``aggregator``, for
-  which it keeps pull requests open whose batch sizes add up to the credit
-  that the nodes serving the queue have (so it never holds much more than
+  which it keeps pull requests open for one job per slot of the nodes
+  serving the queue plus a few per free slot (so a slot that frees finds
+  its next job already here, and the master never holds much more than
   the cluster can run);
 
-and hands on :class:`Delivery` objects: in-process to its own node, and as a
-core publish on ``<ns>.ctl.dispatch.<node>`` to the others, each carrying the
-JetStream ack subject and the lease's fencing token. Nodes ack JetStream
+and hands on :class:`Delivery` objects: in-process to its own node (a
+batch per call, and at once whenever that node has nothing left waiting),
+and as a core publish on ``<ns>.ctl.dispatch.<node>`` to the others, each
+carrying the JetStream ack subject and the lease's fencing token. Nodes ack JetStream
 themselves. Before every hand-off it checks that the lease is still held;
 when the lease is lost it stops at once and NAKs what it still holds, so
 those jobs are redelivered to the next master right away.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import ssl
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "nats://127.0.0.1:4222"
 MAX_JOB_BYTES = 1024 * 1024
 CONNECT_ATTEMPTS = 3
+PUBLISH_TIMEOUT = 5.0  # seconds one publish waits for its PubAck (nats-py's JetStream default)
 # nats-py lets 4,000 publish_async() calls await their PubAck at once (past
 # that it waits silently): the most a bulk enqueue keeps in flight.
 BULK_WINDOW = 4000
@@ -588,9 +590,24 @@ class Client:
             headers["Nats-Schedule-Target"] = subject
             subject = self.names.scheduled_subject(queue, jid)
         try:
-            await self.js.publish(subject, payload, headers=headers)
+            await self._store(subject, payload, headers)
         except (NatsError, JSError, TimeoutError) as exc:
             await self._publish_retrying(jid, subject, payload, headers, exc)
+
+    async def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        """``js.publish`` without building the PubAck, which natskiq never reads.
+
+        Raises the errors ``js.publish`` raises: NoStreamResponseError when no
+        stream listens, APIError when JetStream refuses the message.
+        """
+        try:
+            msg = await self.nc.request(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
+        except NoRespondersError:
+            raise NoStreamResponseError from None
+        if b'"error"' in msg.data:
+            error = json.loads(msg.data).get("error")
+            if error is not None:
+                raise APIError.from_error(error)
 
     async def _publish_retrying(
         self, jid: str, subject: str, payload: bytes, headers: dict[str, str], failure: Exception
@@ -612,7 +629,7 @@ class Client:
             pause = min(1.0, pause * 2)
             try:
                 # A copy each time: nats-py adds headers to the dict it is given.
-                await self.js.publish(subject, payload, headers=dict(headers))
+                await self._store(subject, payload, dict(headers))
                 return
             except (NatsError, JSError, TimeoutError) as exc:
                 failure = exc
