@@ -287,19 +287,20 @@ def test_environment_sits_between_flags_and_file(isolated: Path, monkeypatch: py
 def test_event_loop_from_flag_environment_or_file(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """asyncio's loop by default; uvloop from --event-loop, $NATSKIQ_EVENT_LOOP or the file; else refused."""
 
-    def options(*argv: str) -> dict[str, object]:
-        return cli.event_loop(cli._parser().parse_args(["worker", *argv]))
+    def chosen(*argv: str) -> str:
+        settings, _ = _settings("--app", "m", *argv)
+        return settings.event_loop  # type: ignore[attr-defined]
 
-    assert options() == {"use_uvloop": False}
-    assert options("--event-loop", "uvloop") == {"use_uvloop": True}
-    (isolated / "natskiq.toml").write_text('app = "m"\nevent_loop = "uvloop"\n')
-    assert options() == {"use_uvloop": True}
+    assert chosen() == "asyncio"
+    assert chosen("--event-loop", "uvloop") == "uvloop"
+    (isolated / "natskiq.toml").write_text('event_loop = "uvloop"\n')
+    assert chosen() == "uvloop"
     monkeypatch.setenv("NATSKIQ_EVENT_LOOP", "asyncio")
-    assert options() == {"use_uvloop": False}
-    assert options("--event-loop", "uvloop") == {"use_uvloop": True}
+    assert chosen() == "asyncio"
+    assert chosen("--event-loop", "uvloop") == "uvloop"
     monkeypatch.setenv("NATSKIQ_EVENT_LOOP", "trio")
     with pytest.raises(natskiq.ConfigError, match="event loop must be one of asyncio, uvloop, not 'trio'"):
-        options()
+        chosen()
 
 
 def test_explicit_config_file(isolated: Path) -> None:

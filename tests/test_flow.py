@@ -156,7 +156,7 @@ async def test_node_refuses_a_stale_fencing_token(client: natskiq.Client, ledger
     async with running_node(client.url, client.namespace, concurrency=1) as launcher:
         node = launcher.node
         # The running master holds some token; pretend a newer one was seen.
-        node.deliver(Delivery(b"{}", "_INBOX.nowhere", 10**9))
+        node.deliver_many([Delivery(b"{}", "_INBOX.nowhere", 10**9)])
         await until(lambda: node.busy == 0)
         # The real master's dispatch now carries a stale token: refused, NAKed.
         await anyio.sleep(1)

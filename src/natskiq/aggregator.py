@@ -15,10 +15,10 @@ receives:
 and hands on :class:`Delivery` objects: in-process to its own node (a
 batch per call, and at once whenever that node has nothing left waiting),
 and as a core publish on ``<ns>.ctl.dispatch.<node>`` to the others, each
-carrying the JetStream ack subject and the lease's fencing token. Nodes ack JetStream
-themselves. Before every hand-off it checks that the lease is still held;
-when the lease is lost it stops at once and NAKs what it still holds, so
-those jobs are redelivered to the next master right away.
+carrying the JetStream ack subject and the lease's fencing token. Nodes
+ack JetStream themselves. Before every hand-off it checks that the lease
+is still held; when the lease is lost it stops at once and NAKs what it
+still holds, so those jobs are redelivered to the next master right away.
 """
 
 from __future__ import annotations
@@ -61,11 +61,6 @@ class Delivery:
     reply: str
     token: int
     delivered_at: float = attrs.field(factory=time.time)
-
-    @property
-    def num_delivered(self) -> int:
-        """How many times JetStream has delivered this message (from the ack subject)."""
-        return ack_field(self.reply, "delivered", 1)
 
 
 _ACK_FIELDS = ("stream", "consumer", "delivered", "sseq", "cseq", "ts", "pending")
@@ -141,8 +136,6 @@ class LocalNode(Protocol):
     def queued(self) -> int: ...
 
     def demand(self) -> dict[str, Any]: ...
-
-    def deliver(self, delivery: Delivery) -> None: ...
 
     def deliver_many(self, deliveries: list[Delivery]) -> None: ...
 
@@ -350,7 +343,7 @@ class Aggregator:
     # -- pulling --------------------------------------------------------
 
     async def _pull(self, queue: str) -> None:
-        """Keep pull requests open for as many jobs as there is credit for."""
+        """Keep pull requests open for a job per slot plus PREFETCH per free slot."""
         subject = self.nc.new_inbox()
         inbox = await Inbox.subscribe(self.nc, subject)
         try:

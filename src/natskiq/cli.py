@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import importlib.util
 import json
 import logging
 import os
@@ -54,7 +53,7 @@ import anyio
 from . import __version__, api
 from .client import AUTH_ENV, Client, auth_options
 from .errors import ConfigError, NatskiqError, NotFound
-from .launcher import Launcher, Settings, import_app
+from .launcher import EVENT_LOOPS, Launcher, Settings, import_app
 from .topology import check_name
 
 if TYPE_CHECKING:
@@ -85,7 +84,6 @@ CONFIG_KEYS = {
 }
 # The settings a NATSKIQ_<KEY> environment variable stands in for (between flag and file).
 ENV_KEYS = ("url", "namespace", "replicas", "event_loop")
-EVENT_LOOPS = ("asyncio", "uvloop")
 # Authentication and TLS (the arguments of auth_options). A config file may
 # name the files and the user, never a secret: that comes from a flag or the environment.
 AUTH_KEYS = tuple(AUTH_ENV)
@@ -286,11 +284,7 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
 
 def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
-    """Merge flags, environment and config file into Settings (flags win).
-
-    Returns the settings and the log level; the event loop is read with
-    :func:`event_loop`.
-    """
+    """Merge flags, environment and config file into Settings (flags win)."""
     file = load_config(args.config)
     merged: dict[str, Any] = {}
     for key in CONFIG_KEYS:
@@ -300,7 +294,6 @@ def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
         if value is not None:
             merged[key] = value
     level = str(merged.pop("log_level", "info"))
-    merged.pop("event_loop", None)
     app = merged.pop("app", None)
     if not app:
         raise ConfigError("no app: pass --app MODULE or set app in natskiq.toml")
@@ -315,21 +308,6 @@ def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
         return Settings(**merged), level
     except TypeError as exc:
         raise ConfigError(f"bad setting: {exc}") from exc
-
-
-def event_loop(args: argparse.Namespace) -> dict[str, Any]:
-    """anyio's backend options for the worker's event loop (flag, environment, config file)."""
-    chosen = (
-        args.event_loop
-        or _env_setting("event_loop")
-        or load_config(args.config).get("event_loop")
-        or "asyncio"
-    )
-    if chosen not in EVENT_LOOPS:
-        raise ConfigError(f"event loop must be one of {', '.join(EVENT_LOOPS)}, not {chosen!r}")
-    if chosen == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        raise ConfigError("event loop uvloop is not installed: pip install 'natskiq[uvloop]'")
-    return {"use_uvloop": chosen == "uvloop"}
 
 
 def _env_setting(key: str) -> str | int | None:
@@ -628,14 +606,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             settings, level = worker_settings(args)
-            loop_options = event_loop(args)
             configure_logging(level)
             import_app(settings.app)
             # Everything imported so far lives as long as the process: keep it
             # out of the collector's full passes, which would otherwise walk
             # every module's objects again and again while jobs run.
             gc.freeze()
-            anyio.run(Launcher(settings).serve, backend_options=loop_options)
+            uvloop = settings.event_loop == "uvloop"
+            anyio.run(Launcher(settings).serve, backend_options={"use_uvloop": uvloop})
         elif args.command == "server":
             _server(args)
         elif args.command == "demo":

@@ -13,6 +13,7 @@ running jobs, then cancel them, which NAKs them so they run elsewhere).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ NODE_TTL = 15.0
 NODE_BEAT = 2.0  # how often a node refreshes its entry (busy counts, running jobs)
 FAILED_CHECK = 10.0
 SETUP_TIMEOUT = 30.0
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 
 def _default_node_id() -> str:
@@ -86,6 +88,8 @@ class Settings:
     failed_max_jobs: int | None = None
     failed_max_days: float | None = None
     node_id: str = attrs.field(factory=_default_node_id)
+    event_loop: str = "asyncio"
+    """``"asyncio"`` or ``"uvloop"``: the loop ``natskiq worker`` runs the launcher on."""
     # Credentials and TLS (see natskiq.auth.auth_options): kept out of repr.
     nats_options: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
@@ -101,6 +105,10 @@ class Settings:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{key} must be a number of seconds >= 0, not {value!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"event loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ConfigError("event loop uvloop is not installed: pip install 'natskiq[uvloop]'")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.lease_ttl < 1:

@@ -156,12 +156,8 @@ class Node:
             self._demand_changed.set()  # a master elsewhere: report soon
         self.capacity_changed()  # this node's own master, in-process
 
-    def deliver(self, delivery: Delivery) -> None:
-        """Accept a job from the master (never blocks; refusals happen in the runner)."""
-        self.deliver_many([delivery])
-
     def deliver_many(self, deliveries: list[Delivery]) -> None:
-        """Accept jobs from the master, as :meth:`deliver` does each."""
+        """Accept jobs from the master (never blocks; refusals happen in the runner)."""
         for delivery in deliveries:
             if delivery.token > self._max_token:
                 self._max_token, self._received = delivery.token, 0
