@@ -333,23 +333,17 @@ def _usual_types(data: dict[str, Any]) -> bool:
     )
 
 
-def _usual_job(data: dict[str, Any], raw: bytes) -> Job:
-    """:func:`decode`'s short way for the envelope most jobs have (no optional field)."""
-    if not 0 <= data["retry"] <= MAX_RETRIES:
-        raise InvalidJob(f"field 'retry' must be between 0 and {MAX_RETRIES}", raw)
-    for key in ("jid", "queue"):
-        if not _is_name(data[key]):
-            raise InvalidJob(f"field {key!r} must be 1-64 letters, digits, '_' or '-'", raw)
-    return Job(
-        jid=data["jid"],
-        cls=data["class"],
-        args=data["args"],
-        kwargs=data["kwargs"],
-        queue=data["queue"],
-        retry=data["retry"],
-        created_at=float(data["created_at"]),
-        enqueued_at=float(data["enqueued_at"]),
-    )
+def _check_types(data: dict[str, Any], raw: bytes) -> None:
+    """Every required field present, every known field of its type (optional ones may be null)."""
+    for key in _REQUIRED:
+        if key not in data:
+            raise InvalidJob(f"missing field {key!r}", raw)
+    for key, value in data.items():
+        kinds = _TYPES.get(key)
+        if kinds is None or (value is None and key not in _REQUIRED):
+            continue  # unknown fields are ignored
+        if type(value) not in kinds and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise InvalidJob(f"field {key!r} is {type(value).__name__}, not {kinds[0].__name__}", raw)
 
 
 def decode(raw: bytes) -> Job:
@@ -369,17 +363,9 @@ def decode(raw: bytes) -> Job:
         raise InvalidJob(f"payload is not JSON ({exc})", raw) from exc
     if not isinstance(data, dict):
         raise InvalidJob(f"payload is a JSON {type(data).__name__}, not an object", raw)
-    if data.keys() == _USUAL and _usual_types(data):
-        return _usual_job(data, raw)
-    for key in _REQUIRED:
-        if key not in data:
-            raise InvalidJob(f"missing field {key!r}", raw)
-    for key, value in data.items():
-        kinds = _TYPES.get(key)
-        if kinds is None or (value is None and key not in _REQUIRED):
-            continue  # unknown fields are ignored; optional ones may be null
-        if type(value) not in kinds and (not isinstance(value, kinds) or isinstance(value, bool)):
-            raise InvalidJob(f"field {key!r} is {type(value).__name__}, not {kinds[0].__name__}", raw)
+    usual = data.keys() == _USUAL and _usual_types(data)  # most envelopes: checked at a glance
+    if not usual:
+        _check_types(data, raw)
     for key in ("retry", "retry_count"):
         value = data.get(key)
         if value is not None and not 0 <= value <= MAX_RETRIES:
@@ -388,6 +374,17 @@ def decode(raw: bytes) -> Job:
         value = data.get(key)
         if value is not None and not _is_name(value):
             raise InvalidJob(f"field {key!r} must be 1-64 letters, digits, '_' or '-'", raw)
+    if usual:
+        return Job(
+            jid=data["jid"],
+            cls=data["class"],
+            args=data["args"],
+            kwargs=data["kwargs"],
+            queue=data["queue"],
+            retry=data["retry"],
+            created_at=float(data["created_at"]),
+            enqueued_at=float(data["enqueued_at"]),
+        )
     now = time.time()
     return Job(
         jid=data["jid"],
