@@ -18,7 +18,7 @@ Every command that talks to NATS takes ``--url``, ``--namespace`` and the
 authentication and TLS options ``--user``/``--password``, ``--token``,
 ``--nkey-seed FILE``, ``--creds FILE``, ``--tls-ca FILE``, ``--tls-cert FILE``,
 ``--tls-key FILE``, ``--tls-hostname NAME``; each has a ``NATSKIQ_*``
-environment variable (see :func:`natskiq.client.auth_options`), the better
+environment variable (see :func:`natskiq.auth.auth_options`), the better
 place for a password or token, which a command line shows to ``ps``.
 
 Exit codes: 0 done, 1 nothing matched, 2 bad input or NATS unreachable.
@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 
 from . import __version__, api
-from .client import AUTH_ENV, Client, auth_options
+from .auth import AUTH_ENV, auth_options
+from .client import Client
 from .errors import ConfigError, NatskiqError, NotFound
 from .launcher import EVENT_LOOPS, Launcher, Settings, import_app
 from .topology import check_name

@@ -41,8 +41,6 @@ from nats.js.errors import Error as JSError
 
 from . import job as jobs
 from . import middleware, unique
-from .auth import AUTH_ENV as AUTH_ENV  # re-exported: cli.py imports it from here
-from .auth import auth_options as auth_options  # re-exported: cli.py and the README use natskiq.client
 from .auth import env_auth, redact_url
 from .errors import ConfigError, EnqueueError, NotConnected
 from .middleware import ClientMiddleware
@@ -109,7 +107,7 @@ class Client:
     Create it with :func:`connect`; use it as ``async with`` (or ``await`` it
     and later ``await client.close()``). When ``nats_options`` carry no
     credentials (and the URL no ``user:password@``), it takes them from the
-    ``NATSKIQ_*`` environment variables :func:`auth_options` reads; likewise
+    ``NATSKIQ_*`` environment variables :func:`natskiq.auth.auth_options` reads; likewise
     for TLS. ``middleware`` is client middleware for this client's enqueues,
     run after the process-wide chain (:func:`natskiq.client_middleware`).
     """
@@ -699,7 +697,7 @@ def connect(
             :func:`natskiq.client_middleware`, in the order given.
         **nats_options: passed to :func:`nats.connect` (user, password,
             token, nkeys_seed, user_credentials, tls, ...); build the
-            credential and TLS ones with :func:`auth_options`. When none of
+            credential and TLS ones with :func:`natskiq.auth.auth_options`. When none of
             the credential options is given (and no URL has a
             ``user:password@`` part), the client takes them from
             ``$NATSKIQ_USER`` / ``$NATSKIQ_PASSWORD``, ``$NATSKIQ_TOKEN``,
