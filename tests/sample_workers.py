@@ -51,6 +51,15 @@ class SyncRecord(natskiq.Worker, name="tests.SyncRecord"):
         record(self.jid, started, note)
 
 
+class Hog(natskiq.Worker, name="tests.Hog"):
+    """Blocks the event loop (a bug in a job, which a node must survive), then records."""
+
+    async def perform(self, seconds: float) -> None:
+        started = time.time()
+        time.sleep(seconds)  # noqa: ASYNC251 - blocking on purpose
+        record(self.jid, started, "hog")
+
+
 class Urgent(natskiq.Worker, queue="critical", name="tests.Urgent"):
     """Records, on the critical queue."""
 

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 SETTLE_TIMEOUT = 5.0
 SETTLE_ATTEMPTS = 5
 ACK_LINGER = 0.001
-RUN_STREAK = 16  # jobs a runner may run back to back before it yields
+RUN_SLICE = 0.001  # seconds a runner may run jobs back to back before it yields
 STATS_INTERVAL = 1.0
 MAX_DELIVERIES = 25
 CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
@@ -308,7 +308,7 @@ class Node:
                     return  # no more deliveries: the node is stopping
 
     async def _run_jobs(self, scope: anyio.CancelScope) -> None:
-        streak = 0
+        slice_ends = time.perf_counter() + RUN_SLICE
         while not scope.cancel_called:
             try:
                 try:
@@ -317,8 +317,8 @@ class Node:
                     # works through a burst of quick jobs in one go.
                     delivery = self._recv.receive_nowait()
                 except anyio.WouldBlock:
-                    streak = 0
                     delivery = await self._recv.receive()
+                    slice_ends = time.perf_counter() + RUN_SLICE
             except anyio.EndOfStream:
                 return
             finally:
@@ -341,12 +341,12 @@ class Node:
             finally:
                 self._done(delivery)
                 self._waiting += 1
-            streak += 1
-            if streak == RUN_STREAK:
-                # Quick jobs run back to back without the loop's help; let the
-                # rest of the process (pulls, acks, heartbeats) have a turn.
-                streak = 0
+            if time.perf_counter() > slice_ends:
+                # Quick jobs run back to back without the loop's help; after a
+                # millisecond of them (or one job that never awaited), the rest
+                # of the process (pulls, acks, the lease's renewals) has a turn.
                 await anyio.lowlevel.checkpoint()
+                slice_ends = time.perf_counter() + RUN_SLICE
 
     async def _process(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
         ack = functools.partial(self._settle, delivery, b"+ACK")
