@@ -7,7 +7,8 @@ waits for the PubAck: when ``perform_async`` returns, the job is stored in
 JetStream (replicated, if the stream is) and will run at least once. A
 delayed job is a JetStream message schedule (``Nats-Schedule: @at ...``) on
 its own subject ``<ns>.scheduled.<queue>.<jid>``, which the server moves to
-the queue's subject when it is due; natskiq runs no poller for it.
+the queue's subject when it is due; natskiq runs no poller for it. Bulk enqueue
+(``perform_bulk``, pipelined) lives in :mod:`natskiq.bulk`.
 
 Authentication and TLS live in :mod:`natskiq.auth`: a client whose options
 carry no credentials (or no TLS) takes them from the ``NATSKIQ_*``
@@ -17,9 +18,6 @@ message: URLs are shown with their ``user:password@`` part redacted.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import json
 import logging
 import os
@@ -39,9 +37,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import Error as JSError
 
+from . import bulk, middleware, unique
 from . import job as jobs
-from . import middleware, unique
 from .auth import env_auth, redact_url
+from .bulk import BULK_WINDOW
 from .errors import ConfigError, EnqueueError, NotConnected
 from .middleware import ClientMiddleware
 from .topology import Names, ensure_bucket, ensure_queue
@@ -53,11 +52,6 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 MAX_JOB_BYTES = 1024 * 1024
 CONNECT_ATTEMPTS = 3
 PUBLISH_TIMEOUT = 5.0  # seconds one publish waits for its PubAck (nats-py's JetStream default)
-# nats-py lets 4,000 publish_async() calls await their PubAck at once (past
-# that it waits silently): the most a bulk enqueue keeps in flight.
-BULK_WINDOW = 4000
-BULK_ATTEMPTS = 3
-BULK_ACK_TIMEOUT = 10.0
 
 _defaults: list[Client] = []
 # Errors that say a connect failed but not why (the server closed on us, or ran out of tries).
@@ -427,144 +421,11 @@ class Client:
                 the jids that were.
         """
         _check_worker(worker)
-        items = list(args_list)
-        for index, args in enumerate(items):
-            if not isinstance(args, list | tuple):
-                raise TypeError(
-                    f"item {index} of perform_bulk is a {type(args).__name__}, not a list of arguments"
-                )
-            try:
-                jobs.check_arguments(args, {})
-            except TypeError as exc:
-                raise TypeError(f"item {index} of perform_bulk: {exc}") from None
-        window = max(1, min(batch_size, BULK_WINDOW))
-        chain = middleware.client_chain(self.middleware)
-        if chain or options.unique_for is not None:
-            return await self._push_many_through(chain, worker, items, options, window)
-        jids = jobs.new_jids(len(items))
-        template = self.build(worker, [], {}, options=options)
-        payloads = jobs.encode_many(template, jids, items)
-        self._check_sizes(jids, payloads)
-        await self.ensure_queue(options.queue)
-        subject = self.names.queue_subject(options.queue)
-        await self._publish_all(
-            [(jid, subject, payload) for jid, payload in zip(jids, payloads, strict=True)], window
-        )
-        return jids
-
-    async def _push_many_through(
-        self,
-        chain: list[ClientMiddleware],
-        worker: type[Worker],
-        items: list[Any],
-        options: Options,
-        window: int,
-    ) -> list[str]:
-        """push_many() for jobs that client middleware sees first, or that take unique locks."""
-        accepted: list[jobs.Job] = []
-        result: list[str] = []
-        for args in items:
-            job = self.build(worker, args, {}, options=options)
-            outcome: list[str] = []
-
-            async def collect(
-                current: jobs.Job, job: jobs.Job = job, outcome: list[str] = outcome
-            ) -> jobs.Job | None:
-                if current is not job:
-                    jobs.check_job(current)
-                if options.unique_for is not None:
-                    current, holder = await self._lock(current, options.unique_for, options.unique_until)
-                    if holder != current.jid:
-                        outcome.append(holder)
-                        return None
-                accepted.append(current)
-                outcome.append(current.jid)
-                return current
-
-            await middleware.run_client(chain, job, collect)
-            if not outcome:
-                log.info("jid=%s class=%s queue=%s vetoed by client middleware", job.jid, job.cls, job.queue)
-            result.append(outcome[-1] if outcome else "")
-        try:
-            payloads = [self._payload(job) for job in accepted]
-            for queue in {job.queue for job in accepted}:
-                await self.ensure_queue(queue)
-            batch = [
-                (job.jid, self.names.queue_subject(job.queue), payload)
-                for job, payload in zip(accepted, payloads, strict=True)
-            ]
-            await self._publish_all(batch, window)
-        except BaseException as exc:
-            stored = set(exc.stored) if isinstance(exc, EnqueueError) else set()
-            with anyio.CancelScope(shield=True):
-                for job in accepted:
-                    if job.jid not in stored:
-                        await unique.release(self.js, self.names, job)
-            raise
-        return result
-
-    def _check_sizes(self, jids: list[str], payloads: list[bytes]) -> None:
-        if payloads and max(map(len, payloads)) > self._max_bytes:
-            for jid, payload in zip(jids, payloads, strict=True):
-                self._check_size(jid, payload)
+        return await bulk.push_many(self, worker, args_list, options=options, batch_size=batch_size)
 
     def _check_size(self, jid: str, payload: bytes) -> None:
         if len(payload) > self._max_bytes:
             raise EnqueueError(f"job {jid} is {len(payload)} bytes, over the {self._max_bytes}-byte cap")
-
-    async def _publish_all(self, batch: list[_Publish], window: int) -> None:
-        """Publish ``(jid, subject, payload)`` triples pipelined, each with
-        ``Nats-Msg-Id: <jid>:0``; send the unacknowledged ones again, up to
-        :data:`BULK_ATTEMPTS` rounds.
-
-        Raises:
-            EnqueueError: some were never acknowledged; ``exc.stored`` lists
-                the jids that were, in order.
-        """
-        pending = batch
-        for _ in range(BULK_ATTEMPTS):
-            pending = await self._publish_round(pending, window)
-            if not pending:
-                return
-        missing = {jid for jid, _, _ in pending}
-        error = EnqueueError(f"{len(missing)} of {len(batch)} jobs were not stored")
-        error.stored = [jid for jid, _, _ in batch if jid not in missing]
-        raise error
-
-    async def _publish_round(self, batch: list[_Publish], window: int) -> list[_Publish]:
-        """One pass of ``publish_async`` over ``batch`` with at most ``window``
-        unacknowledged; returns what was not acknowledged.
-
-        A sliding window rather than chunks: the next publish goes out as soon
-        as the oldest is acknowledged, so neither the server nor this process
-        waits for the other at a chunk's end. If the oldest is not
-        acknowledged within :data:`BULK_ACK_TIMEOUT`, the round stops there.
-        """
-        js = self.js
-        inflight: collections.deque[tuple[_Publish, asyncio.Future[Any]]] = collections.deque()
-        failed: list[_Publish] = []
-        sent = 0
-        try:
-            for item in batch:
-                if len(inflight) >= window:
-                    oldest = inflight[0][1]
-                    if oldest.done() and not oldest.cancelled() and oldest.exception() is None:
-                        inflight.popleft()  # the usual case, without a call
-                    elif not await _settle_oldest(inflight, failed):
-                        break
-                jid, subject, payload = item
-                future = await js.publish_async(subject, payload, headers={"Nats-Msg-Id": f"{jid}:0"})
-                inflight.append((item, future))
-                sent += 1
-            else:
-                while inflight and await _settle_oldest(inflight, failed):
-                    pass
-        finally:
-            for _, future in inflight:
-                future.cancel()  # frees nats-py's pending slot
-        failed.extend(item for item, _ in inflight)
-        failed.extend(batch[sent:])
-        return failed
 
     def _payload(self, job: jobs.Job) -> bytes:
         payload = jobs.encode(job)
@@ -633,9 +494,6 @@ class Client:
                 failure = exc
 
 
-_Publish = tuple[str, str, bytes]  # jid, subject, payload
-
-
 def _check_worker(worker: object) -> None:
     if not (isinstance(worker, type) and issubclass(worker, Worker)):
         raise TypeError(f"{worker!r} is not a natskiq.Worker subclass")
@@ -644,25 +502,6 @@ def _check_worker(worker: object) -> None:
 def _expires_at(options: Options, at: float | None, now: float) -> float | None:
     """When a job must have started by: ``expires_in`` after it is due."""
     return None if options.expires_in is None else (at or now) + options.expires_in
-
-
-async def _settle_oldest(
-    inflight: collections.deque[tuple[_Publish, asyncio.Future[Any]]], failed: list[_Publish]
-) -> bool:
-    """Wait for the oldest publish's PubAck (a refusal goes to ``failed``);
-    False if none came within :data:`BULK_ACK_TIMEOUT` (it stays in flight)."""
-    item, future = inflight[0]
-    if not future.done():
-        with anyio.move_on_after(BULK_ACK_TIMEOUT), contextlib.suppress(Exception):
-            await future  # its outcome is read below
-        if not future.done() or future.cancelled():
-            return False
-    inflight.popleft()
-    exc = future.exception()
-    if exc is not None:
-        log.debug("bulk publish of %s failed: %r", item[0], exc)
-        failed.append(item)
-    return True
 
 
 def _retryable(exc: BaseException) -> bool:
