@@ -168,6 +168,17 @@ async def test_scheduled_and_retry_sets(client: natskiq.Client, ledger: Path) ->
     assert [r.note for r in read_ledger(ledger)] == ["run now", "boom", "boom"]
 
 
+async def test_run_now_or_delete_of_an_entry_already_gone(client: natskiq.Client) -> None:
+    """run_now or delete of an entry already gone (run by someone else, or replaced) is not an error."""
+    later = await Record.perform_in(3600, note="twice")
+    [entry] = await api.find(client, "scheduled")
+    assert await api.run_now(client, entry) == later
+    assert await api.run_now(client, entry) == later  # a second click: the copy is a duplicate, stored once
+    await api.delete(client, entry)
+    info = await api.queue_info(client, "default")
+    assert (info.ready, info.scheduled) == (1, 0)
+
+
 async def test_queue_inspection_peek_latency_clear(client: natskiq.Client) -> None:
     """Queues report size and latency; peek lists jobs with arguments; clear empties them."""
     jids = [await Record.perform_async(note=i) for i in range(3)]

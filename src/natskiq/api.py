@@ -21,7 +21,7 @@ import anyio
 import attrs
 from nats.errors import NoRespondersError
 from nats.js import api as jsapi
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.errors import Error as JSError
 
 from . import job as jobs
@@ -31,6 +31,7 @@ from .retry import INVALID_HEADER, REASON_HEADER
 from .topology import CONSUMER, LEASE_KEY, check_name
 
 Kind = Literal["queued", "scheduled", "retry", "failed"]
+MSG_DELETE_FAILED = 10057  # JetStream's error code for a message delete that failed
 
 
 @attrs.frozen(kw_only=True)
@@ -322,6 +323,13 @@ async def _remove(client: Client, entry: Entry) -> None:
         await client.js.delete_msg(entry.stream, entry.seq)
     except NotFoundError:
         return  # already gone: trimmed, or removed by someone else
+    except APIError as exc:
+        # A message replaced since it was listed (a retry superseded by the
+        # job's next retry on the same subject) is reported as a failed
+        # delete (500, err_code 10057, "no message found"), not as a 404.
+        if exc.err_code == MSG_DELETE_FAILED and "no message found" in str(exc.description):
+            return
+        raise
     if entry.kind == "failed":
         await _incr(client, "failed_removed", 1)
 
