@@ -365,19 +365,26 @@ async def test_worker_runs_jobs_with_credentials(
 
 async def test_wrong_or_missing_credentials_fail_fast(secured: Secured, namespace: str) -> None:
     """A refused connection is a clear ConfigError in Python and exit code 2 from the CLI."""
-    with pytest.raises(natskiq.ConfigError, match=secured.refusal):
-        async with natskiq.connect(secured.url, namespace=namespace):
-            pass
     worker = ["worker", "--app", "tests.sample_workers", "--url", secured.url, "-n", namespace]
-    for flags in (secured.wrong, []):
-        code, out, err = await _run(_natskiq(*worker, *flags))
+    stats = ["stats", "--json", "--url", secured.url, "-n", namespace, *secured.wrong]
+    commands = [_natskiq(*worker, *secured.wrong), _natskiq(*worker), _natskiq(*stats)]
+    results: list[tuple[int, str, str]] = [(0, "", "")] * len(commands)
+
+    async def run(index: int) -> None:
+        results[index] = await _run(commands[index])
+
+    async with anyio.create_task_group() as tg:  # the three commands at once: each waits on refusals
+        for index in range(len(commands)):
+            tg.start_soon(run, index)
+        with pytest.raises(natskiq.ConfigError, match=secured.refusal):
+            async with natskiq.connect(secured.url, namespace=namespace):
+                pass
+    for code, out, err in results[:2]:
         assert code == 2, err
         assert "natskiq: error: cannot connect to NATS at" in err
         assert secured.refusal in err
         _assert_hidden(secured, out, err)
-    code, out, err = await _run(
-        _natskiq("stats", "--json", "--url", secured.url, "-n", namespace, *secured.wrong)
-    )
+    code, out, err = results[2]
     assert (code, out) == (2, "")
     assert secured.refusal in err
     _assert_hidden(secured, err)
