@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 SETTLE_TIMEOUT = 5.0
 SETTLE_ATTEMPTS = 5
 ACK_LINGER = 0.001
-RUN_SLICE = 0.001  # seconds a runner may run jobs back to back before it yields
+RUN_SLICE = 0.005  # seconds a runner may run jobs back to back before it yields
 STATS_INTERVAL = 1.0
 MAX_DELIVERIES = 25
 CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
@@ -342,9 +342,9 @@ class Node:
                 self._done(delivery)
                 self._waiting += 1
             if time.perf_counter() > slice_ends:
-                # Quick jobs run back to back without the loop's help; after a
-                # millisecond of them (or one job that never awaited), the rest
-                # of the process (pulls, acks, the lease's renewals) has a turn.
+                # Quick jobs run back to back without the loop's help; after
+                # 5 ms of them (or one job that never awaited), the rest of
+                # the process (pulls, acks, the lease's renewals) has a turn.
                 await anyio.lowlevel.checkpoint()
                 slice_ends = time.perf_counter() + RUN_SLICE
 
