@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 import natskiq
+from natskiq import job as jobs
 from natskiq import testing
 from natskiq.launcher import Launcher, Settings
 from natskiq.server import Server
@@ -173,3 +174,9 @@ def workers(nats_url: str, namespace: str, tmp_path: Path, ledger: Path) -> Iter
     w = Workers(nats_url, namespace, tmp_path)
     yield w
     w.stop_all()
+
+
+async def stored(client: natskiq.Client, seq: int, queue: str = "default") -> tuple[jobs.Job, dict[str, str]]:
+    """The job at stream sequence ``seq`` of a queue, and its headers."""
+    msg = await client.js.get_msg(client.names.queue_stream(queue), seq=seq)
+    return jobs.decode(msg.data), dict(msg.headers or {})

@@ -1,4 +1,4 @@
-"""Enqueue: what perform_async and perform_bulk store, against a real server."""
+"""Enqueue: what perform_async stores, against a real server (perform_bulk: test_bulk.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,10 @@ import pytest
 
 import natskiq
 from natskiq import api
-from natskiq import job as jobs
-from natskiq.client import BULK_WINDOW, MAX_JOB_BYTES
+from natskiq.client import MAX_JOB_BYTES
 
+from .conftest import stored
 from .sample_workers import Record
-
-
-async def stored(client: natskiq.Client, seq: int, queue: str = "default") -> tuple[jobs.Job, dict[str, str]]:
-    """The job at stream sequence ``seq`` of a queue, and its headers."""
-    msg = await client.js.get_msg(client.names.queue_stream(queue), seq=seq)
-    return jobs.decode(msg.data), dict(msg.headers or {})
 
 
 async def test_perform_async_stores_the_envelope_with_a_msg_id(client: natskiq.Client) -> None:
@@ -47,22 +41,3 @@ async def test_a_job_over_the_size_cap_is_refused(client: natskiq.Client) -> Non
     with pytest.raises(natskiq.EnqueueError, match="byte cap"):
         await Record.perform_bulk([[0.0, "ok"], [0.0, big]])
     assert await api.queue_names(client) == []
-
-
-async def test_bulk_past_the_window_stores_every_job_in_order(client: natskiq.Client) -> None:
-    """perform_bulk of more jobs than may be in flight stores them all, in the order given."""
-    count = BULK_WINDOW * 2 + 500
-    jids = await Record.perform_bulk([[0.0, i] for i in range(count)])
-    assert len(set(jids)) == count
-    assert (await api.queue_info(client, "default")).ready == count
-    for seq in (1, BULK_WINDOW + 1, count):
-        job, headers = await stored(client, seq)
-        assert (job.jid, job.args) == (jids[seq - 1], [0.0, seq - 1])
-        assert headers["Nats-Msg-Id"] == f"{job.jid}:0"
-
-
-async def test_bulk_with_a_small_window(client: natskiq.Client) -> None:
-    """batch_size bounds the publishes in flight; every job is still stored."""
-    jids = await Record.perform_bulk([[0.0, i] for i in range(50)], batch_size=7)
-    assert len(set(jids)) == 50
-    assert (await api.queue_info(client, "default")).ready == 50
