@@ -51,11 +51,21 @@ class SyncRecord(natskiq.Worker, name="tests.SyncRecord"):
         record(self.jid, started, note)
 
 
+loop_ticks = 0
+"""Advanced by a test's task on each of its turns in the event loop (see :class:`Hog`)."""
+hog_ticks: list[int] = []
+
+
 class Hog(natskiq.Worker, name="tests.Hog"):
-    """Blocks the event loop (a bug in a job, which a node must survive), then records."""
+    """Blocks the event loop (a bug in a job, which a node must survive), then records.
+
+    It notes :data:`loop_ticks` as it starts, in :data:`hog_ticks`: two runs
+    that note the same value ran with no turn for other tasks between them.
+    """
 
     async def perform(self, seconds: float) -> None:
         started = time.time()
+        hog_ticks.append(loop_ticks)
         time.sleep(seconds)  # noqa: ASYNC251 - blocking on purpose
         record(self.jid, started, "hog")
 

@@ -13,11 +13,13 @@ from nats.js.api import ConsumerConfig
 import natskiq
 from natskiq import client as client_mod
 from natskiq import job as job_mod
+from natskiq import node as node_mod
 from natskiq import testing
 from natskiq.aggregator import Delivery
 
+from . import sample_workers
 from .conftest import failed_count, read_ledger, running_node, until, wait_for_ledger
-from .sample_workers import Boom, Record, Slow, SyncRecord, Urgent
+from .sample_workers import Boom, Hog, Record, Slow, SyncRecord, Urgent
 
 
 async def _has_failed(client: natskiq.Client) -> bool:
@@ -203,3 +205,23 @@ async def test_perform_bulk_enqueues_every_job(client: natskiq.Client, ledger: P
     async with running_node(client.url, client.namespace, concurrency=50):
         rows = await wait_for_ledger(ledger, 2501, timeout=60)
     assert {r.jid for r in rows} == set(jids) | set(more)
+
+
+async def test_jobs_that_block_the_loop_each_leave_other_tasks_a_turn(client: natskiq.Client) -> None:
+    """Jobs that block the event loop past a runner's time slice, run back to back, each let the
+    rest of the process (pulls, acks, the lease's renewals) have a turn before the next starts."""
+    jids = [await Hog.perform_async(2 * node_mod.RUN_SLICE) for _ in range(20)]  # a backlog
+    sample_workers.hog_ticks.clear()
+
+    async def tick() -> None:
+        while True:
+            sample_workers.loop_ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        async with running_node(client.url, client.namespace, concurrency=1):
+            await until(lambda: len(sample_workers.hog_ticks) == len(jids), 30)
+        tg.cancel_scope.cancel()
+    ticks = sample_workers.hog_ticks
+    assert all(later > earlier for earlier, later in zip(ticks, ticks[1:], strict=False)), ticks
