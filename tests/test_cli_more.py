@@ -233,7 +233,7 @@ async def _has_replicas(url: str, stream: str, replicas: int, worker: subprocess
     nc = await nats.connect(url.split(","))
     try:
         info = await nc.jetstream().stream_info(stream)
-    except NotFoundError:
+    except (NotFoundError, TimeoutError):  # not created yet, or a fresh cluster not answering yet
         return False
     finally:
         await nc.close()
