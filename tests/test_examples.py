@@ -76,13 +76,15 @@ class ExampleWorker:
         self, done: Callable[[dict[str, re.Match[str]]], bool], timeout: float = 30.0
     ) -> None:
         """Wait until ``done(job lines by jid)`` holds; fails if the worker exits or a job fails."""
-        with anyio.fail_after(timeout):
+        with anyio.move_on_after(timeout):
             while not done(self.job_lines()):
                 if self.proc.poll() is not None:
                     pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.output()}")
                 if " fail jid=" in (output := self.output()) or "Traceback" in output:
                     pytest.fail(f"a job failed:\n{output}")
                 await anyio.sleep(0.05)
+            return
+        pytest.fail(f"the jobs did not all run within {timeout:.0f} s; the worker's output:\n{self.output()}")
 
     def stop(self) -> int:
         """SIGTERM (a graceful stop); returns the exit code."""

@@ -332,6 +332,9 @@ class Aggregator:
             if queue not in self._buffers:
                 self._buffers[queue] = deque()
                 self._pulls[queue] = deque()
+                # Until the queue's consumer has been looked at, assume it has
+                # jobs, so strict order does not serve a later queue first.
+                self._pending[queue] = 1
                 self._tg.start_soon(self._pull, queue, name=f"natskiq pull {queue}")
 
     def _slots_for(self, queue: str) -> int:
@@ -381,12 +384,17 @@ class Aggregator:
 
     async def _ensure_consumer(self, queue: str) -> bool:
         try:
-            await ensure_consumer(self.nc.jetstream(), self.names, queue, ack_wait=self.ack_wait)
-            return True
+            info = await ensure_consumer(self.nc.jetstream(), self.names, queue, ack_wait=self.ack_wait)
         except (NatsError, JSError, TimeoutError) as exc:
             log.warning("cannot reach queue %s yet: %r", queue, exc)
+            self._pending[queue] = 0  # unknown: let the other queues be served meanwhile
+            self._wake_dispatch()
             await anyio.sleep(0.5)
             return False
+        # The jobs waiting there, until pulled messages tell a newer count.
+        self._pending[queue] = info.num_pending or 0
+        self._wake_dispatch()
+        return True
 
     async def _read_pulled(self, queue: str, inbox: Inbox) -> None:
         buffer, pulls = self._buffers[queue], self._pulls[queue]

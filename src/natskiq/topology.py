@@ -226,19 +226,21 @@ async def ensure_queue(
 
 async def ensure_consumer(
     js: JetStreamContext, names: Names, queue: str, *, ack_wait: float | None = None
-) -> None:
-    """Create the durable pull consumer the master pulls a queue from.
+) -> jsapi.ConsumerInfo:
+    """Create the durable pull consumer the master pulls a queue from; returns its info
+    (``num_pending``: the jobs in the queue it has not delivered yet).
 
     Workers own its settings: a given ``ack_wait`` is applied to an existing
     consumer too (a producer may have created it with the default).
     """
     stream = names.queue_stream(queue)
+    info: jsapi.ConsumerInfo | None
     try:
         info = await js.consumer_info(stream, CONSUMER)
     except NotFoundError:
         info = None
     if info is not None and (ack_wait is None or info.config.ack_wait == ack_wait):
-        return
+        return info
     config = jsapi.ConsumerConfig(
         durable_name=CONSUMER,
         filter_subject=names.queue_subject(queue),
@@ -251,7 +253,7 @@ async def ensure_consumer(
     )
     if info is not None:
         log.info("queue %s: ack wait %.1fs -> %.1fs", queue, info.config.ack_wait or 0, config.ack_wait)
-    await js.add_consumer(stream, config)
+    return await js.add_consumer(stream, config)
 
 
 async def ensure_failed(
