@@ -66,10 +66,15 @@ class Delivery:
 _ACK_FIELDS = ("stream", "consumer", "delivered", "sseq", "cseq", "ts", "pending")
 
 
+def ack_tokens(reply: str) -> tuple[list[str], int]:
+    """A JetStream ack subject's tokens, and where its fields start (v1 or v2 form)."""
+    tokens = reply.split(".")
+    return tokens, (2 if len(tokens) == 9 else 4)
+
+
 def ack_field(reply: str, name: str, default: int = 0) -> int:
     """A numeric field of a JetStream ack subject (v1 or v2 form)."""
-    tokens = reply.split(".")
-    offset = 2 if len(tokens) == 9 else 4
+    tokens, offset = ack_tokens(reply)
     try:
         return int(tokens[offset + _ACK_FIELDS.index(name)])
     except (IndexError, ValueError):

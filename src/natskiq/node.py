@@ -44,7 +44,7 @@ from nats.js.errors import Error as JSError
 
 from . import job as jobs
 from . import middleware, retry, unique
-from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery, Inbox, ack_field
+from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery, Inbox, ack_field, ack_tokens
 from .errors import DeliveryLimit, InvalidJob, UnknownWorker
 from .topology import Names
 from .worker import Worker, is_async, lookup
@@ -445,7 +445,7 @@ class Node:
 
     async def _flush_stats(self) -> None:
         """Add this node's counts to the cluster-wide counters (a JetStream counter stream)."""
-        js = self.nc.jetstream()
+        js = self._jetstream()
         day = time.strftime("%Y-%m-%d", time.gmtime())
         for name in ("processed", "failed"):
             count = self._unflushed[name]
@@ -493,7 +493,7 @@ class Node:
         If it still fails, the job is left unacked and JetStream redelivers
         it after the ack wait: it runs again rather than being lost.
         """
-        js = self.nc.jetstream()
+        js = self._jetstream()
         for attempt in range(SETTLE_ATTEMPTS):
             try:
                 with anyio.fail_after(SETTLE_TIMEOUT):
@@ -541,8 +541,7 @@ class Node:
 def _origin(reply: str) -> tuple[str, int]:
     """The queue a message came from (its ack subject's stream name) and how
     many times JetStream has delivered it, from one split of the subject."""
-    tokens = reply.split(".")
-    offset = 2 if len(tokens) == 9 else 4
+    tokens, offset = ack_tokens(reply)
     stream = tokens[offset] if len(tokens) > offset else ""
     try:
         delivered = int(tokens[offset + 2])
