@@ -91,6 +91,11 @@ class Names:
         ns = self.namespace
         return [f"{ns}.queue.{q}", f"{ns}.scheduled.{q}.*", f"{ns}.retry.{q}.*"]
 
+    def schedule_filter(self, queue: str) -> str:
+        """One filter for the queue's scheduled and retry subjects: in its stream
+        it matches those two and nothing else (``<ns>.queue.<q>`` has a token less)."""
+        return f"{self.namespace}.*.{check_name('queue', queue)}.*"
+
     @property
     def failed_stream(self) -> str:
         return f"{self._stream_prefix}_FAILED"
