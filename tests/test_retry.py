@@ -148,6 +148,11 @@ def _acker(client: natskiq.Client, stream: str, seen: list[int]) -> Callable[[],
     return ack
 
 
+def _origin(client: natskiq.Client, job: jobs.Job, seq: int = 1) -> dict[str, Any]:
+    """route()'s facts about the original message: its stream sequence, bytes and the size limit."""
+    return {"seq": seq, "raw": jobs.encode(job), "max_payload": client.nc.max_payload}
+
+
 async def test_route_schedules_a_retry_before_acking(client: natskiq.Client) -> None:
     """With retries left, route stores a scheduled retry on <ns>.retry.<q>.<jid>, then acks."""
     js, names = client.js, client.names
@@ -162,6 +167,7 @@ async def test_route_schedules_a_retry_before_acking(client: natskiq.Client) -> 
         ValueError("nope"),
         worker=WithHook,
         ack=_acker(client, names.queue_stream("default"), seen),
+        **_origin(client, job, seq=7),
     )
     assert outcome == "retry"
     assert seen == [1]
@@ -169,7 +175,7 @@ async def test_route_schedules_a_retry_before_acking(client: natskiq.Client) -> 
     assert msg.headers is not None
     assert msg.headers["Nats-Schedule"].startswith("@at ")
     assert msg.headers["Nats-Schedule-Target"] == names.queue_subject("default")
-    assert msg.headers["Nats-Msg-Id"] == f"{job.jid}:1"
+    assert msg.headers["Nats-Msg-Id"] == f"{job.jid}:retry:7"
     successor = jobs.decode(msg.data or b"")
     assert successor.retry_count == 0
     assert successor.error_class == "ValueError"
@@ -192,7 +198,13 @@ async def test_route_sends_exhausted_job_to_failed(client: natskiq.Client) -> No
     seen: list[int] = []
     error = RuntimeError("still broken")
     outcome = await retry.route(
-        js, names, job, error, worker=Doomed, ack=_acker(client, names.failed_stream, seen)
+        js,
+        names,
+        job,
+        error,
+        worker=Doomed,
+        ack=_acker(client, names.failed_stream, seen),
+        **_origin(client, job),
     )
     assert outcome == "failed"
     assert seen == [1]
@@ -214,7 +226,13 @@ async def test_route_with_zero_retries_goes_straight_to_failed(client: natskiq.C
     job = jobs.Job(jid=jobs.new_jid(), cls="tests.Gone", queue="default", retry=0)
     seen: list[int] = []
     outcome = await retry.route(
-        js, names, job, KeyError("x"), worker=None, ack=_acker(client, names.failed_stream, seen)
+        js,
+        names,
+        job,
+        KeyError("x"),
+        worker=None,
+        ack=_acker(client, names.failed_stream, seen),
+        **_origin(client, job),
     )
     assert outcome == "failed"
     assert seen == [1]
@@ -234,7 +252,9 @@ async def test_route_survives_an_absurd_retry_count(client: natskiq.Client) -> N
     async def ack() -> None:
         acked.append(True)
 
-    outcome = await retry.route(js, names, job, natskiq.UnknownWorker("nope"), worker=None, ack=ack)
+    outcome = await retry.route(
+        js, names, job, natskiq.UnknownWorker("nope"), worker=None, ack=ack, **_origin(client, job)
+    )
     assert outcome in ("retry", "failed")
     assert acked == [True]
 

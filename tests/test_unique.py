@@ -183,7 +183,7 @@ async def _drain_one(client: natskiq.Client) -> None:
     sub = await client.js.pull_subscribe_bind("aggregator", stream=client.names.queue_stream("default"))
     try:
         [msg] = await sub.fetch(1, timeout=5)
-        await _run_message(client, msg)
+        await _run_message(client, "default", msg)
     finally:
         await sub.unsubscribe()
 

@@ -66,15 +66,22 @@ async def fail(
     await client.ensure_queue(queue)
     await ensure_failed(client.js, client.names)
     job = jobs.Job(jid=jobs.new_jid(), cls=cls, queue=queue, retry=0, **fields)
-    await retry.route(client.js, client.names, job, ValueError("boom"), worker=None, ack=noop)
+    await retry.route(
+        client.js, client.names, job, ValueError("boom"), worker=None, ack=noop, **origin(client, job)
+    )
     return job.jid
+
+
+def origin(client: natskiq.Client, job: jobs.Job) -> dict[str, Any]:
+    """route()'s facts about a job's original message, for a job that never had one."""
+    return {"seq": 1, "raw": jobs.encode(job), "max_payload": client.nc.max_payload}
 
 
 async def to_retry(client: natskiq.Client, exc: Exception, **fields: Any) -> str:
     """Put a job in the retry set (Sidekiq's backoff: its first retry is 15 s or more away)."""
     await client.ensure_queue("default")
     job = jobs.Job(jid=jobs.new_jid(), cls=Record.name, retry=5, **fields)
-    await retry.route(client.js, client.names, job, exc, worker=None, ack=noop)
+    await retry.route(client.js, client.names, job, exc, worker=None, ack=noop, **origin(client, job))
     return job.jid
 
 

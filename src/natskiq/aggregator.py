@@ -40,17 +40,21 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 
 from .errors import LeaseLost
+from .job import headers_size
+from .lease import current_token
 from .topology import Names, check_name, ensure_consumer
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "Natskiq-Token"
 ACK_HEADER = "Natskiq-Ack"
+FETCH_HEADER = "Natskiq-Fetch"  # the dispatch carries no payload: the node reads it from the stream
 HEARTBEAT = 1.0
 PEER_TIMEOUT = 3 * HEARTBEAT
-PULL_EXPIRES = 5.0
+PULL_EXPIRES = 2.0  # short, so a master that stops waits little for its open pulls (_refuse_late)
 MAX_PULL_BATCH = 1024
 PREFETCH = 4
+FETCH_ROOM = 32  # bytes for the fetch header, should the dispatch need it
 
 
 @attrs.define(slots=True, eq=False)
@@ -61,6 +65,11 @@ class Delivery:
     reply: str
     token: int
     delivered_at: float = attrs.field(factory=time.time)
+
+    @property
+    def seq(self) -> int:
+        """The message's sequence in its queue's stream (from the ack subject)."""
+        return ack_field(self.reply, "sseq")
 
 
 _ACK_FIELDS = ("stream", "consumer", "delivered", "sseq", "cseq", "ts", "pending")
@@ -310,7 +319,8 @@ class Aggregator:
                 demand = json.loads(msg.data)
                 node_id = check_name("node", str(demand["node"]))
                 if int(demand.get("token", 0)) > self.token:
-                    raise LeaseLost(f"node {node_id} has seen a newer master")
+                    await self._check_newer_master(node_id)
+                    continue
                 peer = self._peers.get(node_id) or Peer(node_id)
                 peer.update(demand, self.token)
             except LeaseLost:
@@ -322,6 +332,22 @@ class Aggregator:
                 self._peers[node_id] = peer
                 self._serve(peer.queues)
                 self._notify()
+
+    async def _check_newer_master(self, node_id: str) -> None:
+        """A node reports a newer master: step down if the lease's key agrees.
+
+        Nodes report only tokens they have confirmed, but a report itself can
+        be forged; believing it would make the master step down at once, and
+        again after each election.
+        """
+        try:
+            current = await current_token(self.nc.jetstream(), self.names)
+        except (NatsError, JSError, TimeoutError) as exc:
+            log.warning("could not read the lease after node %s reported a newer master: %r", node_id, exc)
+            return
+        if current != self.token:
+            raise LeaseLost(f"node {node_id} has seen a newer master (lease token {current})")
+        log.warning("ignoring a report from %s of a newer master: the lease is still %d", node_id, self.token)
 
     def _refresh_local(self) -> None:
         """Take the local node's queues and order (its credit is read live)."""
@@ -359,7 +385,36 @@ class Aggregator:
                 tg.start_soon(self._read_pulled, queue, inbox)
                 await self._request_loop(queue, subject)
         finally:
+            with anyio.CancelScope(shield=True):
+                await self._refuse_late(queue, inbox)
             await inbox.close()
+
+    async def _refuse_late(self, queue: str, inbox: Inbox) -> None:
+        """NAK the jobs that still arrive for this master's open pull requests once it lost its lease.
+
+        JetStream keeps serving a pull request until it expires, whoever
+        asked: a master that was paused past its lease finds jobs arriving
+        for the requests it had open, and one delivered to an inbox nobody
+        reads waits out the whole ack wait. Listening until the requests
+        have ended (at most :data:`PULL_EXPIRES`) hands each straight back.
+        """
+        pulls = self._pulls[queue]
+        if self._holds_lease():
+            # A graceful stop: no other master can be pulling yet, and the
+            # server drops a pull request once nobody listens on its inbox.
+            pulls.clear()
+            return
+        open_pulls = len(pulls)
+        now = anyio.current_time()
+        until = max((pull.expires_at for pull in pulls), default=now)
+        pulls.clear()
+        with anyio.move_on_after(max(0.0, until - now)):
+            while open_pulls > 0:
+                for msg in await inbox.get():
+                    if msg.reply:
+                        await self.nc.publish(msg.reply, b"-NAK")
+                    elif (msg.headers or {}).get("Status") in ("408", "409"):
+                        open_pulls -= 1
 
     async def _request_loop(self, queue: str, inbox: str) -> None:
         pulls = self._pulls[queue]
@@ -380,6 +435,9 @@ class Aggregator:
             outstanding = sum(p.remaining for p in pulls)
             want = min(MAX_PULL_BATCH, target - len(self._buffers[queue]) - outstanding)
             if ensured and want > 0 and (not outstanding or want >= max(1, target // 4)):
+                # A master that was paused past its lease must not pull when
+                # it wakes: what it pulled would never be handed out.
+                self.check_lease()
                 request = {"batch": want, "expires": int(PULL_EXPIRES * 1e9)}
                 pulls.append(_Pull(want, now + PULL_EXPIRES + 0.5))
                 await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
@@ -408,9 +466,15 @@ class Aggregator:
             now = anyio.current_time()
             last_reply = ""
             ended = False
+            held = self._holds_lease()
             for msg in msgs:
-                status = msg.headers.get("Status") if msg.headers else None
-                if status is None and msg.reply:
+                # A stored message always has its ack subject; JetStream's
+                # status messages have none. (A producer may store a "Status"
+                # header of its own: it is a job all the same.)
+                status = None if msg.reply else (msg.headers or {}).get("Status")
+                if msg.reply and not held:
+                    await self.nc.publish(msg.reply, b"-NAK")  # pulled under a lease since lost
+                elif msg.reply:
                     buffer.append((msg, now))
                     last_reply = msg.reply
                     if pulls:
@@ -431,6 +495,13 @@ class Aggregator:
                 self._wake_dispatch()
             if ended:
                 self._notify()
+
+    def _holds_lease(self) -> bool:
+        try:
+            self.check_lease()
+        except LeaseLost:
+            return False
+        return True
 
     # -- dispatch -------------------------------------------------------
 
@@ -493,7 +564,15 @@ class Aggregator:
         token = self.check_lease()
         peer.sent += 1
         headers = {TOKEN_HEADER: str(token), ACK_HEADER: msg.reply}
-        await self.nc.publish(self.names.dispatch_subject(peer.node_id), msg.data, headers=headers)
+        data = msg.data
+        if len(data) + headers_size(headers) + FETCH_ROOM > self.nc.max_payload:
+            # The server closes a connection that publishes past its max
+            # payload, headers included: a job stored just under the limit
+            # would not fit beside the dispatch headers. The node reads it
+            # from its stream instead.
+            headers[FETCH_HEADER] = "1"
+            data = b""
+        await self.nc.publish(self.names.dispatch_subject(peer.node_id), data, headers=headers)
 
     # -- housekeeping ---------------------------------------------------
 

@@ -46,6 +46,7 @@ MAX_DEPTH = 64
 # Queue names, jids and node ids become subject tokens: no '.', '*', '>' or spaces.
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_RETRIES = 1_000_000
+MAX_OVERHEAD = 4096  # bytes a job may grow by on any hop: headers, a failure's error fields
 _NATIVE_SCALARS = (str, int, float, bool, type(None))
 _PLAIN = frozenset({str, int, bool, type(None)})  # JSON-native as they are (floats may be inf/nan)
 
@@ -262,6 +263,12 @@ def new_job(
     )  # fmt: skip
 
 
+def headers_size(headers: dict[str, str]) -> int:
+    """Bytes a NATS message's header block takes on the wire (the server counts them in its max payload)."""
+    # "NATS/1.0\r\n", then "Key: Value\r\n" each, then "\r\n".
+    return 12 + sum(len(key.encode()) + len(value.encode()) + 4 for key, value in headers.items())
+
+
 def encode(job: Job) -> bytes:
     """Serialise a job to its wire form."""
     return _dumps(job.to_dict()).encode()
@@ -346,12 +353,54 @@ def _check_types(data: dict[str, Any], raw: bytes) -> None:
             raise InvalidJob(f"field {key!r} is {type(value).__name__}, not {kinds[0].__name__}", raw)
 
 
+TIME_RANGE = (0.0, 100_000_000_000.0)  # epoch seconds: 1970 to about the year 5138
+MAX_CLASS_CHARS = 1000
+MAX_REVISION = 2**63
+_TIMES = ("created_at", "enqueued_at", "failed_at", "retried_at", "at", "expires_at")
+_COUNTS = (("retry", MAX_RETRIES), ("retry_count", MAX_RETRIES), ("unique_revision", MAX_REVISION))
+
+
+def _check_values(data: dict[str, Any], raw: bytes, usual: bool) -> None:
+    """The ranges and contents of fields whose types are known to be right."""
+    low, high = TIME_RANGE
+    for key in _TIMES if not usual else _TIMES[:2]:
+        value = data.get(key)
+        # Compared before any float(): 1 followed by 400 zeros is an int that no float holds.
+        if value is not None and not low <= value <= high:
+            raise InvalidJob(f"field {key!r} must be epoch seconds between {low:.0f} and {high:.0f}", raw)
+    for key, most in _COUNTS:
+        value = data.get(key)
+        if value is not None and not 0 <= value <= most:
+            raise InvalidJob(f"field {key!r} must be between 0 and {most}", raw)
+    for key in ("jid", "queue", "unique_key"):
+        value = data.get(key)
+        if value is not None and not _is_name(value):
+            raise InvalidJob(f"field {key!r} must be 1-64 letters, digits, '_' or '-'", raw)
+    if len(data["class"]) > MAX_CLASS_CHARS:
+        raise InvalidJob(f"field 'class' is longer than {MAX_CLASS_CHARS} characters", raw)
+    try:
+        # Arguments that would not encode again (inf, nesting past what the
+        # encoder can recurse through) could not be retried or kept as failed.
+        check_arguments(data["args"], data.get("kwargs") or {})
+        for key in ("headers", "backtrace"):
+            if data.get(key) is not None:
+                _check_value(data[key], f"field {key!r}", 0)
+    except TypeError as exc:
+        raise InvalidJob(str(exc), raw) from exc
+
+
 def decode(raw: bytes) -> Job:
     """Parse and validate a wire payload.
 
+    Everything a job carries is checked before it runs, so nothing that
+    arrives can fail later on the way to the retry or failed set: timestamps
+    are finite numbers of epoch seconds within :data:`TIME_RANGE`, counts
+    within their bounds, arguments and headers JSON-native (finite floats,
+    nesting at most :data:`MAX_DEPTH` deep), names subject-safe.
+
     Raises:
         InvalidJob: the payload is not UTF-8 JSON, not an object, lacks a
-            required field or has a field of the wrong type.
+            required field or has a field of the wrong type or out of range.
     """
     try:
         data = _decode_json(raw.decode())
@@ -366,14 +415,7 @@ def decode(raw: bytes) -> Job:
     usual = data.keys() == _USUAL and _usual_types(data)  # most envelopes: checked at a glance
     if not usual:
         _check_types(data, raw)
-    for key in ("retry", "retry_count"):
-        value = data.get(key)
-        if value is not None and not 0 <= value <= MAX_RETRIES:
-            raise InvalidJob(f"field {key!r} must be between 0 and {MAX_RETRIES}", raw)
-    for key in ("jid", "queue", "unique_key"):
-        value = data.get(key)
-        if value is not None and not _is_name(value):
-            raise InvalidJob(f"field {key!r} must be 1-64 letters, digits, '_' or '-'", raw)
+    _check_values(data, raw, usual)
     if usual:
         return Job(
             jid=data["jid"],

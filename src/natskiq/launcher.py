@@ -12,6 +12,7 @@ running jobs, then cancel them, which NAKs them so they run elsewhere).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -30,7 +31,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 from nats.js.kv import KeyValue
 
-from . import api, cron
+from . import api, cron, sweep
 from .aggregator import Aggregator
 from .auth import redact_url
 from .client import Client
@@ -275,7 +276,18 @@ class Launcher:
             local=self.node,
             ack_wait=self.settings.ack_wait,
         )
-        await aggregator.run()
+        client = self.client
+        async with anyio.create_task_group() as tg:
+            # Messages on schedule subjects that would never fire go to the failed set.
+            sweeping = functools.partial(api.queue_names, client)
+            tg.start_soon(
+                functools.partial(
+                    sweep.keep_swept, client.js, client.names, sweeping, max_payload=client.nc.max_payload
+                ),
+                name="natskiq sweep",
+            )
+            await aggregator.run()
+            tg.cancel_scope.cancel()
 
     def quiet(self) -> None:
         """Take no new jobs and hand the lease over; running jobs carry on."""

@@ -86,9 +86,12 @@ class Lease:
         return self.token
 
     def _value(self) -> bytes:
-        return json.dumps(
-            {"node": self.node_id, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-        ).encode()
+        value = {"node": self.node_id, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        if self.token is not None:
+            # Renewals carry the fencing token, so anyone can read the current
+            # one from the key (see current_token); a create does not know it yet.
+            value["token"] = self.token
+        return json.dumps(value).encode()
 
     def _headers(self, expected: int) -> dict[str, str]:
         return {
@@ -105,14 +108,9 @@ class Lease:
         self._deadline = started + self.ttl
         return ack.seq
 
-    async def _last(self) -> jsapi.RawStreamMsg | None:
-        try:
-            return await self._js.get_msg(f"KV_{self.names.lease_bucket}", subject=self.names.lease_subject())
-        except NotFoundError:
-            return None
-
     async def try_acquire(self) -> bool:
         """Create the key if it is free; returns whether this node is now master."""
+        self.token = None
         expected = 0
         for _ in range(3):
             try:
@@ -122,7 +120,7 @@ class Lease:
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
-            last = await self._last()
+            last = await _last(self._js, self.names)
             if last is None:
                 expected = 0
             elif _is_tombstone(last.headers):
@@ -186,6 +184,31 @@ class Lease:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await sub.unsubscribe()
+
+
+async def _last(js: JetStreamContext, names: Names) -> jsapi.RawStreamMsg | None:
+    """The lease key's newest message (a write, a delete or an expiry marker), if any."""
+    try:
+        return await js.get_msg(f"KV_{names.lease_bucket}", subject=names.lease_subject())
+    except NotFoundError:
+        return None
+
+
+async def current_token(js: JetStreamContext, names: Names) -> int:
+    """The fencing token of the lease as the server holds it now; 0 while no node holds it.
+
+    A token read from a message (a dispatch, a master's announcement, a
+    node's report) may be forged by anyone who can publish there; this one
+    is read from the lease's key in its KV stream, which only nodes write.
+    The key's first revision is the token; renewals carry it in their value.
+    """
+    last = await _last(js, names)
+    if last is None or _is_tombstone(last.headers):
+        return 0
+    try:
+        return int(json.loads(last.data or b"{}").get("token", last.seq))
+    except (ValueError, TypeError, AttributeError):
+        return last.seq or 0
 
 
 async def elect(

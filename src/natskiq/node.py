@@ -44,8 +44,18 @@ from nats.js.errors import Error as JSError
 
 from . import job as jobs
 from . import middleware, retry, unique
-from .aggregator import ACK_HEADER, HEARTBEAT, TOKEN_HEADER, Delivery, Inbox, ack_field, ack_tokens
+from .aggregator import (
+    ACK_HEADER,
+    FETCH_HEADER,
+    HEARTBEAT,
+    TOKEN_HEADER,
+    Delivery,
+    Inbox,
+    ack_field,
+    ack_tokens,
+)
 from .errors import DeliveryLimit, InvalidJob, UnknownWorker
+from .lease import current_token
 from .topology import Names
 from .worker import Worker, is_async, lookup
 
@@ -230,9 +240,57 @@ class Node:
                 except (KeyError, ValueError):
                     log.warning("ignoring a dispatch without token or ack subject")
                     continue
-                batch.append(Delivery(msg.data, reply, token))
+                data = msg.data
+                if headers.get(FETCH_HEADER) and not (data := await self._fetch(reply)):
+                    continue
+                batch.append(Delivery(data, reply, token))
+            if batch and max(d.token for d in batch) > self._max_token:
+                await self._confirm(max(d.token for d in batch))
+                batch = await self._drop_unconfirmed(batch)
             if batch:
                 self.deliver_many(batch)
+
+    async def _confirm(self, token: int) -> bool:
+        """Whether ``token`` is the lease's, as read from its KV key; raises the known token if so.
+
+        Tokens that arrive in messages are never believed as they are: a
+        forged one would fence out every real master (every node NAKing
+        every dispatch). A higher token is taken only once the lease's own
+        key confirms it.
+        """
+        try:
+            with anyio.fail_after(SETTLE_TIMEOUT):
+                current = await current_token(self._jetstream(), self.names)
+        except (NatsError, JSError, TimeoutError) as exc:
+            log.warning("could not read the lease to confirm master token %d: %r", token, exc)
+            return False
+        if current > self._max_token:
+            self._max_token, self._received = current, 0
+        if token > current:
+            log.warning("ignoring master token %d: the lease's is %d (forged or garbled)", token, current)
+        return token <= current
+
+    async def _drop_unconfirmed(self, batch: list[Delivery]) -> list[Delivery]:
+        """Deliveries whose token the lease did not confirm go back (NAK) and do not run."""
+        kept = [d for d in batch if d.token <= self._max_token]
+        for delivery in batch:
+            if delivery.token > self._max_token:
+                await self._settle(delivery, b"-NAK")
+        return kept
+
+    async def _fetch(self, reply: str) -> bytes:
+        """The payload of a job too large to forward with its dispatch headers, read from its stream."""
+        tokens, offset = ack_tokens(reply)
+        try:
+            msg = await self._jetstream().get_msg(tokens[offset], seq=ack_field(reply, "sseq"))
+        except (NatsError, JSError, TimeoutError, IndexError) as exc:
+            log.warning("could not read a large job from its stream: %r", exc)
+            try:
+                await self.nc.publish(reply, b"-NAK")
+            except NatsError:
+                pass
+            return b""
+        return msg.data or b""
 
     async def _read_masters(self, sub: Any) -> None:
         async for msg in sub.messages:
@@ -241,7 +299,7 @@ class Node:
             except (ValueError, KeyError, TypeError):
                 continue
             if token > self._max_token:
-                self._max_token, self._received = token, 0
+                await self._confirm(token)
             self._demand_changed.set()
 
     async def _read_cancels(self, sub: Any) -> None:
@@ -349,13 +407,37 @@ class Node:
                 slice_ends = time.perf_counter() + RUN_SLICE
 
     async def _process(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
+        """Run one delivery; whatever goes wrong handling it stays with this job.
+
+        A job whose handling raises (anything but its own ``perform``, which
+        is routed to retry) is kept in the failed set as it came, with the
+        reason: one hostile payload can neither take the node down nor be
+        redelivered to take the next one down.
+        """
+        try:
+            await self._handle(delivery, scope)
+        except Exception as exc:
+            if delivery not in self._inflight:
+                log.exception("error after a job from %s was settled", delivery.reply)
+                return
+            log.exception("could not handle a job from %s; keeping it in the failed set", delivery.reply)
+            self._count(failed=True)
+            reason = f"natskiq could not handle this job: {type(exc).__qualname__}: {retry.describe(exc)}"
+            await self._settle_with(
+                retry.fail_invalid, delivery.data, reason, queue=_origin(delivery.reply)[0],
+                ack=functools.partial(self._settle, delivery, b"+ACK"), seq=delivery.seq,
+                max_payload=self.nc.max_payload,
+            )  # fmt: skip
+
+    async def _handle(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
         ack = functools.partial(self._settle, delivery, b"+ACK")
         queue, delivered = _origin(delivery.reply)
+        where = {"ack": ack, "seq": delivery.seq, "max_payload": self.nc.max_payload}
         try:
             job = jobs.decode(delivery.data)
         except InvalidJob as exc:
             self._count(failed=True)
-            await self._settle_with(retry.fail_invalid, delivery.data, exc.reason, queue=queue, ack=ack)
+            await self._settle_with(retry.fail_invalid, delivery.data, exc.reason, queue=queue, **where)
             return
         if job.queue != queue:
             # Trust the stream the job came from, not what its producer wrote.
@@ -363,34 +445,34 @@ class Node:
         if job.periodic is not None:
             # Every tick of a periodic job carries the same envelope: give
             # each run its own jid, from the message's stream sequence.
-            job = attrs.evolve(
-                job, jid=f"{job.jid[:40]}-{ack_field(delivery.reply, 'sseq')}", enqueued_at=time.time()
-            )
+            job = attrs.evolve(job, jid=f"{job.jid[:40]}-{delivery.seq}", enqueued_at=time.time())
+        where["raw"] = delivery.data
         if delivered > self.max_deliveries:
             # Delivered again and again, never settled: it likely kills the
             # process that runs it. Keep it in the failed set, don't run it.
             self._count(failed=True)
             limit = DeliveryLimit(delivered)
-            await self._settle_with(retry.route, job, limit, worker=None, ack=ack, kill=True)
+            await self._settle_with(retry.route, job, limit, worker=None, kill=True, **where)
             return
         try:
             worker: type[Worker] | None = lookup(job.cls)
         except UnknownWorker as exc:
             self._count(failed=True)
-            await self._settle_with(retry.route, job, exc, worker=None, ack=ack)
+            await self._settle_with(retry.route, job, exc, worker=None, **where)
             return
         assert worker is not None
-        await self._execute(worker, job, ack, delivery, scope)
+        await self._execute(worker, job, where, delivery, scope)
 
     async def _execute(
         self,
         worker: type[Worker],
         job: jobs.Job,
-        ack: Callable[[], Any],
+        where: dict[str, Any],
         delivery: Delivery,
         scope: anyio.CancelScope,
     ) -> None:
         js = self._jetstream()
+        ack = where["ack"]
         if self._cancelled and self._cancelled.pop(job.jid, None) is not None:
             log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
             await unique.release(js, self.names, job)
@@ -419,7 +501,7 @@ class Node:
             raise
         except Exception as exc:
             self._count(failed=True)
-            await self._settle_with(retry.route, job, exc, worker=worker, ack=ack)
+            await self._settle_with(retry.route, job, exc, worker=worker, **where)
             return
         finally:
             self._running.pop(job.jid, None)

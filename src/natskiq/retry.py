@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 INVALID_HEADER = "Natskiq-Invalid"
 REASON_HEADER = "Natskiq-Reason"
+TRUNCATED_HEADER = "Natskiq-Truncated"
 ERROR_CHARS = 2000
 MAX_DELAY = 365 * 86400.0  # a retry is never scheduled more than a year ahead
 
@@ -89,7 +90,12 @@ def decide(worker: type[Worker] | None, count: int, exc: BaseException) -> float
         if chosen in ("discard", "kill"):
             return str(chosen)
         if chosen is not None:
-            return max(0.0, float(chosen)) * _backoff_scale
+            try:
+                return max(0.0, float(chosen)) * _backoff_scale
+            except (TypeError, ValueError, OverflowError):
+                log.error(
+                    "retry_in of %s returned %r, not seconds; using the default backoff", worker, chosen
+                )
     return backoff(count)
 
 
@@ -110,12 +116,45 @@ def failed_job(
         job,
         retry_count=count,
         error_class=type(exc).__qualname__,
-        error_message=str(exc)[:ERROR_CHARS],
+        error_message=describe(exc)[:ERROR_CHARS],
         failed_at=job.failed_at or now,
         retried_at=now if count > 0 else job.retried_at,
-        backtrace=traceback.format_exception(exc)[-backtrace:] if backtrace else None,
+        backtrace=_backtrace(exc, backtrace) if backtrace else None,
         at=None,
     )
+
+
+def describe(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's own ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__qualname__}: its __str__ raised>"
+
+
+def _backtrace(exc: BaseException, lines: int) -> list[str] | None:
+    try:
+        return traceback.format_exception(exc)[-lines:]
+    except Exception:
+        return None
+
+
+def fit(record: jobs.Job, limit: int) -> bytes | None:
+    """The record's wire form in at most ``limit`` bytes, or None if even its job does not fit.
+
+    A failure adds its error (up to :data:`ERROR_CHARS` characters, six bytes
+    each once escaped) and an opt-in backtrace to the envelope; when that
+    would take the record past what the server accepts, the backtrace and
+    then most of the error message give way, never the job's own fields.
+    """
+    payload = jobs.encode(record)
+    if len(payload) > limit and record.backtrace:
+        record = attrs.evolve(record, backtrace=None)
+        payload = jobs.encode(record)
+    if len(payload) > limit and record.error_message:
+        record = attrs.evolve(record, error_message=record.error_message[:100] + " [cut to fit]")
+        payload = jobs.encode(record)
+    return payload if len(payload) <= limit else None
 
 
 async def route(
@@ -126,11 +165,31 @@ async def route(
     *,
     worker: type[Worker] | None,
     ack: Callable[[], Awaitable[None]],
+    seq: int,
+    raw: bytes,
+    max_payload: int,
     kill: bool = False,
 ) -> Outcome:
     """Store the job's successor (retry or failed), then ack the original.
 
-    ``kill=True`` skips the retries and goes to the failed set at once.
+    Args:
+        js: where to store the successor.
+        names: the namespace's names.
+        job: the job that failed (as decoded from ``raw``).
+        exc: what it raised.
+        worker: its worker class (None when there is none, e.g. unknown).
+        ack: acks the original message.
+        seq: the original message's stream sequence. The successor's
+            ``Nats-Msg-Id`` is made from it (see :func:`successor_id`): a
+            successor published twice for one delivery (a node that died
+            between the PubAck and the ack, its job redelivered) is stored
+            once, and any other attempt, however a replay reset its
+            ``retry_count``, gets an id of its own.
+        raw: the original payload, kept as it came (see
+            :func:`fail_invalid`) if even the job's failed record would
+            exceed the server's size limit.
+        max_payload: the server's limit for a message, headers included.
+        kill: skip the retries and go to the failed set at once.
     """
     count = 0 if job.retry_count is None else job.retry_count + 1
     options = worker.options if worker is not None else None
@@ -142,32 +201,73 @@ async def route(
         log.info("jid=%s class=%s discarded by retry_in: %r", job.jid, job.cls, exc)
         return "discarded"
     if not isinstance(verdict, str):
-        verdict = min(verdict, MAX_DELAY)
-        await _schedule_retry(js, names, attrs.evolve(record, at=now + verdict))
+        delay = min(verdict, MAX_DELAY)
+        if await _store_retry(js, names, attrs.evolve(record, at=now + delay), seq, max_payload):
+            await ack()
+            log.info("jid=%s class=%s retry %d in %.1fs: %r", job.jid, job.cls, count + 1, delay, exc)
+            return "retry"
+    elif options is not None and not options.dead:
+        await ack()  # dropped, as the worker asks (dead=False)
+        log.warning("jid=%s class=%s dropped after %d retries (dead=False): %r", job.jid, job.cls, count, exc)
+        await _call_death_hooks(worker, record, exc)
+        return "failed"
+    elif await _store_failed(js, names, record, seq, max_payload):
         await ack()
-        log.info("jid=%s class=%s retry %d in %.1fs: %r", job.jid, job.cls, count + 1, verdict, exc)
-        return "retry"
-    if options is None or options.dead:
-        await js.publish(
-            names.failed_subject(job.queue),
-            jobs.encode(record),
-            headers={"Nats-Msg-Id": f"{job.jid}:failed:{count}"},
-        )
-    await ack()
-    log.warning("jid=%s class=%s failed for good after %d retries: %r", job.jid, job.cls, count, exc)
-    await _call_death_hooks(worker, record, exc)
+        log.warning("jid=%s class=%s failed for good after %d retries: %r", job.jid, job.cls, count, exc)
+        await _call_death_hooks(worker, record, exc)
+        return "failed"
+    # Too large to carry its error: it can be neither retried nor kept as a
+    # failed job. Keep it as it came, with the reason.
+    reason = f"{type(exc).__qualname__}: {describe(exc)[:200]} (too large to record the failure)"
+    await fail_invalid(js, names, raw, reason, queue=job.queue, ack=ack, seq=seq, max_payload=max_payload)
     return "failed"
 
 
-async def _schedule_retry(js: JetStreamContext, names: Names, successor: jobs.Job) -> None:
-    assert successor.at is not None and successor.retry_count is not None
+async def _store_retry(
+    js: JetStreamContext, names: Names, successor: jobs.Job, seq: int, max_payload: int
+) -> bool:
+    """Schedule the retry at ``successor.at``; False if it would not fit in a message."""
+    assert successor.at is not None
     headers = {
-        "Nats-Msg-Id": f"{successor.jid}:{successor.retry_count + 1}",
+        "Nats-Msg-Id": successor_id(successor, "retry", seq),
         "Nats-Schedule": f"@at {rfc3339(successor.at)}",
         "Nats-Schedule-Target": names.queue_subject(successor.queue),
     }
-    subject = names.retry_subject(successor.queue, successor.jid)
-    await js.publish(subject, jobs.encode(successor), headers=headers)
+    payload = fit(successor, max_payload - jobs.headers_size(headers))
+    if payload is None:
+        return False
+    await js.publish(names.retry_subject(successor.queue, successor.jid), payload, headers=headers)
+    return True
+
+
+async def _store_failed(
+    js: JetStreamContext, names: Names, record: jobs.Job, seq: int, max_payload: int
+) -> bool:
+    """Keep the record in the failed set; False if it would not fit in a message."""
+    headers = {"Nats-Msg-Id": successor_id(record, "failed", seq)}
+    payload = fit(record, max_payload - jobs.headers_size(headers))
+    if payload is None:
+        return False
+    await js.publish(names.failed_subject(record.queue), payload, headers=headers)
+    return True
+
+
+def successor_id(job: jobs.Job, kind: Literal["retry", "failed"], seq: int) -> str:
+    """The ``Nats-Msg-Id`` of the successor of the message at ``seq`` of ``job.queue``'s stream.
+
+    JetStream remembers a message id for the whole duplicate window, even
+    after the message is gone, and answers a publish with a known id
+    "duplicate" without storing it. An id made from the job's retry count
+    would come back after a replay (which resets the count) and the retry
+    would be dropped while the original is acked: the job lost. A stream
+    sequence is never reused, so this id names one attempt only: a duplicate
+    answer means this very attempt's successor is already stored, and acking
+    the original is then right. The failed stream serves every queue, hence
+    the queue in the failed record's id.
+    """
+    if kind == "retry":
+        return f"{job.jid}:retry:{seq}"
+    return f"{job.jid}:failed:{job.queue}:{seq}"
 
 
 async def _call_death_hooks(worker: type[Worker] | None, job: jobs.Job, exc: BaseException) -> None:
@@ -190,13 +290,31 @@ async def fail_invalid(
     *,
     queue: str,
     ack: Callable[[], Awaitable[None]],
+    seq: int | None = None,
+    max_payload: int | None = None,
 ) -> None:
-    """Keep an invalid payload, as received, on the failed stream; then ack it."""
+    """Keep a payload, as received, on the failed stream with the reason; then ack it.
+
+    For payloads that are not valid envelopes, and for jobs whose failure
+    cannot be recorded any other way. Given ``seq`` (the message's stream
+    sequence), the record's ``Nats-Msg-Id`` names that message, so storing
+    it again after a crash stores it once. A payload so close to
+    ``max_payload`` that the record's headers do not fit beside it is cut to
+    fit, and its header ``Natskiq-Truncated`` gives its size before.
+    """
     try:
         check_name("queue", queue)
     except ValueError:
         queue = "invalid"
     clean = "".join(c if c.isprintable() else " " for c in reason)[:500]
-    await js.publish(names.failed_subject(queue), raw, headers={INVALID_HEADER: "1", REASON_HEADER: clean})
+    headers = {INVALID_HEADER: "1", REASON_HEADER: clean}
+    if seq is not None:
+        headers["Nats-Msg-Id"] = f"invalid:{queue}:{seq}"
+    if max_payload is not None:
+        room = max_payload - jobs.headers_size({**headers, TRUNCATED_HEADER: str(len(raw))})
+        if len(raw) > room:
+            headers[TRUNCATED_HEADER] = str(len(raw))
+            raw = raw[: max(0, room)]
+    await js.publish(names.failed_subject(queue), raw, headers=headers)
     await ack()
     log.warning("invalid job on queue %s sent to failed: %s", queue, clean)

@@ -139,17 +139,29 @@ async def _drain_queue(client: Client, queue: str, batch: int) -> int:
                 return ran
             for msg in msgs:
                 ran += 1
-                await _run_message(client, msg)
+                await _run_message(client, queue, msg)
     finally:
         await sub.unsubscribe()
 
 
-async def _run_message(client: Client, msg: Any) -> None:
+async def _run_message(client: Client, queue: str, msg: Any) -> None:
+    seq, limit = msg.metadata.sequence.stream, client.nc.max_payload
     try:
         job = jobs.decode(msg.data)
     except InvalidJob as exc:
-        await retry.fail_invalid(client.js, client.names, msg.data, exc.reason, queue="invalid", ack=msg.ack)
+        await retry.fail_invalid(
+            client.js,
+            client.names,
+            msg.data,
+            exc.reason,
+            queue=queue,
+            ack=msg.ack,
+            seq=seq,
+            max_payload=limit,
+        )
         raise
+    if job.queue != queue:
+        job = attrs.evolve(job, queue=queue)  # the stream it came from, as a node trusts it
     if not await unique.on_start(client.js, client.names, job):
         await msg.ack()  # expired: skipped, as a node skips it
         return
@@ -157,7 +169,17 @@ async def _run_message(client: Client, msg: Any) -> None:
         await run_job(job)
     except Exception as exc:
         cls = worker.registered().get(job.cls)
-        await retry.route(client.js, client.names, job, exc, worker=cls, ack=msg.ack)
+        await retry.route(
+            client.js,
+            client.names,
+            job,
+            exc,
+            worker=cls,
+            ack=msg.ack,
+            seq=seq,
+            raw=msg.data,
+            max_payload=limit,
+        )
         raise
     await unique.on_success(client.js, client.names, job)
     await msg.ack()
