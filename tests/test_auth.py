@@ -18,8 +18,11 @@ import hashlib
 import ipaddress
 import json
 import os
+import random
 import secrets
+import socket
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -635,3 +638,76 @@ def test_config_file_must_not_hold_secrets(key: str, tmp_path: Path, monkeypatch
     ) as e:
         cli.worker_settings(cli._parser().parse_args(["worker"]))
     assert "s3cret" not in str(e.value)
+
+
+# -- redacting URLs (issue 16) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://user:p@ss@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
+        ("nats://user:P@ssW0rd-Q7Xb3@127.0.0.1:45677", "nats://***@127.0.0.1:45677"),
+        ("nats://a@b@c@h", "nats://***@h"),
+        ("nats://u:p@[::1]:4222", "nats://***@[::1]:4222"),
+        ("tls://t0ken@[fe80::1%25eth0]:4222", "tls://***@[fe80::1%25eth0]:4222"),
+        ("nats://[::1]:4222", "nats://[::1]:4222"),
+        ("u:p@ss@h1:4222", "***@h1:4222"),
+        ("t@ken@h1", "***@h1"),
+        ("h1:4222", "h1:4222"),
+        ("nats://a:1@h1:4222,nats://b:2@h2:4222", "nats://***@h1:4222,nats://***@h2:4222"),
+        ("nats://u:pa,ss@h", "nats://***,***@h"),
+        ("nats://u:12,34@h", "nats://***,***@h"),
+        ("nats://u:p/ss@h", "nats://***@h"),
+        ("nats://u:p?ss@h", "nats://***@h"),
+        ("nats://u:p#ss@h", "nats://***@h"),
+        ("nats://u:p@[::1", "nats://***"),
+        ("nats://u:p@h:port", "nats://***"),
+        ("nats://u:p@h x", "nats://***"),
+        ("", ""),
+        ("nats://", "nats://"),
+    ],
+)
+def test_redact_url_parses_each_url(url: str, shown: str) -> None:
+    """The user information ends at the last '@'; what cannot be told from a host is hidden too."""
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("separator", list("@:/?#[]%, \t\n;=&+"))
+def test_redact_url_never_shows_a_password_whatever_it_holds(separator: str) -> None:
+    """A password holding any URL separator shows no part of itself, in a list or alone."""
+    secret = f"S3cr{separator}et9"
+    for url in (
+        f"nats://alice:{secret}@127.0.0.1:4222",
+        f"alice:{secret}@127.0.0.1:4222",
+        f"nats://h0:4222,nats://alice:{secret}@[::1]:4222",
+        f"nats://alice:{secret}@h1:4222, nats://bob:{secret}@h2:4222",
+    ):
+        shown = redact_url(url)
+        assert "S3cr" not in shown and "et9" not in shown, (url, shown)
+
+
+def test_redact_url_never_raises() -> None:
+    """Garbage (control characters, brackets, lone separators, huge input) comes back redacted, not raised."""
+    rng = random.Random(16)
+    alphabet = "ab1:@/?#[]%,. \t\n\x00\udcff"
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
+        assert isinstance(redact_url(text), str)
+    assert redact_url("nats://u:" + "p" * 100_000 + "@h") == "nats://***@h"
+    assert redact_url(None) == "***"  # type: ignore[arg-type]
+
+
+def test_cli_error_hides_a_password_holding_at() -> None:
+    """``natskiq stats`` on a closed port shows its URL as ``nats://***@host:port``: none of the password."""
+    with socket.socket() as sock:  # a port nothing listens on (once closed)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"nats://user:p@ss@127.0.0.1:{port}"
+    result = subprocess.run(
+        _natskiq("stats", "--url", url), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"nats://***@127.0.0.1:{port}" in output
+    assert "p@ss" not in output and "ss@" not in output

@@ -125,7 +125,7 @@ def test_worker_without_app_exits_2_as_a_process(isolated: Path) -> None:
         (["--node-id", "bad.id"], "invalid node name"),
         (["--namespace", "a.b"], "invalid namespace"),
         (["--app", "natskiq_no_such_module_xyz"], "cannot import app module 'natskiq_no_such_module_xyz'"),
-        (["--app", "missing_file.py"], "cannot import app module"),
+        (["--app", "missing_file.py"], "--app: no such file: missing_file.py"),
     ],
 )
 def test_bad_worker_arguments_exit_2(

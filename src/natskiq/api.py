@@ -13,6 +13,7 @@ interrupted half-way leaves a job twice, never zero times.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
@@ -32,19 +33,57 @@ from .topology import CONSUMER, LEASE_KEY, check_name
 
 Kind = Literal["queued", "scheduled", "retry", "failed"]
 MSG_DELETE_FAILED = 10057  # JetStream's error code for a message delete that failed
+EARLIEST = 946_684_800.0  # 2000-01-01T00:00:00Z
+LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a datetime can show
+TIMES = ("created_at", "enqueued_at", "failed_at", "retried_at", "at", "expires_at")
+"""The envelope fields that hold epoch seconds."""
+
+
+def timestamp(value: object) -> float | None:
+    """``value`` as epoch seconds if it is a time between the years 2000 and 9999, else None.
+
+    Anyone who may publish to a queue can store any number in an envelope
+    (``1e308``, ``-1e400`` which parses as -inf, an int of 400 digits, a
+    string): whatever is read back from a stream goes through this before it
+    is shown, compared or computed with, so that unknown times show as
+    unknown rather than as an error.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return seconds if EARLIEST <= seconds <= LATEST else None  # NaN fails both comparisons
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every float that JSON cannot carry (inf, NaN) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
+
+
+def _latency(value: float) -> float:
+    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 @attrs.frozen(kw_only=True)
 class QueueInfo:
     """One queue: ready jobs, jobs running (delivered, not yet acked),
-    scheduled and retry counts, and the age of the oldest ready job."""
+    scheduled and retry counts, and the age of the oldest ready job
+    (seconds, finite; 0 for an empty queue)."""
 
     name: str
     ready: int
     running: int
     scheduled: int
     retries: int
-    latency: float
+    latency: float = attrs.field(converter=_latency)
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -55,7 +94,8 @@ class Entry:
     """A job found in a stream.
 
     ``job`` is None for a payload that was not a valid envelope; then
-    ``reason`` says why, and ``raw`` holds it as received.
+    ``reason`` says why, and ``raw`` holds it as received. ``stored_at``
+    is when the server stored the message (its clock, not the envelope's).
     """
 
     kind: Kind
@@ -66,18 +106,33 @@ class Entry:
     job: jobs.Job | None
     raw: bytes
     reason: str | None = None
+    stored_at: float | None = None
 
     @property
     def jid(self) -> str | None:
         return self.job.jid if self.job else None
 
+    @property
+    def enqueued_at(self) -> float | None:
+        """When the job entered its queue: the envelope's time if plausible, else the server's."""
+        since = timestamp(self.job.enqueued_at) if self.job is not None else None
+        return since if since is not None else self.stored_at
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (the envelope, or the raw payload and reason)."""
+        """A JSON-ready view (the envelope, or the raw payload and reason).
+
+        Times that are not plausible epoch seconds (see :func:`timestamp`)
+        are null, and so is any float JSON cannot carry.
+        """
         out: dict[str, Any] = {"kind": self.kind, "seq": self.seq, "queue": self.queue}
-        if self.job is not None:
-            out["job"] = self.job.to_dict()
+        try:
+            job = _json_safe(self.job.to_dict()) if self.job is not None else None
+        except RecursionError:  # arguments nested deeper than Python recurses (an old decode)
+            job = None
+        if job is not None:
+            out["job"] = job | {key: timestamp(job[key]) for key in TIMES if key in job}
         else:
-            out["invalid"] = self.reason
+            out["invalid"] = self.reason or "the job is nested too deeply to show"
             out["raw"] = self.raw.decode("utf-8", errors="backslashreplace")[:2000]
         return out
 
@@ -103,7 +158,7 @@ class Filter:
             (self.cls is None or job.cls == self.cls)
             and (self.jid is None or job.jid == self.jid)
             and (self.error_class is None or job.error_class == self.error_class)
-            and self._in_time(job.failed_at or job.at or job.enqueued_at)
+            and self._in_time(_moment(job))
         )
 
     def _in_time(self, when: float | None) -> bool:
@@ -116,6 +171,15 @@ class Filter:
     @property
     def empty(self) -> bool:
         return all(getattr(self, f.name) is None for f in attrs.fields(Filter))
+
+
+def _moment(job: jobs.Job) -> float | None:
+    """The time a filter compares: when the job failed, else when it runs, else when it was enqueued."""
+    for value in (job.failed_at, job.at, job.enqueued_at):
+        seconds = timestamp(value)
+        if seconds is not None:
+            return seconds
+    return None
 
 
 # -- reading streams ---------------------------------------------------------
@@ -153,7 +217,8 @@ async def _check_queue(client: Client, queue: str) -> None:
         raise NotFound(f"no queue named {queue!r} in namespace {client.names.namespace!r}")
 
 
-def _entry(kind: Kind, stream: str, queue: str, msg: jsapi.RawStreamMsg) -> Entry:
+def read_entry(kind: Kind, stream: str, queue: str, msg: jsapi.RawStreamMsg) -> Entry:
+    """The entry a stored message makes: its job, or why it is not one."""
     raw = msg.data or b""
     headers = msg.headers or {}
     reason = headers.get(REASON_HEADER) if headers.get(INVALID_HEADER) else None
@@ -163,10 +228,21 @@ def _entry(kind: Kind, stream: str, queue: str, msg: jsapi.RawStreamMsg) -> Entr
             job = jobs.decode(raw)
         except InvalidJob as exc:
             reason = exc.reason
+        except Exception as exc:
+            # Anyone may publish to a queue: a payload decode() trips on
+            # (a null or 400-digit timestamp) is still only an invalid entry.
+            reason = f"payload is not a valid job ({type(exc).__name__}: {exc})"
     return Entry(
         kind=kind, stream=stream, seq=msg.seq or 0, subject=msg.subject or "",
-        queue=queue, job=job, raw=raw, reason=reason,
+        queue=queue, job=job, raw=raw, reason=reason, stored_at=_stored_at(msg),
     )  # fmt: skip
+
+
+def _stored_at(msg: jsapi.RawStreamMsg) -> float | None:
+    try:
+        return timestamp(msg.time.timestamp()) if msg.time is not None else None
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 async def _scan(
@@ -200,7 +276,7 @@ async def _entries(
             }[kind]
         try:
             async for msg in _scan(client, stream, subject, None):
-                entry = _entry(kind, stream, queue, msg)
+                entry = read_entry(kind, stream, queue, msg)
                 if entry.job is not None and entry.job.periodic is not None:
                     continue  # a periodic definition, not a job (see periodic_jobs)
                 if where.matches(entry):
@@ -266,8 +342,9 @@ async def queue_info(client: Client, queue: str) -> QueueInfo:
     retries = sum(n for s, n in subjects.items() if s.startswith(f"{names.namespace}.retry."))
     latency = 0.0
     oldest = await _entries(client, "queued", [queue], Filter(), 1)
-    if oldest and oldest[0].job is not None:
-        latency = max(0.0, time.time() - oldest[0].job.enqueued_at)
+    since = oldest[0].enqueued_at if oldest else None
+    if since is not None:
+        latency = max(0.0, time.time() - since)
     return QueueInfo(
         name=queue, ready=consumer.num_pending or 0, running=consumer.num_ack_pending or 0,
         scheduled=scheduled, retries=retries, latency=latency,
@@ -285,11 +362,23 @@ async def clear(client: Client, queue: str) -> int:
 
 
 async def run_now(client: Client, entry: Entry) -> str:
-    """Move a scheduled job or a retry to its queue now; returns its jid."""
+    """Move a scheduled job or a retry to its queue now; returns its jid.
+
+    An entry that is gone already (fired, run now or deleted since it was
+    listed) is left alone: nothing is stored, so the job does not run twice.
+    """
     if entry.kind not in ("scheduled", "retry"):
         raise NatskiqError(f"run_now takes scheduled jobs and retries, not {entry.kind} ones")
     job = _require_job(entry)
-    await client.publish(attrs.evolve(job, at=None, enqueued_at=time.time()), attempt=f"now{entry.seq}")
+    if not await _still_there(client, entry):
+        return job.jid
+    now = time.time()
+    moved = attrs.evolve(
+        job, at=None, created_at=_time_or(job.created_at, now), enqueued_at=now,
+        failed_at=timestamp(job.failed_at), retried_at=timestamp(job.retried_at),
+        expires_at=timestamp(job.expires_at),
+    )  # fmt: skip
+    await client.publish(_encodable(entry, moved), attempt=f"now{entry.seq}")
     # The job may already have run, failed and scheduled its next retry on
     # the same subject, which replaced this message: then it is gone already.
     await _remove(client, entry)
@@ -299,18 +388,33 @@ async def run_now(client: Client, entry: Entry) -> str:
 async def replay(client: Client, entry: Entry) -> str:
     """Republish a failed job to its queue with its retry count reset; returns its jid.
 
-    The failed copy is deleted only after the queue has stored the job.
+    The failed copy is deleted only after the queue has stored the job. An
+    entry that is gone already (replayed or deleted since it was listed) is
+    left alone: nothing is stored, so a stale listing cannot run a job twice.
+    Two replays of one entry at once store it once (its message id names
+    the entry).
     """
     if entry.kind != "failed":
         raise NatskiqError(f"replay takes failed jobs, not {entry.kind} ones")
     job = _require_job(entry)
+    if not await _still_there(client, entry):
+        return job.jid
+    now = time.time()
     fresh = jobs.Job(
         jid=job.jid, cls=job.cls, args=job.args, kwargs=job.kwargs, queue=entry.queue,
-        retry=job.retry, created_at=job.created_at, enqueued_at=time.time(),
+        retry=job.retry, created_at=_time_or(job.created_at, now), enqueued_at=now,
     )  # fmt: skip
-    await client.publish(fresh, attempt=f"replay{entry.seq}")
+    await client.publish(_encodable(entry, fresh), attempt=f"replay{entry.seq}")
     await _remove(client, entry)
     return job.jid
+
+
+async def _still_there(client: Client, entry: Entry) -> bool:
+    try:
+        await client.js.get_msg(entry.stream, entry.seq)
+    except NotFoundError:
+        return False
+    return True
 
 
 async def delete(client: Client, entry: Entry) -> None:
@@ -338,6 +442,23 @@ def _require_job(entry: Entry) -> jobs.Job:
     if entry.job is None:
         raise NatskiqError(f"entry {entry.seq} is not a valid job ({entry.reason}); it can only be deleted")
     return entry.job
+
+
+def _time_or(value: float, default: float) -> float:
+    """``value`` if it is a plausible time, else ``default``: a job is never stored again with inf."""
+    seconds = timestamp(value)
+    return default if seconds is None else seconds
+
+
+def _encodable(entry: Entry, job: jobs.Job) -> jobs.Job:
+    """``job`` if it encodes, else a NatskiqError (arguments JSON cannot carry, such as inf)."""
+    try:
+        jobs.encode(job)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise NatskiqError(
+            f"entry {entry.seq} cannot be stored again ({exc}); it can only be deleted"
+        ) from None
+    return job
 
 
 # -- nodes, master, stats ----------------------------------------------------------
@@ -386,7 +507,7 @@ async def counter(client: Client, name: str, day: str | None = None) -> int:
         return 0
     try:
         return int(json.loads(msg.data or b"{}").get("val", 0))
-    except ValueError:
+    except (ValueError, TypeError, OverflowError, AttributeError):  # not {"val": <a number>}
         return 0
 
 
@@ -464,7 +585,8 @@ class PeriodicInfo:
     next_at: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        out: dict[str, Any] = _json_safe(attrs.asdict(self))  # arguments may hold inf (an old decode)
+        return out
 
 
 async def periodic_jobs(client: Client) -> list[PeriodicInfo]:
@@ -473,7 +595,7 @@ async def periodic_jobs(client: Client) -> list[PeriodicInfo]:
     for queue in await queue_names(client):
         stream = client.names.queue_stream(queue)
         async for msg in _scan(client, stream, f"{client.names.namespace}.scheduled.{queue}.*", None):
-            entry = _entry("scheduled", stream, queue, msg)
+            entry = read_entry("scheduled", stream, queue, msg)
             headers = msg.headers or {}
             if entry.job is None or entry.job.periodic is None:
                 continue

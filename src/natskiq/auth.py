@@ -24,19 +24,87 @@ import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^@/]*@")
+# What a URL may hold after its last '@': a host name or IPv4 address, or an
+# IPv6 address in brackets, then an optional port. Anything else could be
+# part of a secret that was cut short (a '/', '?' or '#' in a password).
+_HOST = re.compile(r"(?:[A-Za-z0-9._~%-]*|\[[0-9A-Fa-f:.]+(?:%[^\]]*)?\])(?::[0-9]{1,5})?")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+REDACTED = "***"
 
 
 def redact_url(url: str) -> str:
-    """``url`` (or a comma-separated list) with any ``user:password@`` part replaced by ``***@``."""
-    return ",".join(_USERINFO.sub(r"\1***@", part.strip()) for part in url.split(","))
+    """``url`` (or a comma-separated list) with any ``user:password@`` part replaced by ``***@``.
+
+    Each URL is parsed (the user information ends at the *last* ``@`` of
+    its network location, so a password may hold ``@``); one that does not
+    parse as a host and port after that is shown as ``***`` past its scheme.
+    Never raises.
+    """
+    try:
+        parts = [part.strip() for part in url.split(",")]
+        shown = [_redact_one(part) for part in parts]
+        for index in range(1, len(parts)):
+            # A ',' inside a password splits one URL in two ('nats://u:pa' and
+            # 'ss@h'): what comes before a scheme-less 'x@' may be a secret.
+            if "@" in parts[index] and not _SCHEME.match(parts[index]) and _cut_short(parts[index - 1]):
+                shown[index - 1] = _scheme(parts[index - 1]) + REDACTED
+        return ",".join(shown)
+    except Exception:  # whatever the input, never fail (or leak) while reporting it
+        return REDACTED
+
+
+def _scheme(url: str) -> str:
+    """The ``scheme://`` a URL starts with, or ''."""
+    found = _SCHEME.match(url)
+    return found.group() if found else ""
+
+
+def _netloc(url: str) -> str:
+    """The ``user:password@host:port`` part of a URL (scheme or not); ValueError if it does not parse."""
+    parts = urlsplit("//" + url[len(_scheme(url)) :])
+    parts.port  # noqa: B018 - raises ValueError for a port that is not a number up to 65535
+    return parts.netloc
+
+
+def _redact_one(url: str) -> str:
+    """One URL with its user information, if any, replaced by ``***``."""
+    prefix = _scheme(url)
+    try:
+        parts = urlsplit("//" + url[len(prefix) :])
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number up to 65535
+    except ValueError:
+        _, at, host = url.rpartition("@")
+        return prefix + (f"{REDACTED}@{host}" if at and _HOST.fullmatch(host) else REDACTED)
+    _, at, host = parts.netloc.rpartition("@")
+    if not _HOST.fullmatch(host):
+        return prefix + REDACTED
+    rest = (
+        parts.path
+        + (f"?{parts.query}" if parts.query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
+    return prefix + (f"{REDACTED}@" if at else "") + host + rest
+
+
+def _cut_short(url: str) -> bool:
+    """Whether a URL may be the first half of one whose password held a ','."""
+    try:
+        netloc = _netloc(url)
+    except ValueError:
+        return True
+    return "@" not in netloc or not re.search(r":[0-9]+$", netloc)
 
 
 def _has_userinfo(url: str) -> bool:
-    return _USERINFO.match(url) is not None
+    """Whether a URL carries credentials (``user:password@`` or ``token@``)."""
+    try:
+        return "@" in _netloc(url)
+    except ValueError:
+        return "@" in url  # cannot tell: assume the URL carries its own credentials
 
 
 AUTH_ENV = {

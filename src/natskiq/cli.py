@@ -325,6 +325,13 @@ def _env_setting(key: str) -> str | int | None:
         raise ConfigError(f"${name} must be 1, 3 or 5, not {value!r}") from None
 
 
+def _check_app_files(apps: tuple[str, ...]) -> None:
+    """Say that an app given as a ``.py`` file is missing, rather than that it does not import."""
+    for app in apps:
+        if app.endswith(".py") and not Path(app).is_file():
+            raise ConfigError(f"--app: no such file: {app}")
+
+
 def _strings(key: str, value: object) -> tuple[str, ...]:
     """A setting that takes one string or a list of them."""
     items = [value] if isinstance(value, str) else value
@@ -361,7 +368,8 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(url=args.url, namespace=namespace, nats_options=connection_auth(args))
 
 
-def _ago(epoch: float | None) -> str:
+def _ago(value: object) -> str:
+    epoch = api.timestamp(value)  # None for anything that is not a plausible time
     if epoch is None:
         return "-"
     delta = time.time() - epoch
@@ -608,6 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             settings, level = worker_settings(args)
             configure_logging(level)
+            _check_app_files(settings.app)
             import_app(settings.app)
             # Everything imported so far lives as long as the process: keep it
             # out of the collector's full passes, which would otherwise walk

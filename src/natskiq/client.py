@@ -143,11 +143,13 @@ class Client:
     async def open(self) -> Client:
         """Connect, and become the default client."""
         urls = split_urls(self.url)
-        options = {**nats_defaults(), **self._callbacks(), **self.nats_options}
+        options = {**nats_defaults(), **self._callbacks(redact_url(",".join(urls))), **self.nats_options}
         options.update(env_auth(self.nats_options, urls))
         self._nc = await self._connect(urls, options)
         self._js = self._nc.jetstream()
-        self._max_bytes = min(MAX_JOB_BYTES, self._nc.max_payload or MAX_JOB_BYTES)
+        # Room for what natskiq adds on the way: enqueue, dispatch and retry
+        # headers, a failure's error fields (the server's limit counts headers).
+        self._max_bytes = min(MAX_JOB_BYTES, self._nc.max_payload or MAX_JOB_BYTES) - jobs.MAX_OVERHEAD
         _defaults.append(self)
         return self
 
@@ -182,6 +184,8 @@ class Client:
         text = str(cause) or type(cause).__name__
         if isinstance(cause, TimeoutError):
             text = "timed out"
+        elif isinstance(cause, ConnectionRefusedError):
+            text = "connection refused (is a nats-server listening there?)"
         if "authorization violation" in text.lower():
             text += " (the server refused these credentials, or needs some)"
         elif isinstance(cause, ssl.SSLCertVerificationError):
@@ -190,25 +194,65 @@ class Client:
             text += " (the server wants a client certificate: tls_cert and tls_key)"
         return text
 
-    def _callbacks(self) -> dict[str, Any]:
+    def _callbacks(self, where: str) -> dict[str, Any]:
+        """nats-py's connection callbacks, logging through ``natskiq.client``.
+
+        Without them nats-py logs every failed attempt itself ("nats:
+        encountered error", with a traceback). While the first connect is
+        tried, and while a lost connection is being re-established (every
+        ``reconnect_time_wait``, forever by default), each failed attempt is
+        logged at DEBUG only: a first connect that fails raises a ConfigError
+        saying why, and an outage is logged once at WARNING when the
+        connection drops and once when it is back (or, at ERROR, when nats-py
+        gives up on it).
+        """
+        down_since: float | None = None  # when the connection dropped, while it is down
+
         async def error(exc: Exception) -> None:
-            log.warning("NATS connection error: %s", exc)
-            if self._opening is None:
-                return
-            self._connect_errors.append(exc)
-            if isinstance(exc, ssl.SSLError):
-                # nats-py hangs closing a connection whose TLS handshake failed
-                # (nats.py issue 718), and no retry fixes a certificate: give up.
-                self._opening.cancel()
+            if self._opening is not None:
+                log.debug("connecting to NATS at %s: %s", where, exc)
+                self._connect_errors.append(exc)
+                if isinstance(exc, ssl.SSLError):
+                    # nats-py hangs closing a connection whose TLS handshake failed
+                    # (nats.py issue 718), and no retry fixes a certificate: give up.
+                    self._opening.cancel()
+            elif (
+                down_since is not None
+                or isinstance(exc, nats.errors.UnexpectedEOF)
+                or (self._nc is not None and self._nc.is_reconnecting)
+            ):
+                # A failed reconnect attempt, or the drop disconnected() reports.
+                log.debug("NATS connection error: %s", exc)
+            else:
+                log.warning("NATS connection error: %s", str(exc) or type(exc).__name__)
 
         async def disconnected() -> None:
-            if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):
-                log.warning("disconnected from NATS, reconnecting")
+            nonlocal down_since
+            nc = self._nc
+            if nc is not None and not (nc.is_closed or nc.is_draining) and down_since is None:
+                down_since = time.monotonic()
+                log.warning("lost the connection to NATS at %s; reconnecting", where)
 
         async def reconnected() -> None:
-            log.info("reconnected to NATS")
+            nonlocal down_since
+            url = self._nc.connected_url if self._nc is not None else None
+            since, down_since = down_since, None
+            log.warning(
+                "reconnected to NATS at %s after %.1f s",
+                redact_url(url.geturl()) if url else where,
+                time.monotonic() - (since or time.monotonic()),
+            )
 
-        return {"error_cb": error, "disconnected_cb": disconnected, "reconnected_cb": reconnected}
+        async def closed() -> None:
+            if self._nc is not None and down_since is not None:
+                log.error("gave up reconnecting to NATS at %s: the connection is closed", where)
+
+        return {
+            "error_cb": error,
+            "disconnected_cb": disconnected,
+            "reconnected_cb": reconnected,
+            "closed_cb": closed,
+        }
 
     async def close(self) -> None:
         """Flush and disconnect; stop being the default client."""

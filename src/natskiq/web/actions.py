@@ -14,15 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
+import attrs
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 from starlette.exceptions import HTTPException
 
 from .. import api
 from ..client import Client
-from ..errors import ConfigError, InvalidJob, NatskiqError
-from ..job import decode
-from ..retry import INVALID_HEADER, REASON_HEADER
+from ..errors import ConfigError, NatskiqError
 from ..topology import check_name
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ async def _entry_at(client: Client, kind: api.Kind, queue: str, seq: int) -> api
         msg = await client.js.get_msg(stream, seq=seq)
     except (JSError, NatsError):
         return None
-    subject, headers, raw = msg.subject or "", msg.headers or {}, msg.data or b""
+    subject = msg.subject or ""
     expected = {
         "queued": subject == names.queue_subject(queue),
         "scheduled": subject.startswith(f"{ns}.scheduled.{queue}."),
@@ -85,17 +84,10 @@ async def _entry_at(client: Client, kind: api.Kind, queue: str, seq: int) -> api
     }
     if not expected[kind]:
         return None
-    job, reason = None, headers.get(REASON_HEADER) if headers.get(INVALID_HEADER) else None
-    if reason is None:
-        try:
-            job = decode(raw)
-        except InvalidJob as exc:
-            reason = exc.reason
-    if job is not None and job.periodic is not None:
+    entry = attrs.evolve(api.read_entry(kind, stream, queue, msg), seq=seq)
+    if entry.job is not None and entry.job.periodic is not None:
         return None  # a periodic definition, not a job: removed from the periodic page
-    return api.Entry(
-        kind=kind, stream=stream, seq=seq, subject=subject, queue=queue, job=job, raw=raw, reason=reason
-    )
+    return entry
 
 
 async def apply(client: Client, action: str, entries: list[api.Entry]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import string
 import time
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ from urllib.parse import urlencode
 import attrs
 
 from .. import __version__
+from ..api import timestamp
 
 ARGS_SHOWN = 120  # characters of a job's arguments shown before "show all"
 
@@ -49,8 +51,13 @@ def join(parts: Iterable[Safe], sep: str = "") -> Safe:
     return Safe(esc(sep).join(parts))
 
 
-def when(epoch: float | None, now: float | None = None) -> Safe:
-    """A time shown relative ("3m ago"), in UTC on hover; the script keeps it current."""
+def when(value: object, now: float | None = None) -> Safe:
+    """A time shown relative ("3m ago"), in UTC on hover; the script keeps it current.
+
+    Anything but plausible epoch seconds (None, inf, 1e308, a string: see
+    :func:`natskiq.api.timestamp`) shows as a dash.
+    """
+    epoch = timestamp(value)
     if epoch is None:
         return Safe("&ndash;")
     moment = datetime.fromtimestamp(epoch, UTC)
@@ -76,8 +83,10 @@ def relative(epoch: float, now: float | None = None) -> str:
     return f"{amount} ago" if delta > 0 else f"in {amount}"
 
 
-def duration(seconds: float) -> str:
-    """A span of time, short: "0.4s", "12s", "3m 5s", "2h 10m"."""
+def duration(seconds: float | None) -> str:
+    """A span of time, short: "0.4s", "12s", "3m 5s", "2h 10m" (a dash when unknown or not finite)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "\N{EN DASH}"
     if seconds < 10:
         return f"{seconds:.1f}s"
     if seconds < 60:
@@ -103,12 +112,15 @@ def call(args: list[Any], kwargs: dict[str, Any]) -> str:
 
 def arguments(args: list[Any], kwargs: dict[str, Any]) -> Safe:
     """A job's arguments, cut short when long, with a way to see them whole."""
-    text = call(args, kwargs)
+    try:
+        text = call(args, kwargs)
+        whole = json.dumps({"args": args, "kwargs": kwargs}, indent=2, ensure_ascii=False)
+    except (RecursionError, TypeError, ValueError):  # what no decode should let through, shown anyway
+        return Safe('<span class="none">arguments that cannot be shown</span>')
     if not text:
         return Safe('<span class="none">no arguments</span>')
     if len(text) <= ARGS_SHOWN:
         return tag('<code class="args">$text</code>', text=text)
-    whole = json.dumps({"args": args, "kwargs": kwargs}, indent=2, ensure_ascii=False)
     return tag(
         '<details class="args"><summary><code>$short</code> <span class="more">show all</span></summary>'
         "<pre>$whole</pre></details>",

@@ -155,7 +155,7 @@ def busy(view: View, nodes: Sequence[dict[str, Any]], master: dict[str, Any] | N
             node=master.get("node", "?"),
             host=master.get("host", "?"),
             pid=master.get("pid", "?"),
-            renewed=when(_float(master.get("since")), view.now),
+            renewed=when(master.get("since"), view.now),
             rev=master.get("revision", "?"),
         )
     else:
@@ -195,14 +195,13 @@ def busy(view: View, nodes: Sequence[dict[str, Any]], master: dict[str, Any] | N
 
 
 def _running_row(view: View, node: dict[str, Any], job: dict[str, Any]) -> Safe:
-    started = _float(job.get("started"))
     return tag(
         "<tr><td>$node</td><td><code>$jid</code></td><td>$cls</td><td>$queue</td><td>$since</td></tr>",
         node=node.get("node", "?"),
         jid=job.get("jid", "?"),
         cls=job.get("class", "?"),
         queue=job.get("queue", "?"),
-        since=when(started, view.now),
+        since=when(job.get("started"), view.now),
     )
 
 
@@ -237,16 +236,12 @@ def _node_row(view: View, node: dict[str, Any]) -> Safe:
         queues=names,
         busy=node.get("busy", 0),
         concurrency=node.get("concurrency", 0),
-        started=when(_float(node.get("started")), view.now),
+        started=when(node.get("started"), view.now),
         processed=number(int(node.get("processed", 0))),
         failed=number(int(node.get("failed", 0))),
-        seen=when(_float(node.get("at")), view.now),
+        seen=when(node.get("at"), view.now),
         actions=_node_actions(view, node),
     )
-
-
-def _float(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 # -- queues ------------------------------------------------------------------------
@@ -512,10 +507,9 @@ def _next(view: View, stamp: str | None) -> Safe:
     if not stamp:
         return Safe("&ndash;")
     try:
-        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
+        return when(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp(), view.now)
+    except (ValueError, OverflowError, OSError):  # not RFC 3339, or a moment no epoch holds
         return esc(stamp)
-    return when(moment.timestamp(), view.now)
 
 
 def problem(view: View, status: int, message: str) -> str:
