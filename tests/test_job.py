@@ -6,6 +6,7 @@ import json
 import math
 import pickle
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -389,3 +390,11 @@ def test_every_decoded_job_can_be_encoded_again() -> None:
     raw = _raw(_envelope(args=[1e308, -0.0, {"a": [None]}], kwargs={"x": "é"}, retry=0))
     job = jobs.decode(raw)
     assert jobs.decode(jobs.encode(job)) == job
+
+
+@pytest.mark.parametrize("field", ["created_at", "enqueued_at"])
+def test_decode_takes_a_null_time_as_now(field: str) -> None:
+    """A null created_at or enqueued_at (found by the fuzz test) decodes as now, not a TypeError."""
+    before = time.time()
+    job = jobs.decode(_raw(_envelope(**{field: None})))
+    assert getattr(job, field) >= before

@@ -435,8 +435,9 @@ def decode(raw: bytes) -> Job:
         kwargs=data.get("kwargs") or {},
         queue=data["queue"],
         retry=data.get("retry", 25),
-        created_at=float(data.get("created_at", now)),
-        enqueued_at=float(data.get("enqueued_at", now)),
+        # Missing or null: now (a producer that left them out).
+        created_at=float(now if data.get("created_at") is None else data["created_at"]),
+        enqueued_at=float(now if data.get("enqueued_at") is None else data["enqueued_at"]),
         # Most jobs carry none of the optional fields: look only at keys beyond the usual ones.
         **{key: data[key] for key in data.keys() - _USUAL if key in _OPTIONAL_SET},
     )
