@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import settings
 
 import natskiq
 from natskiq import job as jobs
@@ -22,6 +23,12 @@ from natskiq.launcher import Launcher, Settings
 from natskiq.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# CI runs the same generated cases every time (a red CI must be reproducible);
+# a developer's runs draw new ones, and Hypothesis keeps any failure it finds.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 pytest_plugins = ["pytester"]
 
 
