@@ -329,8 +329,9 @@ async def test_a_stranded_payload_at_the_size_limit_is_moved_cut_to_fit(client: 
 
 
 @pytest.mark.slow
-async def test_sweep_over_ten_thousand_valid_schedules(client: natskiq.Client) -> None:
-    """A sweep over 10,000 valid scheduled jobs moves none and returns the last sequence (time printed)."""
+async def test_sweep_over_many_valid_schedules(client: natskiq.Client) -> None:
+    """A sweep over 2,000 valid scheduled jobs moves none and returns the last sequence (time printed;
+    10,000 took 3.5-3.7 s here, about 2,800 a second)."""
     await setup(client)
     js, names = client.js, client.names
     later, target = time.time() + 3600, names.queue_subject(Q)
@@ -338,10 +339,10 @@ async def test_sweep_over_ten_thousand_valid_schedules(client: natskiq.Client) -
         await js.publish_async(
             names.scheduled_subject(Q, f"j{i}"), b'{"jid": "x"}' * 20, headers=schedule(later, target)
         )
-        for i in range(10_000)
+        for i in range(2_000)
     ]
     last = max([(await ack).seq for ack in pending])
     started = time.perf_counter()
     result = await sweep.sweep(js, names, Q, limit=20_000)
-    print(f"sweep over 10,000 valid scheduled messages: {time.perf_counter() - started:.2f} s")
+    print(f"sweep over 2,000 valid scheduled messages: {time.perf_counter() - started:.2f} s")
     assert result == (0, last)

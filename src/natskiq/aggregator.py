@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -54,6 +55,8 @@ PEER_TIMEOUT = 3 * HEARTBEAT
 PULL_EXPIRES = 2.0  # short, so a master that stops waits little for its open pulls (_refuse_late)
 MAX_PULL_BATCH = 1024
 PREFETCH = 4
+STALE_MARGIN = 0.5  # seconds before its ack wait ends that a held job counts as given away
+KEPT_HEADER = "Natskiq-Kept"  # wall time the master last kept the job alive (+WPI or pull)
 FETCH_ROOM = 32  # bytes for the fetch header, should the dispatch need it
 
 
@@ -65,6 +68,16 @@ class Delivery:
     reply: str
     token: int
     delivered_at: float = attrs.field(factory=time.time)
+    expires: float = math.inf
+    """When (``anyio.current_time()``) JetStream may redeliver the job unless kept alive."""
+
+    def stale(self, now: float) -> bool:
+        """Whether JetStream may have given the job to someone else by ``now``.
+
+        Such a delivery must neither start nor be NAKed: the server matches a
+        NAK by stream sequence, so it would hand back the job's new delivery.
+        """
+        return now > self.expires - STALE_MARGIN
 
     @property
     def seq(self) -> int:
@@ -251,7 +264,7 @@ class Aggregator:
     token: int
     check_lease: Callable[[], int]
     local: LocalNode | None = None
-    ack_wait: float = 30.0
+    ack_wait: float = 4.0
     _peers: dict[str, Peer] = attrs.field(init=False, factory=dict)
     _buffers: dict[str, deque[tuple[Msg, float]]] = attrs.field(init=False, factory=dict)
     _pulls: dict[str, deque[_Pull]] = attrs.field(init=False, factory=dict)
@@ -412,7 +425,7 @@ class Aggregator:
             while open_pulls > 0:
                 for msg in await inbox.get():
                     if msg.reply:
-                        await self.nc.publish(msg.reply, b"-NAK")
+                        await self._hand_back(msg.reply)
                     elif (msg.headers or {}).get("Status") in ("408", "409"):
                         open_pulls -= 1
 
@@ -473,7 +486,7 @@ class Aggregator:
                 # header of its own: it is a job all the same.)
                 status = None if msg.reply else (msg.headers or {}).get("Status")
                 if msg.reply and not held:
-                    await self.nc.publish(msg.reply, b"-NAK")  # pulled under a lease since lost
+                    await self._hand_back(msg.reply)  # pulled under a lease since lost
                 elif msg.reply:
                     buffer.append((msg, now))
                     last_reply = msg.reply
@@ -495,6 +508,18 @@ class Aggregator:
                 self._wake_dispatch()
             if ended:
                 self._notify()
+
+    async def _hand_back(self, reply: str) -> None:
+        """NAK a job that arrived too late to dispatch, unless JetStream may have redelivered it.
+
+        After a pause the arrival is late by the whole pause: the ack
+        subject's delivery time (the server's clock) says how old it really is.
+        """
+        age = time.time() - ack_field(reply, "ts") / 1e9
+        if age < self.ack_wait - STALE_MARGIN:
+            await self.nc.publish(reply, b"-NAK")
+        else:
+            log.info("not handing back a job delivered %.1fs ago: JetStream has given it out again", age)
 
     def _holds_lease(self) -> bool:
         try:
@@ -524,8 +549,8 @@ class Aggregator:
                 queue = peer.pick(self._buffers, self._pending)
                 if queue is None:
                     break
-                msg, _ = self._buffers[queue].popleft()
-                await self._hand_off(peer, msg)
+                msg, held_since = self._buffers[queue].popleft()
+                await self._hand_off(peer, msg, held_since)
                 moved = True
         if moved:
             self._wake_pull()  # buffers shrank: pull more
@@ -551,8 +576,8 @@ class Aggregator:
             # draws again for every job.
             take = min(credit, len(buffer)) if peer.strict else 1
             for _ in range(take):
-                msg, _ = buffer.popleft()
-                batch.append(Delivery(msg.data, msg.reply, token, now))
+                msg, held_since = buffer.popleft()
+                batch.append(Delivery(msg.data, msg.reply, token, now, held_since + self.ack_wait))
             credit -= take
         if not batch:
             return False
@@ -560,10 +585,11 @@ class Aggregator:
         local.deliver_many(batch)
         return True
 
-    async def _hand_off(self, peer: Peer, msg: Msg) -> None:
+    async def _hand_off(self, peer: Peer, msg: Msg, held_since: float) -> None:
         token = self.check_lease()
         peer.sent += 1
-        headers = {TOKEN_HEADER: str(token), ACK_HEADER: msg.reply}
+        kept = time.time() - (anyio.current_time() - held_since)
+        headers = {TOKEN_HEADER: str(token), ACK_HEADER: msg.reply, KEPT_HEADER: f"{kept:.3f}"}
         data = msg.data
         if len(data) + headers_size(headers) + FETCH_ROOM > self.nc.max_payload:
             # The server closes a connection that publishes past its max
@@ -596,9 +622,12 @@ class Aggregator:
 
     async def _release_held(self) -> None:
         """NAK every job still buffered, so the next master gets it at once."""
+        now = anyio.current_time()
         for buffer in self._buffers.values():
             while buffer:
-                msg, _ = buffer.popleft()
+                msg, held_since = buffer.popleft()
+                if now - held_since > self.ack_wait - STALE_MARGIN:
+                    continue  # not kept alive in time (a pause): JetStream has given it out again
                 try:
                     await self.nc.publish(msg.reply, b"-NAK")
                 except NatsError:

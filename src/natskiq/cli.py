@@ -110,7 +110,11 @@ def _parser() -> argparse.ArgumentParser:
         help="stream and bucket replicas, checked against existing ones (default: 1 when creating)",
     )
     worker.add_argument("--lease-ttl", type=float, help="master lease TTL in seconds (5)")
-    worker.add_argument("--ack-wait", type=float, help="seconds before an unacked job is redelivered (30)")
+    worker.add_argument(
+        "--ack-wait",
+        type=float,
+        help="seconds before a job whose node or master went silent is redelivered (4)",
+    )
     worker.add_argument("--node-id", help="this node's id (host-pid-random by default)")
     worker.add_argument(
         "--max-deliveries", type=int, help="deliveries without a settle before a job is failed (25)"

@@ -83,7 +83,7 @@ class Settings:
     timeout: float = 25.0
     replicas: int | None = None
     lease_ttl: float = 5.0
-    ack_wait: float = 30.0
+    ack_wait: float = 4.0
     max_deliveries: int = 25
     metrics_port: int | None = None
     failed_max_jobs: int | None = None

@@ -48,6 +48,7 @@ from .aggregator import (
     ACK_HEADER,
     FETCH_HEADER,
     HEARTBEAT,
+    KEPT_HEADER,
     TOKEN_HEADER,
     Delivery,
     Inbox,
@@ -94,7 +95,7 @@ class Node:
     queues: list[tuple[str, int]]
     strict: bool = True
     concurrency: int = 10
-    ack_wait: float = 30.0
+    ack_wait: float = 4.0
     max_deliveries: int = MAX_DELIVERIES
     middleware: list[middleware.ServerMiddleware] = attrs.field(factory=middleware.server_chain)
     capacity_changed: Callable[[], None] = _nothing
@@ -243,12 +244,27 @@ class Node:
                 data = msg.data
                 if headers.get(FETCH_HEADER) and not (data := await self._fetch(reply)):
                     continue
-                batch.append(Delivery(data, reply, token))
+                batch.append(Delivery(data, reply, token, expires=self._expires(headers, reply)))
             if batch and max(d.token for d in batch) > self._max_token:
                 await self._confirm(max(d.token for d in batch))
                 batch = await self._drop_unconfirmed(batch)
             if batch:
                 self.deliver_many(batch)
+
+    def _expires(self, headers: dict[str, str], reply: str) -> float:
+        """When JetStream may redeliver a dispatched job: an ack wait after the
+        master last kept it alive (or after JetStream delivered it).
+
+        Wall-clock times, from the master and the server, turned into this
+        node's clock once on arrival: a dispatch that sat in the socket while
+        this node was paused arrives already stale.
+        """
+        try:
+            kept = float(headers[KEPT_HEADER])
+        except (KeyError, ValueError):
+            kept = ack_field(reply, "ts") / 1e9
+        age = max(0.0, time.time() - kept) if math.isfinite(kept) else self.ack_wait
+        return anyio.current_time() + self.ack_wait - age
 
     async def _confirm(self, token: int) -> bool:
         """Whether ``token`` is the lease's, as read from its KV key; raises the known token if so.
@@ -333,14 +349,32 @@ class Node:
             await anyio.sleep(0.002)  # coalesce a burst of freed slots into one report
 
     async def _keep_alive(self) -> None:
-        """In-progress acks for every job held, so none is redelivered mid-run."""
+        """In-progress acks for every job held, so none is redelivered mid-run.
+
+        Only for jobs still this node's: one whose ack wait has lapsed (the
+        node was paused, or a job blocked the event loop) may be running
+        elsewhere already, and must not be made to look fresh.
+        """
+        last = anyio.current_time()
         while True:
             await anyio.sleep(self.ack_wait / 3)
+            now = anyio.current_time()
+            if now - last > self.ack_wait * 0.75:
+                log.warning(
+                    "this node could not keep its jobs alive for %.1fs (paused, or a job blocked the "
+                    "event loop): jobs held past the %.0fs ack wait may run elsewhere too",
+                    now - last, self.ack_wait,
+                )  # fmt: skip
+            last = now
             for delivery in list(self._inflight):
+                if delivery.stale(now):
+                    continue
                 try:
                     await self.nc.publish(delivery.reply, b"+WPI")
                 except NatsError as exc:
                     log.debug("in-progress ack not sent: %r", exc)
+                    continue
+                delivery.expires = now + self.ack_wait
 
     # -- running --------------------------------------------------------
 
@@ -383,7 +417,14 @@ class Node:
                 self._waiting -= 1
             self._queued -= 1
             try:
-                if self._quiet or delivery.token < self._max_token:
+                if delivery.stale(anyio.current_time()):
+                    # Not kept alive in time: JetStream has likely given the
+                    # job to another node (fencing per delivery). Neither run
+                    # nor NAK it; if it was not redelivered, it is once its
+                    # ack wait ends.
+                    self._inflight.discard(delivery)
+                    log.warning("not starting a job held past its ack wait: %s", delivery.reply)
+                elif self._quiet or delivery.token < self._max_token:
                     # Quiet means no new job starts here, and a job handed out
                     # by a master that has since been replaced does not start
                     # either (fencing): back to the queue, to run at once.
@@ -590,6 +631,8 @@ class Node:
 
     async def _settle(self, delivery: Delivery, verdict: bytes) -> None:
         self._inflight.discard(delivery)
+        if verdict == b"-NAK" and delivery.stale(anyio.current_time()):
+            return  # it may be another node's by now: a NAK would hand back that delivery
         if verdict == b"+ACK" and self._tg is not None:
             # Acks go out in batches (see _ack_batches): one socket write for
             # many jobs instead of one each.

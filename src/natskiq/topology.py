@@ -32,7 +32,7 @@ LEASE_KEY = "aggregator"
 FAILED_MAX_MSGS = 10_000
 FAILED_MAX_AGE = 180 * 24 * 3600.0
 DUPLICATE_WINDOW = 120.0
-DEFAULT_ACK_WAIT = 30.0
+DEFAULT_ACK_WAIT = 4.0  # seconds; see the README on recovery and its cost
 
 
 def check_name(kind: str, value: str) -> str:
