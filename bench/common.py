@@ -18,6 +18,7 @@ import anyio
 import attrs
 
 from . import recorder
+from .recorder import Record
 
 ROOT = Path(__file__).resolve().parent.parent
 LATENCY_GAP = (0.005, 0.015)  # seconds between low-load jobs: ~100/s, far below capacity
@@ -63,9 +64,9 @@ def median(values: Sequence[float]) -> float:
     return percentile(values, 50)
 
 
-def latency_ms(records: list[tuple[float, float, float]]) -> dict[str, float]:
+def latency_ms(records: list[Record]) -> dict[str, float]:
     """p50/p99/max of ``start - sent`` in milliseconds."""
-    delays = [(start - sent) * 1000 for sent, start, _ in records]
+    delays = [(r.start - r.sent) * 1000 for r in records]
     return {
         "p50_ms": percentile(delays, 50),
         "p99_ms": percentile(delays, 99),
@@ -74,22 +75,29 @@ def latency_ms(records: list[tuple[float, float, float]]) -> dict[str, float]:
     }
 
 
-def throughput(records: list[tuple[float, float, float]]) -> dict[str, float]:
+def throughput(records: list[Record]) -> dict[str, float]:
     """Jobs per second from the first job's start to the last job's end.
 
-    No-op jobs record their process id as ``sent``: ``busiest_share`` is the
-    fraction of the jobs that the busiest process ran.
+    ``busiest_share`` is the fraction of the jobs that the busiest process
+    ran (from each record's pid); ``distinct`` counts different ``sent``
+    values, which throughput jobs set to their job number.
     """
-    first = min(start for _, start, _ in records)
-    last = max(end for _, _, end in records)
-    by_process = collections.Counter(sent for sent, _, _ in records)
+    first = min(r.start for r in records)
+    last = max(r.end for r in records)
+    by_process = collections.Counter(r.pid for r in records)
     return {
         "per_s": len(records) / (last - first),
         "seconds": last - first,
         "jobs": len(records),
+        "distinct": len({r.sent for r in records}),
         "processes": len(by_process),
         "busiest_share": max(by_process.values()) / len(records),
     }
+
+
+def share_of(records: list[Record], pid: int) -> float:
+    """The fraction of the jobs that process ``pid`` ran."""
+    return sum(1 for r in records if r.pid == pid) / len(records) if records else float("nan")
 
 
 async def pace() -> None:
@@ -114,7 +122,7 @@ async def wait_records(
     procs: Sequence[subprocess.Popen[bytes]] = (),
     ctx: Context | None = None,
     interval: float = 0.02,
-) -> list[tuple[float, float, float]]:
+) -> list[Record]:
     """Wait for ``n`` records (or the timeout) and return them all.
 
     Raises:
@@ -231,7 +239,7 @@ class CpuMeter:
 
 async def measure_processing(
     ctx: Context, rec: Path, n: int, procs: Sequence[subprocess.Popen[bytes]], timeout: float
-) -> tuple[list[tuple[float, float, float]], dict[str, float]]:
+) -> tuple[list[Record], dict[str, float]]:
     """Wait for ``n`` records; CPU per job of ``procs`` (and the server) from the first to the last."""
     pids = {"workers": [proc.pid for proc in procs]}
     meter = CpuMeter({**pids, "server": [ctx.server_pid]})

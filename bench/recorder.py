@@ -24,7 +24,6 @@ RECORD = struct.Struct("<dddq")
 ENV = "BENCH_RECORD"
 
 _fds: dict[str, int] = {}
-_pid = os.getpid()
 
 
 class Record(NamedTuple):
@@ -38,13 +37,11 @@ class Record(NamedTuple):
 
 def record(sent: float, start: float) -> None:
     """Append ``(sent, start, now, pid)`` to the file named by ``$BENCH_RECORD``."""
-    global _pid
     path = os.environ[ENV]
     fd = _fds.get(path)
     if fd is None:
-        _pid = os.getpid()  # taskiq's worker forks: the pid of the process that opens the file
         fd = _fds[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, RECORD.pack(sent, start, time.time(), _pid))
+    os.write(fd, RECORD.pack(sent, start, time.time(), os.getpid()))
 
 
 def count(path: Path) -> int:

@@ -1,12 +1,12 @@
 """The natskiq jobs the suite runs (``natskiq worker --app bench.workers``).
 
-All are ``async def`` and do nothing but stamp :func:`bench.recorder.record`,
-so what is measured is natskiq's own cost per job.
+All are ``async def`` and do nothing but stamp :func:`bench.recorder.record`
+(``Sleep`` and ``Nap`` also sleep, as an I/O-bound job waits), so what is
+measured is natskiq's own cost per job.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import anyio
@@ -17,10 +17,10 @@ from .recorder import record
 
 
 class Noop(natskiq.Worker, name="bench.Noop"):
-    """A no-op job (throughput); records its process id in place of ``sent``."""
+    """A no-op job (throughput); records its number ``n`` in place of ``sent``."""
 
     async def perform(self, n: int) -> None:
-        record(os.getpid(), time.time())
+        record(n, time.time())
 
 
 class Stamp(natskiq.Worker, name="bench.Stamp"):
@@ -44,3 +44,13 @@ class Sleep(natskiq.Worker, name="bench.Sleep"):
     async def perform(self, seconds: float) -> None:
         record(0.0, time.time())
         await anyio.sleep(seconds)
+
+
+class Nap(natskiq.Worker, name="bench.Nap"):
+    """An I/O-bound job, ``await anyio.sleep(seconds)``; then records its number ``n``,
+    its start and its end (I/O-bound scaling, many jobs running at once)."""
+
+    async def perform(self, n: int, seconds: float) -> None:
+        start = time.time()
+        await anyio.sleep(seconds)
+        record(n, start)

@@ -32,6 +32,14 @@ if os.environ.get("CI"):
 pytest_plugins = ["pytester"]
 
 
+def nested(depth: int) -> Any:
+    """A list nested ``depth`` deep around a 0: ``[[[0]]]`` for 3."""
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[Server]:
     """One JetStream server for the session; tests use their own namespaces."""

@@ -18,7 +18,7 @@ import natskiq
 from natskiq import api, retry, testing
 from natskiq import job as jobs
 
-from .conftest import read_ledger, running_node, until
+from .conftest import nested, read_ledger, running_node, until
 from .sample_workers import Record
 
 NUMBERS = st.one_of(
@@ -41,13 +41,6 @@ FIELDS = [
 ]  # fmt: skip
 
 
-def deep(depth: int) -> Any:
-    value: Any = 0
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
 @st.composite
 def envelopes(draw: st.DrawFn) -> dict[str, Any]:
     """Mostly well-formed envelopes with some fields replaced by anything at all."""
@@ -62,7 +55,7 @@ def envelopes(draw: st.DrawFn) -> dict[str, Any]:
         "enqueued_at": 1764280000.0,
     }
     for field in draw(st.lists(st.sampled_from(FIELDS), max_size=4, unique=True)):
-        doc[field] = draw(st.one_of(VALUES, st.builds(deep, st.integers(60, 990))))
+        doc[field] = draw(st.one_of(VALUES, st.builds(nested, st.integers(60, 990))))
     return doc
 
 

@@ -19,7 +19,7 @@ from natskiq import api
 from natskiq.aggregator import ACK_HEADER, TOKEN_HEADER
 from natskiq.lease import current_token
 
-from .conftest import Workers, until, wait_for_ledger
+from .conftest import Workers, nested, until, wait_for_ledger
 from .sample_workers import Record
 from .test_processes import lease_holder, wait_master, wait_nodes
 
@@ -34,13 +34,6 @@ def envelope(jid: str, cls: str = "tests.Boom", **fields: object) -> dict[str, o
 
 def raw(doc: dict[str, object]) -> bytes:
     return json.dumps(doc).encode()
-
-
-def nested(depth: int) -> object:
-    value: object = 1
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 POISON: dict[str, bytes] = {

@@ -16,6 +16,8 @@ import pytest
 import natskiq
 from natskiq import job as jobs
 
+from .conftest import nested
+
 
 def _job(**changes: Any) -> jobs.Job:
     base = jobs.Job(
@@ -39,13 +41,6 @@ def _envelope(**changes: Any) -> dict[str, Any]:
 
 def _raw(data: object) -> bytes:
     return json.dumps(data).encode()
-
-
-def _deep_list(depth: int) -> Any:
-    value: Any = 0
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 # -- encode / decode ----------------------------------------------------
@@ -226,15 +221,15 @@ def test_check_arguments_refuses_subclasses_of_native_types() -> None:
 
 def test_check_arguments_accepts_nesting_up_to_max_depth() -> None:
     """Containers nested exactly MAX_DEPTH levels deep are accepted."""
-    jobs.check_arguments((_deep_list(jobs.MAX_DEPTH),), {})
+    jobs.check_arguments((nested(jobs.MAX_DEPTH),), {})
 
 
 def test_check_arguments_refuses_nesting_deeper_than_max_depth() -> None:
     """Nesting one level deeper than MAX_DEPTH is refused, naming the argument."""
     with pytest.raises(TypeError, match=rf"argument 0(\[0\])* is nested deeper than {jobs.MAX_DEPTH}"):
-        jobs.check_arguments((_deep_list(jobs.MAX_DEPTH + 1),), {})
+        jobs.check_arguments((nested(jobs.MAX_DEPTH + 1),), {})
     with pytest.raises(TypeError, match=r"keyword argument 'tree'"):
-        jobs.check_arguments((), {"tree": _deep_list(jobs.MAX_DEPTH + 1)})
+        jobs.check_arguments((), {"tree": nested(jobs.MAX_DEPTH + 1)})
 
 
 def test_check_arguments_refuses_self_referencing_list() -> None:
