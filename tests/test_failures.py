@@ -309,3 +309,26 @@ async def test_queues_are_listed_past_a_page_of_streams(private_server: object) 
     async with natskiq.connect(url, namespace="late") as late:
         await late.ensure_queue("x")
         assert await api.queue_names(late) == ["x"]
+
+
+async def test_a_stats_increment_sent_again_counts_once(client: natskiq.Client) -> None:
+    """An increment whose PubAck was lost is sent again under the same message id and
+    counted once (a node used to add it again with its next counts)."""
+    from natskiq.node import Node
+    from natskiq.topology import ensure_stats
+
+    await ensure_stats(client.js, client.names)
+    node = Node(client.nc, client.names, "n1", [("default", 1)])
+    node._count(failed=False)
+    node._count(failed=False)
+    await node._flush_stats()
+    sent = dict(node._stat_inflight)
+    assert sent == {}  # both subjects acknowledged
+    subject = client.names.stats_subject("processed")
+    node._stat_inflight[subject] = ("n1:replayed:1", 5)  # as if stored but its PubAck lost
+    await node._flush_stats()
+    node._stat_inflight[subject] = ("n1:replayed:1", 5)  # sent again after the "timeout"
+    await node._flush_stats()
+    assert await api.counter(client, "processed") == 2 + 5
+    node._send.close()  # the node never ran: close its job stream as run() would
+    node._recv.close()

@@ -110,6 +110,10 @@ class Node:
     _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
     _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
     _unflushed: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    _stat_pending: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    _stat_inflight: dict[str, tuple[str, int]] = attrs.field(init=False, factory=dict)
+    _stat_ids: int = attrs.field(init=False, default=0)
+    _started: str = attrs.field(init=False, factory=lambda: f"{time.time():.6f}")
     outcomes: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     """Where this node's failed runs went: ``retry``, ``failed`` or ``discarded``."""
     _threads: anyio.CapacityLimiter = attrs.field(init=False)
@@ -567,20 +571,31 @@ class Node:
             self._unflushed["failed"] += 1
 
     async def _flush_stats(self) -> None:
-        """Add this node's counts to the cluster-wide counters (a JetStream counter stream)."""
+        """Add this node's counts to the cluster-wide counters (a JetStream counter stream).
+
+        Each subject has at most one increment in flight, sent again with the
+        same ``Nats-Msg-Id`` until it is acknowledged: an increment stored
+        whose PubAck was lost is not added twice.
+        """
         js = self._jetstream()
         day = time.strftime("%Y-%m-%d", time.gmtime())
         for name in ("processed", "failed"):
-            count = self._unflushed[name]
-            if not count:
-                continue
-            try:
+            count, self._unflushed[name] = self._unflushed[name], 0
+            if count:
                 for subject in (self.names.stats_subject(name), self.names.stats_subject(name, day)):
-                    await js.publish(subject, b"", headers={"Nats-Incr": f"+{count}"})
+                    self._stat_pending[subject] += count
+        for subject, count in list(self._stat_pending.items()):
+            if subject not in self._stat_inflight and count:
+                self._stat_ids += 1
+                self._stat_inflight[subject] = (f"{self.node_id}:{self._started}:{self._stat_ids}", count)
+                del self._stat_pending[subject]
+        for subject, (msg_id, count) in list(self._stat_inflight.items()):
+            try:
+                await js.publish(subject, b"", headers={"Nats-Incr": f"+{count}", "Nats-Msg-Id": msg_id})
             except (NatsError, JSError, TimeoutError) as exc:
                 log.debug("stats not flushed yet: %r", exc)
                 return
-            self._unflushed[name] -= count
+            del self._stat_inflight[subject]
 
     async def _keep_stats(self) -> None:
         try:
