@@ -33,6 +33,7 @@ class Context:
     samples: int
     scratch: Path
     server_pid: int = 0
+    sleepers: int = 50_000  # jobs of the many-sleeping-jobs figure (--quick: 5,000)
     logs: dict[int, Path] = attrs.field(factory=dict)
 
     def name(self, prefix: str) -> str:
@@ -140,6 +141,29 @@ async def wait_records(
     return recorder.read(path)
 
 
+async def wait_jobs(
+    path: Path,
+    n: int,
+    timeout: float,
+    procs: Sequence[subprocess.Popen[bytes]] = (),
+    ctx: Context | None = None,
+    interval: float = 0.02,
+) -> list[Record]:
+    """As :func:`wait_records`, until ``n`` distinct ``sent`` values (job numbers) are in.
+
+    A job that ran twice (redelivered) writes two records: counting records
+    would stop before every job ran.
+    """
+    deadline = time.monotonic() + timeout
+    want = n
+    while True:
+        records = await wait_records(path, want, max(0.0, deadline - time.monotonic()), procs, ctx, interval)
+        missing = n - len({r.sent for r in records})
+        if missing <= 0 or time.monotonic() >= deadline:
+            return records
+        want = len(records) + missing
+
+
 # -- processes --------------------------------------------------------------------
 
 
@@ -238,10 +262,19 @@ class CpuMeter:
 
 
 async def measure_processing(
-    ctx: Context, rec: Path, n: int, procs: Sequence[subprocess.Popen[bytes]], timeout: float
+    ctx: Context,
+    rec: Path,
+    n: int,
+    procs: Sequence[subprocess.Popen[bytes]],
+    timeout: float,
+    groups: dict[str, list[int]] | None = None,
 ) -> tuple[list[Record], dict[str, float]]:
-    """Wait for ``n`` records; CPU per job of ``procs`` (and the server) from the first to the last."""
-    pids = {"workers": [proc.pid for proc in procs]}
+    """Wait for ``n`` records; CPU per job of ``procs`` (and the server) from the first to the last.
+
+    ``groups`` names the processes to meter (``cpu_us_per_job_<name>``); by
+    default all of ``procs`` together, as ``workers``.
+    """
+    pids = groups if groups is not None else {"workers": [proc.pid for proc in procs]}
     meter = CpuMeter({**pids, "server": [ctx.server_pid]})
     await wait_records(rec, 1, timeout, procs, ctx, interval=0.002)
     meter.start()

@@ -7,11 +7,15 @@ namespace, so no measurement sees another's streams, lease or jobs.
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import random
 import signal
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import anyio
 
@@ -20,6 +24,8 @@ from natskiq import api
 
 from .common import (
     Context,
+    CpuMeter,
+    cpu_seconds,
     kill,
     latency_ms,
     measure_processing,
@@ -27,17 +33,21 @@ from .common import (
     pace,
     percentile,
     rss_mib,
+    share_of,
     stop,
     throughput,
+    wait_jobs,
     wait_records,
 )
-from .workers import Late, Noop, Sleep, Stamp
+from .recorder import Record
+from .workers import Late, Nap, Noop, Sleep, Stamp
 
 QUEUE = "default"
 SLEEPING = 10_000
 LATE_JOBS = 200
 LATE_DELAY = 1.0
 LEASE_TTL = 5.0  # natskiq's default --lease-ttl
+HEARTBEAT = 1.0  # seconds between two demand reports of a node (natskiq.aggregator.HEARTBEAT)
 
 
 async def perform_async(ctx: Context) -> dict[str, float]:
@@ -237,3 +247,233 @@ async def rss(ctx: Context) -> dict[str, float]:
         finally:
             kill([proc])  # the sleeping jobs die with it; the namespace is thrown away
     return {"idle_mib": idle, "sleeping_mib": busy, "peak_mib": peak, "sleeping_jobs": float(len(records))}
+
+
+# -- issue 11, "Measure first": dispatch cost, scaling, many sleeping jobs -------------
+
+IDLE_QUEUE = "idle"  # a queue nobody enqueues to: the master's own node runs nothing
+IO_SLEEP = 0.01  # the I/O-bound job: await anyio.sleep(0.01)
+IO_CONCURRENCY = 500
+NAP_SECONDS = 10.0  # long enough for every job of the many-sleeping-jobs figure to be running at once
+NAP_NODES = 3
+NAP_CONCURRENCY = 20_000
+RSS_EVERY = 0.1  # seconds between two VmRSS samples
+
+
+async def _idle_cpu(pid: int, seconds: float = 1.0) -> float:
+    """The share of one core that ``pid`` uses over ``seconds`` (heartbeats, renewals, demand)."""
+    before, started = cpu_seconds(pid), time.monotonic()
+    await anyio.sleep(seconds)
+    return (cpu_seconds(pid) - before) / (time.monotonic() - started)
+
+
+async def _cluster(
+    ctx: Context, client: natskiq.Client, namespace: str, rec: Path, count: int, *args: str
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` workers on one namespace, the master first, once the master knows them all.
+
+    Jobs are enqueued only after this: stored before, they would all go to
+    the first node while the others are still starting.
+    """
+    procs = [natskiq_worker(ctx, namespace, rec, *args) for _ in range(count)]
+    try:
+        master = await _master(client)
+        if not await _all_nodes(client, count):
+            raise RuntimeError(f"{count} nodes did not register")
+        await anyio.sleep(HEARTBEAT + 0.5)  # every node's demand has reached the master
+    except BaseException:
+        stop(procs)
+        raise
+    return sorted(procs, key=lambda proc: proc.pid != master["pid"])
+
+
+async def dispatch_cpu(ctx: Context, extra: Sequence[str] = ()) -> dict[str, float]:
+    """CPU per job of a master whose own node runs nothing, and of the node it dispatches to.
+
+    N no-op jobs are stored first; one worker serving only :data:`IDLE_QUEUE`
+    becomes master (its idle CPU is taken for a second), then a second
+    worker serving the bench queue starts (with ``extra`` flags); CPU from
+    the first job's start to the last job's end, divided by the jobs run in
+    that window.
+    """
+    namespace = ctx.name("b")
+    rec = ctx.record_file("natskiq-dispatch")
+    async with natskiq.connect(ctx.url, namespace=namespace) as client:
+        await Noop.perform_bulk([[i] for i in range(ctx.n)])
+        master = natskiq_worker(ctx, namespace, rec, "--queue", IDLE_QUEUE)
+        procs = [master]
+        try:
+            found = await _master(client)
+            if found["pid"] != master.pid:
+                raise RuntimeError(f"the master is pid {found['pid']}, not the idle worker {master.pid}")
+            idle = await _idle_cpu(master.pid)
+            node = natskiq_worker(ctx, namespace, rec, *extra)
+            procs.append(node)
+            groups = {"master": [master.pid], "node": [node.pid]}
+            records, cpu = await measure_processing(ctx, rec, ctx.n, procs, timeout=120, groups=groups)
+            drained = await _drained(client)
+        finally:
+            stop(procs)
+    if len(records) < ctx.n:
+        raise RuntimeError(f"only {len(records)} of {ctx.n} jobs ran within 120 s")
+    done = throughput(records)
+    # What the master would have spent idle over the window, per job.
+    idle_us = idle * done["seconds"] / done["jobs"] * 1e6
+    return {
+        "per_s": done["per_s"],
+        "seconds": done["seconds"],
+        **cpu,
+        "master_idle_core_share": idle,
+        "cpu_us_per_job_master_less_idle": cpu["cpu_us_per_job_master"] - idle_us,
+        "master_share": share_of(records, master.pid),
+        "all_acked": float(drained),
+        "duplicates": float(len(records) - ctx.n),
+    }
+
+
+async def dispatch_cpu_c100(ctx: Context) -> dict[str, float]:
+    """As :func:`dispatch_cpu`, the node dispatched to with ``--concurrency 100``."""
+    return await dispatch_cpu(ctx, ["--concurrency", "100"])
+
+
+async def scaling(ctx: Context, processes: int, io: bool) -> dict[str, float]:
+    """N jobs (no-op, or ``anyio.sleep(0.01)`` with ``--concurrency 500``) on ``processes`` workers.
+
+    The workers start first and the master learns them all; then the N jobs
+    are enqueued with ``perform_bulk`` (``enqueue_s``). Jobs/s is N over the
+    first job's start to the last job's end; CPU per job over enqueue and
+    processing together, for the workers and for the server.
+    """
+    namespace = ctx.name("b")
+    rec = ctx.record_file(f"natskiq-scale-{processes}")
+    args = ["--concurrency", str(IO_CONCURRENCY)] if io else []
+    async with natskiq.connect(ctx.url, namespace=namespace) as client:
+        await client.ensure_queue(QUEUE)
+        procs = await _cluster(ctx, client, namespace, rec, processes, *args)
+        try:
+            meter = CpuMeter({"workers": [proc.pid for proc in procs], "server": [ctx.server_pid]})
+            meter.start()
+            started = time.monotonic()
+            if io:
+                await Nap.perform_bulk([[i, IO_SLEEP] for i in range(ctx.n)])
+            else:
+                await Noop.perform_bulk([[i] for i in range(ctx.n)])
+            enqueue_s = time.monotonic() - started
+            records = await wait_jobs(rec, ctx.n, 120, procs, ctx)
+            meter.stop()
+            drained = await _drained(client)
+        finally:
+            stop(procs)
+    done = throughput(records)
+    if done["distinct"] < ctx.n:
+        raise RuntimeError(f"only {done['distinct']} of {ctx.n} jobs ran within 120 s")
+    return {
+        **done,
+        "master_share": share_of(records, procs[0].pid),
+        "enqueue_s": enqueue_s,
+        **meter.per_job_us(len(records)),
+        "all_acked": float(drained),
+        "duplicates": float(len(records) - done["distinct"]),
+    }
+
+
+def _scaling(processes: int, io: bool) -> Callable[[Context], Awaitable[dict[str, float]]]:
+    async def measure(ctx: Context) -> dict[str, float]:
+        return await scaling(ctx, processes, io)
+
+    measure.__name__ = f"scaling_{'io' if io else 'noop'}_{processes}"
+    return measure
+
+
+scaling_noop_1, scaling_noop_2, scaling_noop_3 = (_scaling(p, io=False) for p in (1, 2, 3))
+scaling_io_1, scaling_io_2, scaling_io_3 = (_scaling(p, io=True) for p in (1, 2, 3))
+
+
+async def _sample_rss(pids: list[int], into: list[tuple[float, list[float]]]) -> None:
+    """Append ``(time, [VmRSS of each pid])`` every :data:`RSS_EVERY` seconds until cancelled."""
+    while True:
+        try:
+            into.append((time.time(), [rss_mib(pid) for pid in pids]))
+        except (FileNotFoundError, LookupError):
+            return  # a node is gone: wait_jobs reports why
+        await anyio.sleep(RSS_EVERY)
+
+
+def _running(records: list[Record], pid: int) -> tuple[list[float], list[float]]:
+    """Sorted start and end times of the jobs that ``pid`` ran."""
+    mine = [r for r in records if r.pid == pid]
+    return sorted(r.start for r in mine), sorted(r.end for r in mine)
+
+
+async def many_sleeping(ctx: Context) -> dict[str, float]:
+    """``ctx.sleepers`` jobs sleeping :data:`NAP_SECONDS` on 3 nodes with ``--concurrency 20000``.
+
+    Each node's VmRSS is sampled every 0.1 s while they run; each job
+    records its start and end (when it finished), so afterwards the sample
+    taken when most jobs were running (over the 3 nodes) is the one
+    reported, with how many each node was running then. Bounded: whatever
+    has not finished 120 s after the sleep would have ended is reported as
+    missing, and the nodes are killed.
+    """
+    namespace = ctx.name("b")
+    rec = ctx.record_file("natskiq-sleeping")
+    n = ctx.sleepers
+    samples: list[tuple[float, list[float]]] = []
+    args = ["--concurrency", str(NAP_CONCURRENCY)]
+    async with natskiq.connect(ctx.url, namespace=namespace) as client:
+        await client.ensure_queue(QUEUE)
+        procs = await _cluster(ctx, client, namespace, rec, NAP_NODES, *args)
+        pids = [proc.pid for proc in procs]
+        try:
+            idle = [rss_mib(pid) for pid in pids]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_sample_rss, pids, samples)
+                started = time.time()
+                await Nap.perform_bulk([[i, NAP_SECONDS] for i in range(n)])
+                enqueue_s = time.time() - started
+                records = await wait_jobs(rec, n, NAP_SECONDS + 120, procs, ctx, interval=0.2)
+                tg.cancel_scope.cancel()
+            peak = [rss_mib(pid, "VmHWM") for pid in pids]
+        finally:
+            kill(procs)  # the namespace is thrown away
+    done = throughput(records) if records else {"seconds": math.nan, "busiest_share": math.nan, "distinct": 0}
+    runs = {pid: _running(records, pid) for pid in pids}
+
+    def running_at(pid: int, t: float) -> int:
+        starts, ends = runs[pid]
+        return bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t)
+
+    if not samples:
+        raise RuntimeError("no VmRSS sample was taken")
+    best_t, best_rss = max(samples, key=lambda s: sum(running_at(pid, s[0]) for pid in pids))
+    out: dict[str, float] = {
+        "jobs": float(done["distinct"]),  # different jobs that ran
+        "records": float(len(records)),
+        "all_ran": float(done["distinct"] == n),
+        # Redelivered jobs that had finished a second time when the last job finished.
+        "duplicates": float(len(records) - done["distinct"]),
+        "seconds": done["seconds"],  # first job's start to last job's end
+        "enqueue_to_done_s": (max(r.end for r in records) - started) if records else math.nan,
+        "enqueue_s": enqueue_s,
+        "all_started_s": (max(r.start for r in records) - started) if records else math.nan,
+        "sleep_s": NAP_SECONDS,
+        "max_running": float(sum(running_at(pid, best_t) for pid in pids)),
+        "busiest_share": done["busiest_share"],
+        "samples": float(len(samples)),
+    }
+    # Node 0 is the master; the others follow by how many jobs they were running
+    # then, so that a median over rounds compares like with like.
+    others = sorted(range(1, len(pids)), key=lambda i: -running_at(pids[i], best_t))
+    for slot, i in enumerate([0, *others]):
+        out[f"node{slot}_running"] = float(running_at(pids[i], best_t))
+        out[f"node{slot}_rss_mib"] = best_rss[i]
+        out[f"node{slot}_idle_mib"] = idle[i]
+        out[f"node{slot}_peak_mib"] = peak[i]
+        out[f"node{slot}_share"] = share_of(records, pids[i])
+    worst = max(range(len(pids)), key=lambda i: best_rss[i])
+    running = running_at(pids[worst], best_t)
+    out["max_node_rss_mib"] = best_rss[worst]
+    out["max_node_running"] = float(running)
+    # What each running job adds to a node's RSS, from the node that used the most.
+    out["kib_per_running_job"] = (best_rss[worst] - idle[worst]) * 1024 / running if running else math.nan
+    return out

@@ -11,6 +11,12 @@ for N no-op jobs (10,000; ``--quick``: 1,000):
   installed, with ``--event-loop uvloop``), enqueue ->
   perform-start latency, ``perform_in`` lateness, master failover after
   ``kill -9``, worker RSS idle and with 10,000 sleeping jobs;
+* natskiq, issue 11 ("Measure first"): the master's CPU per job it
+  dispatches to another node (its own node serving an idle queue), jobs/s
+  and the busiest process's share with 1, 2 and 3 processes for no-op and
+  ``anyio.sleep(0.01)`` jobs (``--concurrency 500``), and 50,000
+  (``--quick``: 5,000) sleeping jobs on 3 nodes with ``--concurrency
+  20000``: all ran, each node's RSS when most are running, time to run all;
 * taskiq + taskiq-nats: enqueue/s, processed/s, latency.
 
 Each measurement runs 3 times (``--quick``: once), interleaved in rounds so a
@@ -93,6 +99,19 @@ def items(with_taskiq: bool) -> list[Item]:
         Item("natskiq.perform_in", "natskiq perform_in lateness", natskiq_bench.perform_in_lateness),
         Item("natskiq.failover", "natskiq failover", natskiq_bench.failover),
         Item("natskiq.rss", "natskiq worker RSS", natskiq_bench.rss),
+        Item("natskiq.dispatch_cpu", "natskiq master CPU per dispatched job", natskiq_bench.dispatch_cpu),
+        Item(
+            "natskiq.dispatch_cpu_c100",
+            "natskiq master CPU per dispatched job, node -c 100",
+            natskiq_bench.dispatch_cpu_c100,
+        ),
+        Item("natskiq.scale_noop_1", "natskiq no-op, 1 process", natskiq_bench.scaling_noop_1),
+        Item("natskiq.scale_noop_2", "natskiq no-op, 2 processes", natskiq_bench.scaling_noop_2),
+        Item("natskiq.scale_noop_3", "natskiq no-op, 3 processes", natskiq_bench.scaling_noop_3),
+        Item("natskiq.scale_io_1", "natskiq sleep(0.01) -c 500, 1 process", natskiq_bench.scaling_io_1),
+        Item("natskiq.scale_io_2", "natskiq sleep(0.01) -c 500, 2 processes", natskiq_bench.scaling_io_2),
+        Item("natskiq.scale_io_3", "natskiq sleep(0.01) -c 500, 3 processes", natskiq_bench.scaling_io_3),
+        Item("natskiq.many_sleeping", "natskiq sleeping jobs on 3 nodes", natskiq_bench.many_sleeping),
     ]
 
 
@@ -102,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", type=int, help="jobs per throughput figure (10000)")
     parser.add_argument("--reps", type=int, help="repetitions of each measurement (3)")
     parser.add_argument("--samples", type=int, help="latency samples per repetition (300)")
+    parser.add_argument("--sleepers", type=int, help="jobs of natskiq.many_sleeping (50000; --quick 5000)")
     parser.add_argument("--only", action="append", default=[], help="run keys containing this (repeatable)")
     parser.add_argument("--no-taskiq", action="store_true", help="skip taskiq-nats")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="JSON output path")
@@ -216,6 +236,7 @@ def report(results: dict[str, dict[str, Any]]) -> tuple[list[list[str]], list[di
     rows.append(["natskiq: worker RSS idle", f"{_fmt(g('natskiq.rss', 'idle_mib'))} MiB", ""])
     sleeping, peak = _fmt(g("natskiq.rss", "sleeping_mib")), _fmt(g("natskiq.rss", "peak_mib"))
     rows.append(["natskiq: worker RSS, 10,000 sleeping jobs", f"{sleeping} MiB", f"peak {peak} MiB"])
+    rows += _issue11_rows(results)
     tq_enq = x(r("taskiq.processed", "raw.publish", a_field="enqueue_per_s"), "raw js.publish")
     tq_done = x(r("taskiq.processed", "raw.fetch_ack", a_field="processed_per_s"), "raw fetch+ack")
     rate("taskiq-nats: enqueue (kiq) sequential", g("taskiq.processed", "enqueue_per_s"), tq_enq)
@@ -225,15 +246,108 @@ def report(results: dict[str, dict[str, Any]]) -> tuple[list[list[str]], list[di
     targets = [
         _target("perform_async / raw js.publish", ratio_single, ">=", 0.9),
         _target("perform_bulk / raw publish_async", ratio_bulk, ">=", 0.8),
-        _target("processed 1 worker / raw fetch+ack", ratio_one, ">=", 0.6),
+        _target("processed 1 worker / raw fetch+ack", ratio_one, ">=", 0.65),
         _target("processed 1 worker / taskiq-nats", ratio_taskiq, ">=", 4.0),
         _target("latency p50 (ms)", g("natskiq.latency", "p50_ms"), "<=", 2.0),
         _target("latency p99 (ms)", g("natskiq.latency", "p99_ms"), "<=", 5.0),
         _target("perform_in lateness p99 (ms)", g("natskiq.perform_in", "p99_ms"), "<=", 300.0),
         _target("worker RSS idle (MiB)", g("natskiq.rss", "idle_mib"), "<=", 45.0),
         _target("worker RSS 10,000 sleeping (MiB)", g("natskiq.rss", "sleeping_mib"), "<=", 200.0),
+        _target("sleep(0.01) jobs/s, 3 processes / 1 process", r(SCALE_IO[2], SCALE_IO[0]), ">=", 2.5),
+        _target("busiest process's share, sleep(0.01), 3 proc.", g(SCALE_IO[2], "busiest_share"), "<=", 0.5),
+        _target(
+            f"RSS per node, most jobs running (MiB; {_running_note(results)})",
+            g("natskiq.many_sleeping", "max_node_rss_mib"),
+            "<=",
+            400.0,
+        ),
     ]
     return rows, targets
+
+
+SCALE_NOOP = ("natskiq.scale_noop_1", "natskiq.scale_noop_2", "natskiq.scale_noop_3")
+SCALE_IO = ("natskiq.scale_io_1", "natskiq.scale_io_2", "natskiq.scale_io_3")
+
+
+def _running_note(results: dict[str, dict[str, Any]]) -> str:
+    """How many jobs the node that used the most memory was running then (the target is at 20,000)."""
+    running = _get(results, "natskiq.many_sleeping", "max_node_running")
+    if not math.isfinite(running):
+        return "at 20,000 running"
+    return f"at 20,000 running; that node ran {_fmt(running)}"
+
+
+def _issue11_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Issue 11's figures: the master's dispatch cost, 1/2/3 processes, many sleeping jobs."""
+
+    def g(key: str, field: str) -> float:
+        return _get(results, key, field)
+
+    def side(values: list[float], unit: str = "") -> str:
+        return " | ".join(_fmt(v) for v in values) + unit
+
+    def pct(values: list[float]) -> str:
+        return " | ".join("-" if not math.isfinite(v) else f"{v * 100:.0f}" for v in values) + " %"
+
+    rows: list[list[str]] = []
+    for key, node in (("natskiq.dispatch_cpu", "-c 10"), ("natskiq.dispatch_cpu_c100", "-c 100")):
+        less_idle = _fmt(g(key, "cpu_us_per_job_master_less_idle"))
+        idle, own = _fmt(g(key, "master_idle_core_share") * 100), _fmt(g(key, "master_share") * 100)
+        rows.append(
+            [
+                f"natskiq: master CPU per job dispatched to a node {node}",
+                f"{_fmt(g(key, 'cpu_us_per_job_master'))} us/job",
+                f"{less_idle} us less idle ({idle} % of a core idle); master's node ran {own} %",
+            ]
+        )
+        rows.append(
+            [
+                f"natskiq: CPU per job of that node ({node})",
+                f"{_fmt(g(key, 'cpu_us_per_job_node'))} us/job",
+                f"server {_fmt(g(key, 'cpu_us_per_job_server'))} us/job; {_fmt(g(key, 'per_s'))} jobs/s",
+            ]
+        )
+    for label, keys in (("no-op", SCALE_NOOP), (f"sleep(0.01) -c {natskiq_bench.IO_CONCURRENCY}", SCALE_IO)):
+        rates = [g(k, "per_s") for k in keys]
+        ratios = [paired_ratio(results, (k, "per_s"), (keys[0], "per_s")) for k in keys]
+        rows.append(
+            [
+                f"natskiq: {label}, 1 | 2 | 3 processes",
+                side(rates, "/s"),
+                " | ".join("-" if not math.isfinite(v) else f"{v:.2f}x" for v in ratios) + " 1-process",
+            ]
+        )
+        rows.append(
+            [
+                f"natskiq: {label}, busiest process's share",
+                pct([g(k, "busiest_share") for k in keys]),
+                "master's " + pct([g(k, "master_share") for k in keys]),
+            ]
+        )
+    key = "natskiq.many_sleeping"
+    jobs, running = g(key, "jobs"), g(key, "max_running")
+    all_ran = {1.0: "all ran", 0.0: "NOT all ran"}.get(g(key, "all_ran"), "-")
+    all_ran += f", {_fmt(g(key, 'duplicates'))} twice"
+    total, started = _fmt(g(key, "enqueue_to_done_s")), _fmt(g(key, "all_started_s"))
+    rows.append(
+        [
+            f"natskiq: {_fmt(jobs)} jobs sleeping {_fmt(g(key, 'sleep_s'))} s, 3 nodes -c 20000",
+            f"{_fmt(g(key, 'seconds'))} s",
+            f"{all_ran}; enqueue -> all started {started} s, all done {total} s; max {_fmt(running)} running",
+        ]
+    )
+    nodes = range(natskiq_bench.NAP_NODES)
+    busy = side([g(key, f"node{i}_running") for i in nodes])
+    peak = side([g(key, f"node{i}_peak_mib") for i in nodes])
+    kib = _fmt(g(key, "kib_per_running_job"))
+    rows.append(
+        [
+            "natskiq: RSS per node, most jobs running",
+            side([g(key, f"node{i}_rss_mib") for i in nodes], " MiB"),
+            f"running {busy}; peak {peak} MiB; master first; {kib} KiB/running job",
+        ]
+    )
+    return rows
 
 
 def _target(name: str, value: float, op: str, bound: float) -> dict[str, Any]:
@@ -295,13 +409,14 @@ async def main(args: argparse.Namespace) -> int:
     n = args.n or (1000 if args.quick else 10_000)
     reps = args.reps or (1 if args.quick else 3)
     samples = args.samples or (100 if args.quick else 300)
+    sleepers = args.sleepers or (5000 if args.quick else 50_000)
     with_taskiq = not args.no_taskiq and importlib.util.find_spec("taskiq_nats") is not None
     if not args.no_taskiq and not with_taskiq:
         print("taskiq-nats is not installed (pip install -e '.[bench]'): skipping it")
     chosen = items(with_taskiq)
     if args.only:
         chosen = [item for item in chosen if any(word in item.key for word in args.only)]
-    meta = _meta(args, n, reps, samples)
+    meta = {**_meta(args, n, reps, samples), "sleepers": sleepers}
     if meta["uvloop_installed"]:
         print("note: uvloop is installed: taskiq's worker runs on it, natskiq's only in its uvloop figure")
     started = time.monotonic()
@@ -310,7 +425,9 @@ async def main(args: argparse.Namespace) -> int:
         url = server.start()
         print(f"nats-server {url}; N={n}, {reps} rep(s), {samples} latency samples, {len(chosen)} figures")
         try:
-            ctx = Context(url=url, n=n, samples=samples, scratch=Path(scratch), server_pid=server.pid)
+            ctx = Context(
+                url=url, n=n, samples=samples, scratch=Path(scratch), server_pid=server.pid, sleepers=sleepers
+            )
             results = await _run_all(ctx, chosen, reps)
         finally:
             server.stop()
