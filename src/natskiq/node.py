@@ -249,8 +249,9 @@ class Node:
                 if headers.get(FETCH_HEADER) and not (data := await self._fetch(reply)):
                     continue
                 batch.append(Delivery(data, reply, token, expires=self._expires(headers, reply)))
-            if batch and max(d.token for d in batch) > self._max_token:
-                await self._confirm(max(d.token for d in batch))
+            newest = max((d.token for d in batch), default=0)
+            if newest > self._max_token:
+                await self._confirm(newest)
                 batch = await self._drop_unconfirmed(batch)
             if batch:
                 self.deliver_many(batch)
@@ -271,7 +272,7 @@ class Node:
         return anyio.current_time() + self.ack_wait - age
 
     async def _confirm(self, token: int) -> bool:
-        """Whether ``token`` is the lease's, as read from its KV key; raises the known token if so.
+        """Whether ``token`` is at most the lease's (read from its KV key), now this node's newest.
 
         Tokens that arrive in messages are never believed as they are: a
         forged one would fence out every real master (every node NAKing
