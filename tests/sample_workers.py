@@ -194,7 +194,7 @@ class Chaos(natskiq.Worker, name="tests.Chaos"):
 
     async def perform(self, sleep: float = 0.0) -> None:
         started = time.time()
-        note = {"token": self.lease_token, "delivered": self.delivered_at}
+        note = {"token": self.lease_token, "shard": self.lease_shard, "delivered": self.delivered_at}
         record(self.jid, started, note, kind="start")
         if sleep:
             await anyio.sleep(sleep)

@@ -43,11 +43,12 @@ from nats.js.errors import Error as JSError
 from .errors import LeaseLost
 from .job import headers_size
 from .lease import current_token
-from .topology import Names, check_name, ensure_consumer
+from .topology import Names, check_name, ensure_consumer, partitions_of
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "Natskiq-Token"
+SHARD_HEADER = "Natskiq-Shard"  # the dispatch shard whose master sent the job (0 when absent)
 ACK_HEADER = "Natskiq-Ack"
 FETCH_HEADER = "Natskiq-Fetch"  # the dispatch carries no payload: the node reads it from the stream
 HEARTBEAT = 1.0
@@ -58,6 +59,7 @@ PREFETCH = 4
 STALE_MARGIN = 0.5  # seconds before its ack wait ends that a held job counts as given away
 KEPT_HEADER = "Natskiq-Kept"  # wall time the master last kept the job alive (+WPI or pull)
 FETCH_ROOM = 32  # bytes for the fetch header, should the dispatch need it
+UNPARTITIONED_RECHECK = 30.0  # seconds before a shard looks again whether a queue has its partition
 
 
 @attrs.define(slots=True, eq=False)
@@ -70,6 +72,8 @@ class Delivery:
     delivered_at: float = attrs.field(factory=time.time)
     expires: float = math.inf
     """When (``anyio.current_time()``) JetStream may redeliver the job unless kept alive."""
+    shard: int = 0
+    """The dispatch shard (queue partition) whose master handed the job out; its token is that shard's."""
 
     def stale(self, now: float) -> bool:
         """Whether JetStream may have given the job to someone else by ``now``.
@@ -151,7 +155,7 @@ class LocalNode(Protocol):
 
     node_id: str
     concurrency: int
-    capacity_changed: Callable[[], None]
+    capacity_hooks: list[Callable[[], None]]
 
     @property
     def busy(self) -> int: ...
@@ -198,7 +202,7 @@ class Peer:
             return 0 if self.local.quiet else self.local.concurrency
         return self.concurrency  # a quiet node reports 0
 
-    def update(self, demand: dict[str, Any], token: int) -> None:
+    def update(self, demand: dict[str, Any], token: int, shard: int = 0) -> None:
         """Take a demand report; ``received`` counts only this master's dispatches."""
         pairs = [(check_name("queue", str(q)), int(w)) for q, w in demand.get("queues", [])]
         self.queues = [q for q, _ in pairs]
@@ -208,8 +212,8 @@ class Peer:
         self.busy = int(demand.get("busy", 0))
         # Until the node has seen this master's token, every job sent to it
         # counts as still in transit: credit errs on the low side.
-        same = int(demand.get("token", 0)) == token
-        self.received = int(demand.get("received", 0)) if same else 0
+        same = shard_value(demand, "tokens", shard) == token
+        self.received = shard_value(demand, "received", shard) if same else 0
         self.seen_at = anyio.current_time()
 
     def pick(self, buffers: dict[str, deque[tuple[Msg, float]]], pending: dict[str, int]) -> str | None:
@@ -240,6 +244,14 @@ class Peer:
         return chosen
 
 
+def shard_value(demand: dict[str, Any], key: str, shard: int) -> int:
+    """A node's per-shard count in its demand report (``{"0": n, ...}``); 0 if absent."""
+    values = demand.get(key)
+    if not isinstance(values, dict):
+        return 0
+    return int(values.get(str(shard), 0))
+
+
 @attrs.define
 class _Pull:
     remaining: int
@@ -257,6 +269,7 @@ class Aggregator:
         check_lease: raises LeaseLost when the lease is no longer held.
         local: the node in this process, served without a network hop.
         ack_wait: the consumers' ack wait, for in-progress acks of held jobs.
+        shard: the dispatch shard it leads: partition ``shard`` of every queue.
     """
 
     nc: NATS
@@ -265,6 +278,7 @@ class Aggregator:
     check_lease: Callable[[], int]
     local: LocalNode | None = None
     ack_wait: float = 4.0
+    shard: int = 0
     _peers: dict[str, Peer] = attrs.field(init=False, factory=dict)
     _buffers: dict[str, deque[tuple[Msg, float]]] = attrs.field(init=False, factory=dict)
     _pulls: dict[str, deque[_Pull]] = attrs.field(init=False, factory=dict)
@@ -306,20 +320,21 @@ class Aggregator:
         """Pull and dispatch until cancelled or the lease is lost."""
         demand_sub = await self.nc.subscribe(self.names.demand_subject)
         if self.local is not None:
-            self.local.capacity_changed = self._local_changed
+            self.local.capacity_hooks.append(self._local_changed)
             self._peers[self.local.node_id] = Peer(self.local.node_id, local=self.local)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._read_demand, demand_sub)
                 tg.start_soon(self._housekeeping)
-                await self.nc.publish(self.names.master_subject, json.dumps({"token": self.token}).encode())
+                announcement = {"token": self.token, "shard": self.shard}
+                await self.nc.publish(self.names.master_subject, json.dumps(announcement).encode())
                 self._refresh_local()
                 task_status.started()
                 await self._dispatch_loop()
         finally:
-            if self.local is not None:
-                self.local.capacity_changed = _nothing
+            if self.local is not None and self._local_changed in self.local.capacity_hooks:
+                self.local.capacity_hooks.remove(self._local_changed)
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._release_held()
                 await demand_sub.unsubscribe()
@@ -331,11 +346,11 @@ class Aggregator:
             try:
                 demand = json.loads(msg.data)
                 node_id = check_name("node", str(demand["node"]))
-                if int(demand.get("token", 0)) > self.token:
+                if shard_value(demand, "tokens", self.shard) > self.token:
                     await self._check_newer_master(node_id)
                     continue
                 peer = self._peers.get(node_id) or Peer(node_id)
-                peer.update(demand, self.token)
+                peer.update(demand, self.token, self.shard)
             except LeaseLost:
                 raise
             except (ValueError, KeyError, TypeError) as exc:
@@ -354,7 +369,7 @@ class Aggregator:
         again after each election.
         """
         try:
-            current = await current_token(self.nc.jetstream(), self.names)
+            current = await current_token(self.nc.jetstream(), self.names, self.shard)
         except (NatsError, JSError, TimeoutError) as exc:
             log.warning("could not read the lease after node %s reported a newer master: %r", node_id, exc)
             return
@@ -366,7 +381,7 @@ class Aggregator:
         """Take the local node's queues and order (its credit is read live)."""
         if self.local is not None:
             peer = self._peers[self.local.node_id]
-            peer.update(self.local.demand(), self.token)
+            peer.update(self.local.demand(), self.token, self.shard)
             self._serve(peer.queues)
 
     def _serve(self, queues: list[str]) -> None:
@@ -431,7 +446,7 @@ class Aggregator:
 
     async def _request_loop(self, queue: str, inbox: str) -> None:
         pulls = self._pulls[queue]
-        subject = self.names.pull_subject(queue)
+        subject = self.names.pull_subject(queue, self.shard)
         ensured = False
         while True:
             changed = self._pull_changed = anyio.Event()
@@ -459,8 +474,11 @@ class Aggregator:
                 await changed.wait()
 
     async def _ensure_consumer(self, queue: str) -> bool:
+        js = self.nc.jetstream()
         try:
-            info = await ensure_consumer(self.nc.jetstream(), self.names, queue, ack_wait=self.ack_wait)
+            if self.shard and not await self._partitioned(queue):
+                return False
+            info = await ensure_consumer(js, self.names, queue, ack_wait=self.ack_wait, shard=self.shard)
         except (NatsError, JSError, TimeoutError) as exc:
             log.warning("cannot reach queue %s yet: %r", queue, exc)
             self._pending[queue] = 0  # unknown: let the other queues be served meanwhile
@@ -471,6 +489,18 @@ class Aggregator:
         self._pending[queue] = info.num_pending or 0
         self._wake_dispatch()
         return True
+
+    async def _partitioned(self, queue: str) -> bool:
+        """Whether the queue has this shard's partition (read from its stream's
+        subjects); if not, nothing to pull: look again in a while."""
+        info = await self.nc.jetstream().stream_info(self.names.queue_stream(queue))
+        self.names.learn_partitions(queue, partitions_of(self.names, queue, info.config.subjects))
+        if self.names.partitions(queue) > self.shard:
+            return True
+        self._pending[queue] = 0
+        self._wake_dispatch()
+        await anyio.sleep(UNPARTITIONED_RECHECK)
+        return False
 
     async def _read_pulled(self, queue: str, inbox: Inbox) -> None:
         buffer, pulls = self._buffers[queue], self._pulls[queue]
@@ -577,7 +607,9 @@ class Aggregator:
             take = min(credit, len(buffer)) if peer.strict else 1
             for _ in range(take):
                 msg, held_since = buffer.popleft()
-                batch.append(Delivery(msg.data, msg.reply, token, now, held_since + self.ack_wait))
+                batch.append(
+                    Delivery(msg.data, msg.reply, token, now, held_since + self.ack_wait, self.shard)
+                )
             credit -= take
         if not batch:
             return False
@@ -590,6 +622,8 @@ class Aggregator:
         peer.sent += 1
         kept = time.time() - (anyio.current_time() - held_since)
         headers = {TOKEN_HEADER: str(token), ACK_HEADER: msg.reply, KEPT_HEADER: f"{kept:.3f}"}
+        if self.shard:
+            headers[SHARD_HEADER] = str(self.shard)
         data = msg.data
         if len(data) + headers_size(headers) + FETCH_ROOM > self.nc.max_payload:
             # The server closes a connection that publishes past its max
@@ -636,7 +670,3 @@ class Aggregator:
             await self.nc.flush(timeout=1)
         except (NatsError, TimeoutError):
             pass
-
-
-def _nothing() -> None:
-    """The capacity hook when no aggregator is listening."""

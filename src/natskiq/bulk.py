@@ -77,9 +77,11 @@ async def push_many(
     payloads = jobs.encode_many(template, jids, items)
     _check_sizes(client, jids, payloads)
     await client.ensure_queue(options.queue)
-    subject = client.names.queue_subject(options.queue)
+    subject = client.names.enqueue_subject
     await _publish_all(
-        client, [(jid, subject, payload) for jid, payload in zip(jids, payloads, strict=True)], window
+        client,
+        [(jid, subject(options.queue), payload) for jid, payload in zip(jids, payloads, strict=True)],
+        window,
     )
     return jids
 
@@ -122,7 +124,7 @@ async def _push_many_through(
         for queue in {job.queue for job in accepted}:
             await client.ensure_queue(queue)
         batch = [
-            (job.jid, client.names.queue_subject(job.queue), payload)
+            (job.jid, client.names.enqueue_subject(job.queue), payload)
             for job, payload in zip(accepted, payloads, strict=True)
         ]
         await _publish_all(client, batch, window)

@@ -52,6 +52,7 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 MAX_JOB_BYTES = 1024 * 1024
 CONNECT_ATTEMPTS = 3
 PUBLISH_TIMEOUT = 5.0  # seconds one publish waits for its PubAck (nats-py's JetStream default)
+REENSURE = 60.0  # seconds before a client looks at a queue's stream again (new partitions)
 
 _defaults: list[Client] = []
 # Errors that say a connect failed but not why (the server closed on us, or ran out of tries).
@@ -115,7 +116,8 @@ class Client:
     names: Names = attrs.field(init=False)
     _nc: NATS | None = attrs.field(init=False, default=None)
     _js: JetStreamContext | None = attrs.field(init=False, default=None)
-    _ensured: set[str] = attrs.field(init=False, factory=set)
+    _ensured: dict[str, float] = attrs.field(init=False, factory=dict)
+    """Queues ensured, with when to look at their stream again (partitions may be added)."""
     _max_bytes: int = attrs.field(init=False, default=MAX_JOB_BYTES)
     _unique_ready: bool = attrs.field(init=False, default=False)
     _opening: anyio.CancelScope | None = attrs.field(init=False, default=None, repr=False)
@@ -275,13 +277,14 @@ class Client:
         return self.open().__await__()
 
     async def ensure_queue(self, queue: str) -> None:
-        """Create the queue's stream and consumer once per client."""
-        if queue not in self._ensured:
+        """Create the queue's stream and consumers once per client, and learn its
+        partitions (looked at again every minute: workers may add some)."""
+        if self._ensured.get(queue, 0.0) < anyio.current_time():
             try:
                 await ensure_queue(self.js, self.names, queue, replicas=self.replicas)
             except (NatsError, JSError, TimeoutError) as exc:
                 raise EnqueueError(f"cannot create queue {queue!r}: {exc}") from exc
-            self._ensured.add(queue)
+            self._ensured[queue] = anyio.current_time() + REENSURE
 
     async def enqueue(self, worker: type[Worker], *args: Any, **kwargs: Any) -> str:
         """Enqueue ``worker`` with these arguments now; returns the jid (see :meth:`push`)."""
@@ -484,10 +487,10 @@ class Client:
         self, jid: str, queue: str, at: float | None, payload: bytes, attempt: int | str = 0
     ) -> None:
         """Publish an encoded envelope with ``Nats-Msg-Id: <jid>:<attempt>`` and wait for its PubAck."""
-        if queue not in self._ensured:
+        if self._ensured.get(queue, 0.0) < anyio.current_time():
             await self.ensure_queue(queue)
         headers = {"Nats-Msg-Id": f"{jid}:{attempt}"}
-        subject = self.names.queue_subject(queue)
+        subject = self.names.enqueue_subject(queue)
         if at is not None:
             headers["Nats-Schedule"] = f"@at {rfc3339(at)}"
             headers["Nats-Schedule-Target"] = subject

@@ -36,11 +36,20 @@ from .aggregator import Aggregator
 from .auth import redact_url
 from .client import Client
 from .errors import ConfigError
-from .lease import Lease, elect
+from .lease import Lease
 from .metrics import Metrics
 from .metrics import serve as serve_metrics
 from .node import Node
-from .topology import Names, check_name, ensure_bucket, ensure_failed, ensure_queue, ensure_stats
+from .shards import Shards
+from .topology import (
+    MAX_PARTITIONS,
+    Names,
+    check_name,
+    ensure_bucket,
+    ensure_failed,
+    ensure_queue,
+    ensure_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +94,9 @@ class Settings:
     lease_ttl: float = 5.0
     ack_wait: float = 4.0
     max_deliveries: int = 25
+    partitions: int | None = None
+    """Partitions per queue, hence dispatch shards (each with its own master);
+    None keeps what the streams have (1 for a new queue). Never lowered."""
     metrics_port: int | None = None
     failed_max_jobs: int | None = None
     failed_max_days: float | None = None
@@ -99,6 +111,12 @@ class Settings:
         Names(self.namespace)  # validates it
         if self.url is not None and not isinstance(self.url, str):
             raise ConfigError(f"url must be a string, not {self.url!r}")
+        if self.partitions is not None and (
+            type(self.partitions) is not int or not 1 <= self.partitions <= MAX_PARTITIONS
+        ):
+            raise ConfigError(
+                f"partitions must be a whole number from 1 to {MAX_PARTITIONS}, not {self.partitions!r}"
+            )
         for key in ("concurrency", "max_deliveries"):
             if type(getattr(self, key)) is not int:
                 raise ConfigError(f"{key} must be a whole number, not {getattr(self, key)!r}")
@@ -157,7 +175,8 @@ class Launcher:
     settings: Settings
     client: Client = attrs.field(init=False)
     node: Node = attrs.field(init=False)
-    lease: Lease = attrs.field(init=False)
+    shards: Shards = attrs.field(init=False)
+    _shard_count: int = attrs.field(init=False, default=1)
     started_at: float = attrs.field(init=False, factory=time.time)
     _scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _elect_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
@@ -167,8 +186,14 @@ class Launcher:
     metrics_address: int | None = attrs.field(init=False, default=None)
 
     @property
+    def lease(self) -> Lease:
+        """Shard 0's lease: its master also sweeps and watches the failed set."""
+        return self.shards.leases[0]
+
+    @property
     def is_master(self) -> bool:
-        return self.lease.held
+        """Whether this node leads at least one shard."""
+        return bool(self.shards.led())
 
     async def _setup(self) -> None:
         s = self.settings
@@ -203,16 +228,24 @@ class Launcher:
             concurrency=s.concurrency,
             ack_wait=s.ack_wait,
             max_deliveries=s.max_deliveries,
+            shards=self._shard_count,
         )
         if s.metrics_port is not None:
             self.metrics = Metrics(outcomes=self.node.outcomes)
             self.node.middleware.append(self.metrics)
-        self.lease = Lease(self.client.nc, self.client.names, s.node_id, ttl=s.lease_ttl)
+        self.shards = Shards(
+            self.client.nc, self.client.names, s.node_id, self._shard_count, self._lead, ttl=s.lease_ttl
+        )
 
     async def _create_topology(self, order: list[tuple[str, int]]) -> None:
         s, js, names = self.settings, self.client.js, self.client.names
-        for queue, _ in order:
-            await ensure_queue(js, names, queue, replicas=s.replicas, ack_wait=s.ack_wait)
+        counts = [
+            await ensure_queue(
+                js, names, queue, replicas=s.replicas, ack_wait=s.ack_wait, partitions=s.partitions
+            )
+            for queue, _ in order
+        ]
+        self._shard_count = max(counts)
         max_age = s.failed_max_days * 86400 if s.failed_max_days else None
         await ensure_failed(js, names, replicas=s.replicas, max_jobs=s.failed_max_jobs, max_age=max_age)
         await ensure_stats(js, names, replicas=s.replicas)
@@ -265,17 +298,21 @@ class Launcher:
     async def _elect(self) -> None:
         assert self._elect_scope is not None
         with self._elect_scope:
-            await elect(self.lease, self._lead)
+            await self.shards.run()
 
-    async def _lead(self, token: int) -> None:
+    async def _lead(self, shard: int, token: int) -> None:
         aggregator = Aggregator(
             self.client.nc,
             self.client.names,
             token,
-            self.lease.check,
+            self.shards.leases[shard].check,
             local=self.node,
             ack_wait=self.settings.ack_wait,
+            shard=shard,
         )
+        if shard:
+            await aggregator.run()
+            return
         client = self.client
         async with anyio.create_task_group() as tg:
             # Messages on schedule subjects that would never fire go to the failed set.
@@ -323,7 +360,8 @@ class Launcher:
                 "concurrency": s.concurrency,
                 "busy": self.node.busy,
                 "started": self.started_at,
-                "master": self.lease.held,
+                "master": self.is_master,
+                "shards": self.shards.led(),
                 "quiet": self.node.quiet,
                 "processed": self.node.processed,
                 "failed": self.node.failed,

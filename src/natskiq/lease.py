@@ -42,7 +42,7 @@ WRONG_LAST_SEQUENCE = 10071
 TOMBSTONE_HEADERS = ("KV-Operation", "Nats-Marker-Reason")
 
 
-def _is_tombstone(headers: dict[str, str] | None) -> bool:
+def is_tombstone(headers: dict[str, str] | None) -> bool:
     return bool(headers) and any(h in headers for h in TOMBSTONE_HEADERS)  # type: ignore[operator]
 
 
@@ -55,19 +55,31 @@ class Lease:
         names: the namespace's names.
         node_id: who is asking.
         ttl: seconds the lease lives without a renew.
+        shard: the dispatch shard it leads (key ``aggregator`` for 0,
+            ``aggregator-<n>`` for the others).
     """
 
     nc: NATS
     names: Names
     node_id: str
     ttl: float = 5.0
+    shard: int = 0
     token: int | None = attrs.field(init=False, default=None)
+    since: float = attrs.field(init=False, default=0.0)
+    """Wall time this node won the lease it holds."""
+    _give_up: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _subject: str = attrs.field(init=False, default="")
     _revision: int = attrs.field(init=False, default=0)
     _deadline: float = attrs.field(init=False, default=0.0)
     _js: JetStreamContext = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._js = self.nc.jetstream()
+        self._subject = self.names.lease_subject(self.names.shard_key(self.shard))
+
+    def give_up(self) -> None:
+        """Ask :meth:`keep` to step down (to let another node lead this shard)."""
+        self._give_up.set()
 
     @property
     def held(self) -> bool:
@@ -86,7 +98,14 @@ class Lease:
         return self.token
 
     def _value(self) -> bytes:
-        value = {"node": self.node_id, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        value = {
+            "node": self.node_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "shard": self.shard,
+            "since": time.time(),
+            "won": self.since,
+        }
         if self.token is not None:
             # Renewals carry the fencing token, so anyone can read the current
             # one from the key (see current_token); a create does not know it yet.
@@ -101,9 +120,7 @@ class Lease:
 
     async def _write(self, expected: int) -> int:
         started = anyio.current_time()
-        ack = await self._js.publish(
-            self.names.lease_subject(), self._value(), headers=self._headers(expected)
-        )
+        ack = await self._js.publish(self._subject, self._value(), headers=self._headers(expected))
         self._revision = ack.seq
         self._deadline = started + self.ttl
         return ack.seq
@@ -114,16 +131,20 @@ class Lease:
         expected = 0
         for _ in range(3):
             try:
+                self.since = time.time()
                 self.token = await self._write(expected)
-                log.info("node %s is master (lease revision %d)", self.node_id, self.token)
+                log.info(
+                    "node %s is master of shard %d (lease revision %d)", self.node_id, self.shard, self.token
+                )
+                self._give_up = anyio.Event()
                 return True
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
-            last = await _last(self._js, self.names)
+            last = await _last(self._js, self.names, self.shard)
             if last is None:
                 expected = 0
-            elif _is_tombstone(last.headers):
+            elif is_tombstone(last.headers):
                 expected = last.seq or 0
             else:
                 return False
@@ -150,15 +171,18 @@ class Lease:
         self.token = None
         headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(self._revision)}
         try:
-            await self._js.publish(self.names.lease_subject(), b"", headers=headers)
-            log.info("node %s released the lease", self.node_id)
+            await self._js.publish(self._subject, b"", headers=headers)
+            log.info("node %s released the lease of shard %d", self.node_id, self.shard)
         except (APIError, NatsError, TimeoutError) as exc:
             log.info("lease release not needed or failed: %s", exc)
 
     async def keep(self) -> None:
-        """Renew every TTL/3 until the lease is lost; then raise LeaseLost."""
+        """Renew every TTL/3 until the lease is lost or given up; then raise LeaseLost."""
         while True:
-            await anyio.sleep(self.ttl / 3)
+            with anyio.move_on_after(self.ttl / 3):
+                await self._give_up.wait()
+            if self._give_up.is_set():
+                raise LeaseLost(f"shard {self.shard} handed over to balance the shards")
             while True:
                 try:
                     await self.renew()
@@ -172,29 +196,31 @@ class Lease:
     async def wait_vacant(self, timeout: float) -> None:
         """Return once the key is deleted or expired, or after ``timeout``."""
         sub = await self._js.subscribe(
-            self.names.lease_subject(),
+            self._subject,
             ordered_consumer=True,
             deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT,
         )
         try:
             with anyio.move_on_after(timeout):
                 async for msg in sub.messages:
-                    if _is_tombstone(msg.headers):
+                    if is_tombstone(msg.headers):
                         return
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await sub.unsubscribe()
 
 
-async def _last(js: JetStreamContext, names: Names) -> jsapi.RawStreamMsg | None:
+async def _last(js: JetStreamContext, names: Names, shard: int = 0) -> jsapi.RawStreamMsg | None:
     """The lease key's newest message (a write, a delete or an expiry marker), if any."""
     try:
-        return await js.get_msg(f"KV_{names.lease_bucket}", subject=names.lease_subject())
+        return await js.get_msg(
+            f"KV_{names.lease_bucket}", subject=names.lease_subject(names.shard_key(shard))
+        )
     except NotFoundError:
         return None
 
 
-async def current_token(js: JetStreamContext, names: Names) -> int:
+async def current_token(js: JetStreamContext, names: Names, shard: int = 0) -> int:
     """The fencing token of the lease as the server holds it now; 0 while no node holds it.
 
     A token read from a message (a dispatch, a master's announcement, a
@@ -202,8 +228,8 @@ async def current_token(js: JetStreamContext, names: Names) -> int:
     is read from the lease's key in its KV stream, which only nodes write.
     The key's first revision is the token; renewals carry it in their value.
     """
-    last = await _last(js, names)
-    if last is None or _is_tombstone(last.headers):
+    last = await _last(js, names, shard)
+    if last is None or is_tombstone(last.headers):
         return 0
     try:
         return int(json.loads(last.data or b"{}").get("token", last.seq))
@@ -215,16 +241,21 @@ async def elect(
     lease: Lease,
     lead: Callable[[int], Awaitable[None]],
     *,
+    before_try: Callable[[], Awaitable[None]] | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Win the lease whenever it is free and run ``lead(token)`` while held.
 
     ``lead`` is cancelled the moment the lease is lost. On cancellation the
     lease is released so another node takes over without waiting for the TTL.
+    ``before_try`` is awaited before each attempt to win it (a node already
+    leading other shards waits a little, so that one leading fewer wins).
     """
     task_status.started()
     try:
         while True:
+            if before_try is not None:
+                await before_try()
             try:
                 won = await lease.try_acquire()
             except (APIError, NatsError, TimeoutError) as exc:

@@ -49,6 +49,7 @@ from .aggregator import (
     FETCH_HEADER,
     HEARTBEAT,
     KEPT_HEADER,
+    SHARD_HEADER,
     TOKEN_HEADER,
     Delivery,
     Inbox,
@@ -57,7 +58,7 @@ from .aggregator import (
 )
 from .errors import DeliveryLimit, InvalidJob, UnknownWorker
 from .lease import current_token
-from .topology import Names
+from .topology import MAX_PARTITIONS, Names
 from .worker import Worker, is_async, lookup
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,6 @@ RUN_SLICE = 0.005  # seconds a runner may run jobs back to back before it yields
 STATS_INTERVAL = 1.0
 MAX_DELIVERIES = 25
 CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
-
-
-def _nothing() -> None:
-    """The capacity hook when no aggregator is listening."""
 
 
 @attrs.define
@@ -87,6 +84,7 @@ class Node:
         strict: serve queues in strict order rather than weighted.
         concurrency: jobs run at once.
         ack_wait: the consumers' ack wait, for in-progress acks.
+        shards: how many dispatch shards the cluster runs (one master each).
     """
 
     nc: NATS
@@ -98,12 +96,15 @@ class Node:
     ack_wait: float = 4.0
     max_deliveries: int = MAX_DELIVERIES
     middleware: list[middleware.ServerMiddleware] = attrs.field(factory=middleware.server_chain)
-    capacity_changed: Callable[[], None] = _nothing
+    shards: int = 1
+    capacity_hooks: list[Callable[[], None]] = attrs.field(factory=list)
+    """The masters in this process (one per shard it leads), told at once when slots free up."""
     processed: int = attrs.field(init=False, default=0)
     failed: int = attrs.field(init=False, default=0)
     _busy: int = attrs.field(init=False, default=0)
-    _max_token: int = attrs.field(init=False, default=0)
-    _received: int = attrs.field(init=False, default=0)
+    _max_token: dict[int, int] = attrs.field(init=False, factory=dict)
+    """Per shard, the newest master token seen (and confirmed): older ones are fenced out."""
+    _received: dict[int, int] = attrs.field(init=False, factory=dict)
     _quiet: bool = attrs.field(init=False, default=False)
     _inflight: set[Delivery] = attrs.field(init=False, factory=set)
     _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
@@ -161,23 +162,31 @@ class Node:
             "busy": self._busy,
             "queues": self.queues,
             "strict": self.strict,
-            "token": self._max_token,
-            "received": self._received,
+            "tokens": {str(shard): token for shard, token in self._max_token.items()},
+            "received": {str(shard): count for shard, count in self._received.items()},
             "quiet": self._quiet,
         }
 
     def _changed(self) -> None:
-        if self.capacity_changed is _nothing:
+        hooks = self.capacity_hooks
+        if len(hooks) < self.shards:
             self._demand_changed.set()  # a master elsewhere: report soon
-        self.capacity_changed()  # this node's own master, in-process
+        if len(hooks) > 1:
+            # Several shards led here: each in turn gets the first go at the
+            # free slots, so no partition waits behind another.
+            hooks.append(hooks.pop(0))
+        for hook in hooks:
+            hook()  # this node's own masters, in-process
 
     def deliver_many(self, deliveries: list[Delivery]) -> None:
         """Accept jobs from the master (never blocks; refusals happen in the runner)."""
         for delivery in deliveries:
-            if delivery.token > self._max_token:
-                self._max_token, self._received = delivery.token, 0
-            if delivery.token == self._max_token:
-                self._received += 1
+            shard = delivery.shard
+            newest = self._max_token.get(shard, 0)
+            if delivery.token > newest:
+                self._max_token[shard], self._received[shard] = delivery.token, 0
+            if delivery.token >= newest:
+                self._received[shard] = self._received.get(shard, 0) + 1
             self._inflight.add(delivery)
             self._send.send_nowait(delivery)
         self._busy += len(deliveries)
@@ -245,13 +254,26 @@ class Node:
                 except (KeyError, ValueError):
                     log.warning("ignoring a dispatch without token or ack subject")
                     continue
+                try:
+                    shard = int(headers.get(SHARD_HEADER, 0))
+                except ValueError:
+                    shard = -1
+                if not 0 <= shard < MAX_PARTITIONS:
+                    log.warning("ignoring a dispatch for shard %r", headers.get(SHARD_HEADER))
+                    continue
                 data = msg.data
                 if headers.get(FETCH_HEADER) and not (data := await self._fetch(reply)):
                     continue
-                batch.append(Delivery(data, reply, token, expires=self._expires(headers, reply)))
-            newest = max((d.token for d in batch), default=0)
-            if newest > self._max_token:
-                await self._confirm(newest)
+                batch.append(Delivery(data, reply, token, expires=self._expires(headers, reply), shard=shard))
+            newest: dict[int, int] = {}
+            for delivery in batch:
+                newest[delivery.shard] = max(newest.get(delivery.shard, 0), delivery.token)
+            unconfirmed = False
+            for shard, token in newest.items():
+                if token > self._max_token.get(shard, 0):
+                    await self._confirm(token, shard)
+                    unconfirmed = True
+            if unconfirmed:
                 batch = await self._drop_unconfirmed(batch)
             if batch:
                 self.deliver_many(batch)
@@ -271,8 +293,8 @@ class Node:
         age = max(0.0, time.time() - kept) if math.isfinite(kept) else self.ack_wait
         return anyio.current_time() + self.ack_wait - age
 
-    async def _confirm(self, token: int) -> bool:
-        """Whether ``token`` is at most the lease's (read from its KV key), now this node's newest.
+    async def _confirm(self, token: int, shard: int = 0) -> bool:
+        """Whether ``token`` is at most the shard's lease's (read from its KV key), now this node's newest.
 
         Tokens that arrive in messages are never believed as they are: a
         forged one would fence out every real master (every node NAKing
@@ -281,21 +303,26 @@ class Node:
         """
         try:
             with anyio.fail_after(SETTLE_TIMEOUT):
-                current = await current_token(self._jetstream(), self.names)
+                current = await current_token(self._jetstream(), self.names, shard)
         except (NatsError, JSError, TimeoutError) as exc:
             log.warning("could not read the lease to confirm master token %d: %r", token, exc)
             return False
-        if current > self._max_token:
-            self._max_token, self._received = current, 0
+        if current > self._max_token.get(shard, 0):
+            self._max_token[shard], self._received[shard] = current, 0
         if token > current:
-            log.warning("ignoring master token %d: the lease's is %d (forged or garbled)", token, current)
+            log.warning(
+                "ignoring master token %d of shard %d: the lease's is %d (forged or garbled)",
+                token,
+                shard,
+                current,
+            )
         return token <= current
 
     async def _drop_unconfirmed(self, batch: list[Delivery]) -> list[Delivery]:
         """Deliveries whose token the lease did not confirm go back (NAK) and do not run."""
-        kept = [d for d in batch if d.token <= self._max_token]
+        kept = [d for d in batch if d.token <= self._max_token.get(d.shard, 0)]
         for delivery in batch:
-            if delivery.token > self._max_token:
+            if delivery.token > self._max_token.get(delivery.shard, 0):
                 await self._settle(delivery, b"-NAK")
         return kept
 
@@ -316,11 +343,14 @@ class Node:
     async def _read_masters(self, sub: Any) -> None:
         async for msg in sub.messages:
             try:
-                token = int(json.loads(msg.data)["token"])
-            except (ValueError, KeyError, TypeError):
+                announcement = json.loads(msg.data)
+                token, shard = int(announcement["token"]), int(announcement.get("shard", 0))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
-            if token > self._max_token:
-                await self._confirm(token)
+            if not 0 <= shard < MAX_PARTITIONS:
+                continue
+            if token > self._max_token.get(shard, 0):
+                await self._confirm(token, shard)
             self._demand_changed.set()
 
     async def _read_cancels(self, sub: Any) -> None:
@@ -429,7 +459,7 @@ class Node:
                     # ack wait ends.
                     self._inflight.discard(delivery)
                     log.warning("not starting a job held past its ack wait: %s", delivery.reply)
-                elif self._quiet or delivery.token < self._max_token:
+                elif self._quiet or delivery.token < self._max_token.get(delivery.shard, 0):
                     # Quiet means no new job starts here, and a job handed out
                     # by a master that has since been replaced does not start
                     # either (fencing): back to the queue, to run at once.
@@ -611,6 +641,7 @@ class Node:
         instance = worker()
         instance.jid, instance.job = job.jid, job
         instance.lease_token, instance.delivered_at = delivery.token, delivery.delivered_at
+        instance.lease_shard = delivery.shard
         timeout = worker.options.timeout
         call = functools.partial(instance.perform, *job.args, **job.kwargs)
         if timeout is None and is_async(worker):

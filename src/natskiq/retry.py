@@ -231,7 +231,7 @@ async def _store_retry(
     headers = {
         "Nats-Msg-Id": successor_id(successor, "retry", seq),
         "Nats-Schedule": f"@at {rfc3339(successor.at)}",
-        "Nats-Schedule-Target": names.queue_subject(successor.queue),
+        "Nats-Schedule-Target": names.enqueue_subject(successor.queue),
     }
     payload = fit(successor, max_payload - jobs.headers_size(headers))
     if payload is None:

@@ -3,16 +3,17 @@ subjects that would never run go to the failed set.
 
 A delayed job or a retry is a message schedule (ADR-51) on
 ``<ns>.scheduled.<q>.<jid>`` or ``<ns>.retry.<q>.<jid>``; the server moves
-it to ``<ns>.queue.<q>`` when it is due, and only that subject has a
-consumer. The server refuses at publish time every ``Nats-Schedule`` value it
-cannot parse and every target outside the stream (or equal to the message's
-own subject), but it stores as a plain message one whose ``Nats-Schedule``
-header is missing or empty: such a message never fires, never fails and is
-never logged. A valid schedule aimed at another schedule subject of the
-stream does fire, onto that subject, where its copy (schedule headers
-stripped) is stranded the same way.
+it to ``<ns>.queue.<q>`` (or a partition's ``<ns>.queue.<q>.<p>``) when it
+is due, and only those subjects have consumers. The server refuses at
+publish time every ``Nats-Schedule`` value it cannot parse and every
+target outside the stream (or equal to the message's own subject), but it
+stores as a plain message one whose ``Nats-Schedule`` header is missing or
+empty: such a message never fires, never fails and is never logged. A
+valid schedule aimed at another schedule subject of the stream does fire,
+onto that subject, where its copy (schedule headers stripped) is stranded
+the same way.
 
-Run by the master (the node holding the lease) every few seconds for each
+Run by the master of shard 0 (see :mod:`natskiq.shards`) every few seconds for each
 queue, beside the aggregator. :func:`sweep` receives the messages the
 queue's stream holds on those subjects with a sequence above ``after``, at
 most ``limit`` of them, oldest first; it hands each one that would never run,
@@ -139,6 +140,11 @@ async def examine(
             return  # nothing after seq (or no such stream: nothing to sweep)
         seq = msg.seq or seq + 1
         subject = msg.subject or ""
+        if names.is_ready_subject(queue, subject):
+            # A ready job of a partition (``<ns>.queue.<q>.<p>`` matches the
+            # filter too): the master of its shard runs it.
+            yield Examined(seq=seq, subject=subject, raw=b"", reason=None)
+            continue
         # nats-py leaves the header block as the server sent it, base64.
         block = base64.b64decode(msg.hdrs) if msg.hdrs else b""
         yield Examined(seq=seq, subject=subject, raw=msg.data or b"", reason=unusable(subject, block, target))
@@ -191,7 +197,10 @@ def unusable(subject: str, headers: bytes, target: str) -> str | None:
     if not schedule:
         return f"stored on {subject} with an empty {SCHEDULE} header: it would never run"
     aim = header(headers, TARGET)
-    if aim != target:
+    # A partition's subject is as good as the queue's (the server refuses a
+    # target its stream does not hold, so the partition exists).
+    partition = aim is not None and aim.startswith(target + ".") and aim[len(target) + 1 :].isdigit()
+    if aim != target and not partition:
         return (
             f"scheduled on {subject} to fire onto {aim!r}, not the queue subject {target}: it would never run"
         )

@@ -43,7 +43,6 @@ from . import middleware, retry, unique, worker
 from .client import Client
 from .errors import InvalidJob
 from .server import Server
-from .topology import CONSUMER
 from .worker import Options, Worker, lookup
 
 
@@ -129,7 +128,15 @@ async def _due_soon(client: Client, queues: list[str]) -> bool:
 
 async def _drain_queue(client: Client, queue: str, batch: int) -> int:
     await client.ensure_queue(queue)
-    sub = await client.js.pull_subscribe_bind(CONSUMER, stream=client.names.queue_stream(queue))
+    ran = 0
+    for shard in range(client.names.partitions(queue)):
+        ran += await _drain_partition(client, queue, shard, batch)
+    return ran
+
+
+async def _drain_partition(client: Client, queue: str, shard: int, batch: int) -> int:
+    names = client.names
+    sub = await client.js.pull_subscribe_bind(names.consumer(shard), stream=names.queue_stream(queue))
     ran = 0
     try:
         while True:

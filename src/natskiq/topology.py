@@ -11,6 +11,7 @@ raises :class:`~natskiq.errors.ConfigError` saying what differs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from typing import Any
@@ -33,6 +34,7 @@ FAILED_MAX_MSGS = 10_000
 FAILED_MAX_AGE = 180 * 24 * 3600.0
 DUPLICATE_WINDOW = 120.0
 DEFAULT_ACK_WAIT = 4.0  # seconds; see the README on recovery and its cost
+MAX_PARTITIONS = 64
 
 
 def check_name(kind: str, value: str) -> str:
@@ -62,6 +64,10 @@ class Names:
     # Every enqueue needs its queue's subject: checking the name each time
     # costs more than a look-up. Only checked names get in.
     _queue_subjects: dict[str, str] = attrs.field(init=False, factory=dict, eq=False, repr=False)
+    # Partitions per queue, as learned from its stream (see ensure_queue);
+    # a queue not in here has one.
+    _partitions: dict[str, int] = attrs.field(init=False, factory=dict, eq=False, repr=False)
+    _turns: itertools.count[int] = attrs.field(init=False, factory=itertools.count, eq=False, repr=False)
 
     @property
     def _stream_prefix(self) -> str:
@@ -79,17 +85,51 @@ class Names:
             self._queue_subjects[queue] = subject
         return subject
 
+    def partition_subject(self, queue: str, partition: int) -> str:
+        """Where ready jobs of one partition of a queue are stored: partition 0
+        is ``<ns>.queue.<q>``, partition ``p`` is ``<ns>.queue.<q>.<p>``."""
+        base = self.queue_subject(queue)
+        return base if partition == 0 else f"{base}.{int(partition)}"
+
+    def partitions(self, queue: str) -> int:
+        """How many partitions the queue has, as last learned from its stream (1 if unknown)."""
+        return self._partitions.get(queue, 1)
+
+    def learn_partitions(self, queue: str, count: int) -> None:
+        """Remember the queue's partition count (from its stream's subjects)."""
+        self._partitions[check_name("queue", queue)] = max(1, min(MAX_PARTITIONS, count))
+
+    def enqueue_subject(self, queue: str) -> str:
+        """The subject a new ready job of ``queue`` goes to: its partitions in turn."""
+        count = self._partitions.get(queue, 1)
+        if count == 1:
+            return self.queue_subject(queue)
+        return self.partition_subject(queue, next(self._turns) % count)
+
+    def ready_subjects(self, queue: str) -> list[str]:
+        """The subjects of the queue's ready jobs, one per known partition."""
+        return [self.partition_subject(queue, p) for p in range(self.partitions(queue))]
+
     def scheduled_subject(self, queue: str, jid: str) -> str:
         return f"{self.namespace}.scheduled.{check_name('queue', queue)}.{check_name('jid', jid)}"
 
     def retry_subject(self, queue: str, jid: str) -> str:
         return f"{self.namespace}.retry.{check_name('queue', queue)}.{check_name('jid', jid)}"
 
-    def queue_subjects(self, queue: str) -> list[str]:
-        """Every subject the queue's stream holds."""
+    def queue_subjects(self, queue: str, partitions: int = 1) -> list[str]:
+        """Every subject the queue's stream holds, with ``partitions`` ready subjects."""
         q = check_name("queue", queue)
         ns = self.namespace
-        return [f"{ns}.queue.{q}", f"{ns}.scheduled.{q}.*", f"{ns}.retry.{q}.*"]
+        ready = [self.partition_subject(q, p) for p in range(1, partitions)]
+        return [f"{ns}.queue.{q}", *ready, f"{ns}.scheduled.{q}.*", f"{ns}.retry.{q}.*"]
+
+    def is_ready_subject(self, queue: str, subject: str) -> bool:
+        """Whether ``subject`` holds ready jobs of ``queue`` (any partition)."""
+        base = self.queue_subject(queue)
+        if subject == base:
+            return True
+        rest = subject[len(base) + 1 :] if subject.startswith(base + ".") else ""
+        return rest.isdigit() and 0 < int(rest) < MAX_PARTITIONS
 
     def schedule_filter(self, queue: str) -> str:
         """One filter for the queue's scheduled and retry subjects: in its stream
@@ -137,6 +177,24 @@ class Names:
         """The KV subject of a lease key (used to renew with a TTL)."""
         return f"$KV.{self.lease_bucket}.{key}"
 
+    @staticmethod
+    def shard_key(shard: int) -> str:
+        """The lease key of a dispatch shard: ``aggregator`` for shard 0, ``aggregator-<n>`` after."""
+        return LEASE_KEY if shard == 0 else f"{LEASE_KEY}-{int(shard)}"
+
+    @staticmethod
+    def shard_of_key(key: str) -> int | None:
+        """The shard a lease key belongs to, or None for a key that is not one."""
+        if key == LEASE_KEY:
+            return 0
+        rest = key[len(LEASE_KEY) + 1 :] if key.startswith(LEASE_KEY + "-") else ""
+        return int(rest) if rest.isdigit() and 0 < int(rest) < MAX_PARTITIONS else None
+
+    @staticmethod
+    def consumer(shard: int) -> str:
+        """The durable pull consumer a shard's master pulls a queue's partition from."""
+        return CONSUMER if shard == 0 else f"{CONSUMER}-{int(shard)}"
+
     @property
     def demand_subject(self) -> str:
         return f"{self.namespace}.ctl.demand"
@@ -157,9 +215,16 @@ class Names:
     def command_subject(self, node_id: str) -> str:
         return f"{self.namespace}.ctl.node.{check_name('node', node_id)}"
 
-    def pull_subject(self, queue: str) -> str:
-        """The JetStream API subject for pull requests on a queue's consumer."""
-        return f"$JS.API.CONSUMER.MSG.NEXT.{self.queue_stream(queue)}.{CONSUMER}"
+    def pull_subject(self, queue: str, shard: int = 0) -> str:
+        """The JetStream API subject for pull requests on a queue's consumer for ``shard``."""
+        return f"$JS.API.CONSUMER.MSG.NEXT.{self.queue_stream(queue)}.{self.consumer(shard)}"
+
+
+def partitions_of(names: Names, queue: str, subjects: list[str] | None) -> int:
+    """A queue's partition count, from its stream's subjects (``<ns>.queue.<q>.<p>``)."""
+    return 1 + sum(
+        1 for s in subjects or [] if s != names.queue_subject(queue) and names.is_ready_subject(queue, s)
+    )
 
 
 def _differences(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
@@ -175,14 +240,17 @@ def _differences(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
     return diffs
 
 
-async def _ensure_stream(js: JetStreamContext, config: jsapi.StreamConfig, check: list[str]) -> None:
+async def _ensure_stream(
+    js: JetStreamContext, config: jsapi.StreamConfig, check: list[str]
+) -> jsapi.StreamInfo | None:
+    """Create the stream if missing (None), else check it and return its info."""
     assert config.name is not None
     try:
         info = await js.stream_info(config.name)
     except NotFoundError:
         try:
             await js.add_stream(config)
-            return
+            return None
         except APIError as exc:
             # Another process may have created it between our look-up and add.
             try:
@@ -196,6 +264,7 @@ async def _ensure_stream(js: JetStreamContext, config: jsapi.StreamConfig, check
         raise ConfigError(
             f"stream {config.name} exists with a conflicting configuration: " + "; ".join(diffs)
         )
+    return info
 
 
 def _plain(value: Any) -> Any:
@@ -209,46 +278,70 @@ async def ensure_queue(
     *,
     replicas: int | None = None,
     ack_wait: float | None = None,
-) -> None:
-    """Create the queue's stream and its aggregator consumer if missing.
+    partitions: int | None = None,
+) -> int:
+    """Create the queue's stream and a consumer per partition if missing;
+    returns its partition count (also remembered in ``names``).
 
     ``replicas=None`` creates with 1 and accepts whatever an existing stream
     has (producers should not have to know); a number is checked.
+    ``partitions=None`` accepts the partitions the stream has (producers
+    again); a number adds partitions to reach it, but never removes one:
+    jobs stored on a removed partition's subject would never run.
     """
+    if partitions is not None and not 1 <= partitions <= MAX_PARTITIONS:
+        raise ConfigError(f"partitions must be 1 to {MAX_PARTITIONS}, not {partitions!r}")
     config = jsapi.StreamConfig(
         name=names.queue_stream(queue),
-        subjects=names.queue_subjects(queue),
+        subjects=names.queue_subjects(queue, partitions or 1),
         retention=jsapi.RetentionPolicy.WORK_QUEUE,
         storage=jsapi.StorageType.FILE,
         num_replicas=replicas or 1,
         allow_msg_schedules=True,
         duplicate_window=DUPLICATE_WINDOW,
     )
-    check = ["subjects", "retention", "storage", "allow_msg_schedules"]
-    await _ensure_stream(js, config, check + (["num_replicas"] if replicas else []))
-    await ensure_consumer(js, names, queue, ack_wait=ack_wait)
+    check = ["retention", "storage", "allow_msg_schedules"]
+    info = await _ensure_stream(js, config, check + (["num_replicas"] if replicas else []))
+    count = partitions or 1
+    if info is not None:
+        have = list(info.config.subjects or [])
+        count = partitions_of(names, queue, have)
+        if sorted(have) != sorted(names.queue_subjects(queue, count)):
+            diffs = _differences({"subjects": names.queue_subjects(queue, count)}, {"subjects": have})
+            raise ConfigError(
+                f"stream {config.name} exists with a conflicting configuration: " + "; ".join(diffs)
+            )
+        if partitions is not None and partitions > count:
+            log.info("queue %s: %d -> %d partitions", queue, count, partitions)
+            await js.update_stream(info.config.evolve(subjects=names.queue_subjects(queue, partitions)))
+            count = partitions
+    names.learn_partitions(queue, count)
+    for shard in range(count):
+        await ensure_consumer(js, names, queue, ack_wait=ack_wait, shard=shard)
+    return count
 
 
 async def ensure_consumer(
-    js: JetStreamContext, names: Names, queue: str, *, ack_wait: float | None = None
+    js: JetStreamContext, names: Names, queue: str, *, ack_wait: float | None = None, shard: int = 0
 ) -> jsapi.ConsumerInfo:
-    """Create the durable pull consumer the master pulls a queue from; returns its info
-    (``num_pending``: the jobs in the queue it has not delivered yet).
+    """Create the durable pull consumer the master of ``shard`` pulls the
+    queue's partition of that number from; returns its info (``num_pending``:
+    the jobs there it has not delivered yet).
 
     Workers own its settings: a given ``ack_wait`` is applied to an existing
     consumer too (a producer may have created it with the default).
     """
-    stream = names.queue_stream(queue)
+    stream, name = names.queue_stream(queue), names.consumer(shard)
     info: jsapi.ConsumerInfo | None
     try:
-        info = await js.consumer_info(stream, CONSUMER)
+        info = await js.consumer_info(stream, name)
     except NotFoundError:
         info = None
     if info is not None and (ack_wait is None or info.config.ack_wait == ack_wait):
         return info
     config = jsapi.ConsumerConfig(
-        durable_name=CONSUMER,
-        filter_subject=names.queue_subject(queue),
+        durable_name=name,
+        filter_subject=names.partition_subject(queue, shard),
         ack_policy=jsapi.AckPolicy.EXPLICIT,
         deliver_policy=jsapi.DeliverPolicy.ALL,
         ack_wait=ack_wait or DEFAULT_ACK_WAIT,

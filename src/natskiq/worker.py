@@ -118,8 +118,10 @@ class Worker:
 
     A plain ``def perform`` runs in a worker thread. While it runs, ``self.jid``
     and ``self.job`` describe the job; ``self.lease_token`` is the master lease
-    revision it was dispatched under and ``self.delivered_at`` when this node
-    received it (epoch seconds), for tracing.
+    revision it was dispatched under, ``self.lease_shard`` the dispatch shard
+    whose master sent it (tokens compare within one shard), and
+    ``self.delivered_at`` when this node received it (epoch seconds), for
+    tracing.
 
     Class keywords:
         queue: the queue jobs go to (default ``"default"``).
@@ -157,6 +159,7 @@ class Worker:
     jid: str
     job: Any
     lease_token: int
+    lease_shard: int = 0
     delivered_at: float
 
     def __init_subclass__(
