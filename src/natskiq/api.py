@@ -26,10 +26,11 @@ from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.errors import Error as JSError
 
 from . import job as jobs
+from . import shards
 from .client import Client
 from .errors import InvalidJob, NatskiqError, NotFound
 from .retry import INVALID_HEADER, REASON_HEADER
-from .topology import CONSUMER, LEASE_KEY, check_name
+from .topology import LEASE_KEY, check_name, partitions_of
 
 Kind = Literal["queued", "scheduled", "retry", "failed"]
 MSG_DELETE_FAILED = 10057  # JetStream's error code for a message delete that failed
@@ -75,8 +76,8 @@ def _latency(value: float) -> float:
 @attrs.frozen(kw_only=True)
 class QueueInfo:
     """One queue: ready jobs, jobs running (delivered, not yet acked),
-    scheduled and retry counts, and the age of the oldest ready job
-    (seconds, finite; 0 for an empty queue)."""
+    scheduled and retry counts, the age of the oldest ready job
+    (seconds, finite; 0 for an empty queue), and its partitions."""
 
     name: str
     ready: int
@@ -84,6 +85,7 @@ class QueueInfo:
     scheduled: int
     retries: int
     latency: float = attrs.field(converter=_latency)
+    partitions: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -270,7 +272,8 @@ async def _entries(
         else:
             stream = names.queue_stream(queue)
             subject = {
-                "queued": names.queue_subject(queue),
+                # Within the queue's own stream this matches every partition's subject.
+                "queued": f"{names.namespace}.queue.>",
                 "scheduled": f"{names.namespace}.scheduled.{queue}.*",
                 "retry": f"{names.namespace}.retry.{queue}.*",
             }[kind]
@@ -334,7 +337,10 @@ async def queue_info(client: Client, queue: str) -> QueueInfo:
     stream = names.queue_stream(check_name("queue", queue))
     try:
         info = await client.js.stream_info(stream, subjects_filter=f"{names.namespace}.*.{queue}.>")
-        consumer = await client.js.consumer_info(stream, CONSUMER)
+        consumers = [
+            await client.js.consumer_info(stream, names.consumer(shard))
+            for shard in range(partitions_of(names, queue, info.config.subjects))
+        ]
     except NotFoundError:
         raise NotFound(f"no queue named {queue!r} in namespace {names.namespace!r}") from None
     subjects = info.state.subjects or {}
@@ -346,15 +352,19 @@ async def queue_info(client: Client, queue: str) -> QueueInfo:
     if since is not None:
         latency = max(0.0, time.time() - since)
     return QueueInfo(
-        name=queue, ready=consumer.num_pending or 0, running=consumer.num_ack_pending or 0,
-        scheduled=scheduled, retries=retries, latency=latency,
+        name=queue, ready=sum(c.num_pending or 0 for c in consumers),
+        running=sum(c.num_ack_pending or 0 for c in consumers),
+        scheduled=scheduled, retries=retries, latency=latency, partitions=len(consumers),
     )  # fmt: skip
 
 
 async def clear(client: Client, queue: str) -> int:
     """Delete every ready job of a queue (not scheduled ones or retries); returns how many."""
     info = await queue_info(client, queue)
-    await client.js.purge_stream(client.names.queue_stream(queue), subject=client.names.queue_subject(queue))
+    # Every partition's ready subject: in the queue's own stream, nothing else matches.
+    await client.js.purge_stream(
+        client.names.queue_stream(queue), subject=f"{client.names.namespace}.queue.>"
+    )
     return info.ready
 
 
@@ -476,6 +486,23 @@ async def master(client: Client) -> dict[str, Any] | None:
     data: dict[str, Any] = json.loads(entry.value)
     data["revision"] = entry.revision
     return data
+
+
+async def masters(client: Client) -> list[dict[str, Any]]:
+    """Who leads each dispatch shard: ``shard``, ``node``, ``host``, ``pid``,
+    ``token`` (its fencing token), ``won`` (when it took the lease), ``since``
+    (its last renewal) and ``revision``, by shard; shards without a master
+    are left out."""
+    try:
+        found = await shards.latest(client.js, client.names.lease_bucket)
+    except (NotFoundError, JSError):
+        return []
+    out = []
+    for key, value in found.items():
+        shard = client.names.shard_of_key(key)
+        if shard is not None:
+            out.append({"token": value["revision"], **value, "shard": shard})
+    return sorted(out, key=lambda m: int(m["shard"]))
 
 
 async def nodes(client: Client) -> list[dict[str, Any]]:

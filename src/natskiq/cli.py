@@ -82,6 +82,7 @@ CONFIG_KEYS = {
     "max_deliveries",
     "failed_max_days",
     "metrics_port",
+    "partitions",
 }
 # The settings a NATSKIQ_<KEY> environment variable stands in for (between flag and file).
 ENV_KEYS = ("url", "namespace", "replicas", "event_loop")
@@ -110,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
         help="stream and bucket replicas, checked against existing ones (default: 1 when creating)",
     )
     worker.add_argument("--lease-ttl", type=float, help="master lease TTL in seconds (5)")
+    worker.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="split each queue into N partitions, each with its own master (kept; never lowered)",
+    )
     worker.add_argument(
         "--ack-wait",
         type=float,
@@ -148,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="totals, queues, nodes and the master")
     _connection_args(stats)
     _json_arg(stats)
+
+    nodes = sub.add_parser("nodes", help="live nodes, and which node masters which shard")
+    _connection_args(nodes)
+    _json_arg(nodes)
 
     queues = sub.add_parser("queues", help="list queues, peek into one, or clear it")
     queues.add_argument("action", nargs="?", choices=("list", "peek", "clear"), default="list")
@@ -391,8 +402,15 @@ async def _stats(args: argparse.Namespace) -> None:
         queues = await api.queues(client)
         nodes = await api.nodes(client)
         master = await api.master(client)
+        masters = await api.masters(client)
     if args.json:
-        doc = {**totals.to_dict(), "queues": [q.to_dict() for q in queues], "nodes": nodes, "master": master}
+        doc = {
+            **totals.to_dict(),
+            "queues": [q.to_dict() for q in queues],
+            "nodes": nodes,
+            "master": master,
+            "masters": masters,
+        }
         print(json.dumps(doc, indent=2))
         return
     print(
@@ -403,13 +421,39 @@ async def _stats(args: argparse.Namespace) -> None:
     print()
     _print_queues(queues)
     print(f"\nmaster: {master['node'] if master else '(none)'}")
-    print(f"{'node':36} {'busy':>5} {'of':>5}  {'up':>10}  queues")
+    _print_nodes(nodes, masters)
+
+
+def _print_nodes(nodes: list[dict[str, Any]], masters: list[dict[str, Any]]) -> None:
+    led: dict[str, list[str]] = {}
+    for m in masters:
+        led.setdefault(str(m.get("node")), []).append(str(m["shard"]))
+    print(f"{'node':36} {'busy':>5} {'of':>5}  {'up':>10}  {'masters':>8}  queues")
     for n in nodes:
         flags = " (quiet)" if n.get("quiet") else ""
         up = _ago(n.get("started")).replace(" ago", "")
+        shards = ",".join(led.get(str(n.get("node")), [])) or "-"
         print(
-            f"{n['node']:36} {n['busy']:>5} {n['concurrency']:>5}  {up:>10}  {','.join(n['queues'])}{flags}"
+            f"{n['node']:36} {n['busy']:>5} {n['concurrency']:>5}  {up:>10}  {shards:>8}  "
+            f"{','.join(n['queues'])}{flags}"
         )
+
+
+async def _nodes(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        nodes = await api.nodes(client)
+        masters = await api.masters(client)
+    if args.json:
+        print(json.dumps({"nodes": nodes, "masters": masters}, indent=2))
+        return
+    _print_nodes(nodes, masters)
+    print()
+    for m in masters:
+        print(
+            f"shard {m['shard']}: {m.get('node', '?')} (pid {m.get('pid', '?')}, token {m.get('token', '?')})"
+        )
+    if not masters:
+        print("no shard has a master: no node holds a lease")
 
 
 def _print_queues(queues: list[api.QueueInfo]) -> None:
@@ -637,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             anyio.run(run_demo, lambda line: print(line, flush=True))
         elif args.command == "stats":
             anyio.run(_stats, args)
+        elif args.command == "nodes":
+            anyio.run(_nodes, args)
         elif args.command == "queues":
             return anyio.run(_queues, args)
         elif args.command == "periodic":

@@ -216,12 +216,23 @@ def _node_actions(view: View, node: dict[str, Any]) -> Safe:
     return view.form("/busy/node", body, css="inline")
 
 
+def _master_badge(node: dict[str, Any]) -> Safe:
+    """``master`` (with the shards it leads, when the queues are partitioned), or nothing."""
+    if not node.get("master"):
+        return Safe("")
+    shards = node.get("shards")
+    if isinstance(shards, list) and shards and shards != [0]:
+        label = "master of shard" + ("s " if len(shards) > 1 else " ") + ", ".join(str(s) for s in shards)
+        return tag('<span class="badge master">$label</span>', label=label)
+    return tag('<span class="badge master">master</span>')
+
+
 def _node_row(view: View, node: dict[str, Any]) -> Safe:
     queues = node.get("queues") or []
     names = ", ".join(f"{q[0]}:{q[1]}" if isinstance(q, list | tuple) else str(q) for q in queues)
     badges = join(
         [
-            tag('<span class="badge master">master</span>') if node.get("master") else Safe(""),
+            _master_badge(node),
             tag('<span class="badge quiet">quiet</span>') if node.get("quiet") else Safe(""),
         ]
     )

@@ -1,0 +1,228 @@
+"""Partitions and dispatch shards: a queue split into partitions, one master
+per shard with its own lease and fencing, and the shards balanced across nodes."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+import natskiq
+from natskiq import api, cli
+from natskiq.errors import ConfigError
+from natskiq.launcher import Settings
+from natskiq.topology import ensure_queue
+
+from .conftest import Workers, read_ledger, running_node, until, wait_for_ledger
+from .sample_workers import Record
+from .test_processes import wait_nodes
+
+
+async def masters_by_node(client: natskiq.Client) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for m in await api.masters(client):
+        out.setdefault(m["node"], []).append(m["shard"])
+    return out
+
+
+async def test_partitioned_queue_spreads_jobs_and_runs_each_once(
+    client: natskiq.Client, nats_url: str, namespace: str, ledger: Path
+) -> None:
+    """Jobs enqueued to a 3-partition queue are spread evenly over its
+    partitions; one node leads all 3 shards and runs every job once."""
+    assert await ensure_queue(client.js, client.names, "default", partitions=3) == 3
+    jids = [await Record.perform_async(note=i) for i in range(30)]
+    stream = await client.js.stream_info(client.names.queue_stream("default"), subjects_filter=">")
+    assert stream.state.subjects == {
+        f"{namespace}.queue.default": 10,
+        f"{namespace}.queue.default.1": 10,
+        f"{namespace}.queue.default.2": 10,
+    }
+    info = await api.queue_info(client, "default")
+    assert (info.partitions, info.ready) == (3, 30)
+    queued = await api.find(client, "queued", limit=100)
+    assert sorted(e.jid for e in queued) == sorted(jids)
+    async with running_node(nats_url, namespace, concurrency=20, node_id="solo") as node:
+        rows = await wait_for_ledger(ledger, 30)
+        assert sorted(r.jid for r in rows) == sorted(jids)
+        await until(lambda: node.shards.led() == [0, 1, 2])
+        assert await masters_by_node(client) == {"solo": [0, 1, 2]}
+    assert len(read_ledger(ledger)) == 30
+
+
+async def test_clear_empties_every_partition(client: natskiq.Client) -> None:
+    """`clear` removes the ready jobs of every partition, and says how many."""
+    await ensure_queue(client.js, client.names, "default", partitions=4)
+    for i in range(8):
+        await Record.perform_async(note=i)
+    assert await api.clear(client, "default") == 8
+    assert (await api.queue_info(client, "default")).ready == 0
+
+
+async def test_partitions_are_added_never_removed(client: natskiq.Client) -> None:
+    """Asking for more partitions adds them; asking for fewer (or none) keeps
+    them all, since jobs on a removed partition would never run."""
+    js, names = client.js, client.names
+    assert await ensure_queue(js, names, "default") == 1
+    assert await ensure_queue(js, names, "default", partitions=2) == 2
+    await Record.perform_async(note="kept")
+    assert await ensure_queue(js, names, "default", partitions=1) == 2
+    assert await ensure_queue(js, names, "default") == 2
+    assert (await api.queue_info(client, "default")).partitions == 2
+    assert await ensure_queue(js, names, "default", partitions=5) == 5
+    assert (await api.queue_info(client, "default")).ready == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 65])
+async def test_bad_partition_counts_are_config_errors(client: natskiq.Client, bad: int) -> None:
+    with pytest.raises(ConfigError, match="partitions"):
+        await ensure_queue(client.js, client.names, "default", partitions=bad)
+    with pytest.raises(ConfigError, match="partitions"):
+        Settings(partitions=bad)
+
+
+async def test_foreign_subjects_on_a_queue_stream_are_refused(client: natskiq.Client) -> None:
+    """A queue stream whose subjects do not follow the partition layout is a
+    clear ConfigError, not a guess."""
+    names = client.names
+    await ensure_queue(client.js, names, "default")
+    info = await client.js.stream_info(names.queue_stream("default"))
+    subjects = [*(info.config.subjects or []), f"{names.namespace}.queue.default.7"]
+    await client.js.update_stream(info.config.evolve(subjects=subjects))
+    with pytest.raises(ConfigError, match="conflicting"):
+        await ensure_queue(client.js, names, "default")
+
+
+@pytest.mark.parametrize("value", ["0", "65"])
+def test_cli_rejects_partitions_out_of_range(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    """`--partitions 0` (or above 64) exits 2 with a one-line error, before connecting."""
+    assert cli.main(["worker", "--app", "json", "--partitions", value, "--url", "nats://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("natskiq: error: ") and "partitions" in err
+    assert "Traceback" not in err
+
+
+def test_cli_rejects_partitions_not_a_number(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["worker", "--app", "json", "--partitions", "two"])
+    assert info.value.code == 2
+    assert "invalid" in capsys.readouterr().err
+
+
+async def test_nodes_command_shows_who_masters_what(
+    client: natskiq.Client,
+    nats_url: str,
+    namespace: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`natskiq nodes` lists the node and the shards it masters; `--json` too."""
+    async with running_node(nats_url, namespace, partitions=2, node_id="lead") as node:
+        await until(lambda: node.shards.led() == [0, 1])
+        await until(lambda: _has_nodes(client))
+        argv = ["--url", nats_url, "--namespace", namespace]
+        assert await _main(["nodes", *argv]) == 0
+        out = capsys.readouterr().out
+        line = next(row for row in out.splitlines() if row.startswith("lead"))
+        assert "0,1" in line
+        assert await _main(["nodes", "--json", *argv]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert [n["node"] for n in doc["nodes"]] == ["lead"]
+        assert [(m["shard"], m["node"]) for m in doc["masters"]] == [(0, "lead"), (1, "lead")]
+        assert all(m["token"] > 0 for m in doc["masters"])
+
+
+async def _has_nodes(client: natskiq.Client) -> bool:
+    return bool(await api.nodes(client))
+
+
+async def _main(argv: list[str]) -> int:
+    """cli.main in a worker thread (it runs its own event loop)."""
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(cli.main, argv)
+
+
+# -- processes: balance, failover, fencing -------------------------------------
+
+
+async def wait_balanced(client: natskiq.Client, nodes: set[str], shards: int, timeout: float = 30) -> None:
+    """Until every shard is led by one of ``nodes``, and none of them leads
+    more than one shard more than another."""
+
+    async def check() -> bool:
+        led = await masters_by_node(client)
+        counts = [len(led.get(n, [])) for n in nodes]
+        return sum(counts) == shards and max(counts) - min(counts) <= 1
+
+    await until(check, timeout)
+
+
+@pytest.mark.slow
+async def test_three_nodes_each_lead_a_shard_and_survive_a_master_kill(
+    client: natskiq.Client, workers: Workers, ledger: Path
+) -> None:
+    """3 processes with 3 partitions end up leading one shard each; jobs run
+    on all of them; after kill -9 of one, its shard is taken over and every
+    job still runs; a node that joins again gets a shard back."""
+    flags = ("--partitions", "3", "--lease-ttl", "2", "--concurrency", "50")
+    for node in ("a", "b", "c"):
+        workers.start(*flags, node_id=node)
+    await wait_nodes(client, 3)
+    await wait_balanced(client, {"a", "b", "c"}, 3)
+    jids = [await Record.perform_async(sleep=0.05, note=i) for i in range(300)]
+    rows = await wait_for_ledger(ledger, 300)
+    assert sorted(r.jid for r in rows) == sorted(jids)
+    assert len({r.pid for r in rows}) == 3
+
+    led = await masters_by_node(client)
+    victim = workers.procs[["a", "b", "c"].index("a")]
+    victim_shards = led["a"]
+    more = [await Record.perform_async(sleep=1, note=f"m{i}") for i in range(60)]
+    await wait_for_ledger(ledger, 10, kind="start")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    await wait_balanced(client, {"b", "c"}, 3)
+    led = await masters_by_node(client)
+    assert "a" not in led and set(victim_shards) <= {s for v in led.values() for s in v}
+    rows = await wait_for_ledger(ledger, 360, timeout=60)
+    assert set(more) <= {r.jid for r in rows}
+
+    workers.start(*flags, node_id="a")
+    await wait_balanced(client, {"a", "b", "c"}, 3)
+    assert len((await masters_by_node(client)).get("a", [])) == 1
+
+
+@pytest.mark.slow
+async def test_a_paused_shard_master_is_fenced(
+    client: natskiq.Client, workers: Workers, ledger: Path
+) -> None:
+    """SIGSTOP a node leading a shard past its lease: another node takes the
+    shard with a higher token; when the paused node wakes it steps down, and
+    every job runs, none twice at the same time on both."""
+    flags = ("--partitions", "2", "--lease-ttl", "2", "--concurrency", "20")
+    workers.start(*flags, node_id="a")
+    workers.start(*flags, node_id="b")
+    await wait_nodes(client, 2)
+    await wait_balanced(client, {"a", "b"}, 2)
+    led = await masters_by_node(client)
+    before = {m["shard"]: m["token"] for m in await api.masters(client)}
+    paused = workers.procs[0]
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        await until(lambda: _all_led_by(client, "b", 2), timeout=30)
+        jids = [await Record.perform_async(note=i) for i in range(40)]
+        rows = await wait_for_ledger(ledger, 40)
+        assert {r.pid for r in rows} == {workers.procs[1].pid}
+        after = {m["shard"]: m["token"] for m in await api.masters(client)}
+        for shard in led["a"]:
+            assert after[shard] > before[shard]
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    await wait_balanced(client, {"a", "b"}, 2)
+    assert sorted(r.jid for r in read_ledger(ledger)) == sorted(jids)
+
+
+async def _all_led_by(client: natskiq.Client, node: str, shards: int) -> bool:
+    return (await masters_by_node(client)).get(node) == list(range(shards))
