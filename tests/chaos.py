@@ -10,16 +10,18 @@ and counts lost jobs, duplicate runs and runs under a stale lease, and
 :meth:`Harness.recovery` measures, for each fault, how long every job in
 flight at that moment took to start again (issue 11).
 
-Workers run with a 3 s ack wait unless told ``--ack-wait default`` (then
-natskiq's own default, 30 s at the time of writing, decides how soon a job
-held by a dead process comes back).
+The soak starts its workers without ``--ack-wait``, so natskiq's own
+default decides how soon a job held by a dead process comes back
+(``--ack-wait SECONDS`` overrides it); the cluster tests' Harness passes 3 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -43,7 +45,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = [ROOT / "docker" / "nats" / f"nats-{i}.conf" for i in (1, 2, 3)]
 
 ACK_WAIT = 3.0
-"""The ack wait the soak gives its workers unless ``--ack-wait default``."""
+"""The ack wait a :class:`Harness` gives its workers unless told otherwise."""
+
+SOAK_ACK_WAIT: float | None = None
+"""The soak's: None, no ``--ack-wait`` (natskiq's default, 4 s since the
+commit that made jobs come back within seconds)."""
+
+LATE = 1.0
+"""Seconds a job may wait to start, unfaulted, before a fault that finds it
+waiting counts it as already late (see :meth:`Harness.recovery`); with idle
+slots the soak's jobs start within tens of milliseconds."""
 
 FAULT_KINDS = {
     "worker_killed": "worker killed",
@@ -54,9 +65,11 @@ FAULT_KINDS = {
 }
 
 # Recovery targets, from issue 11 targets: p99 seconds from a fault to the next
-# start of each job in flight at it (jobs on the killed node, and the jobs still
-# waiting). Jobs on a killed (or paused) worker node: 5 s; jobs held by a killed
-# or paused master: 10 s. nats-server kills and full restarts: reported only.
+# start of each job in flight at it (jobs on the struck node, and the jobs still
+# waiting), checked on all of them and on those held by the struck process (see
+# recovery_failures). Jobs on a killed (or paused) worker node: 5 s; jobs held
+# by a killed or paused master: 10 s. nats-server kills and full restarts: no
+# target, reported only.
 RECOVERY_TARGETS = {
     "worker_killed": 5.0,
     "master_killed": 10.0,
@@ -329,19 +342,221 @@ class Harness:
             "publish_gap_max": round(max(self.publish_times, default=0.0), 3),
         }
 
+    def ledger_events(self) -> dict[str, list[tuple[int, int, str, float]]]:
+        """Per job, its ledger lines in write order: ``(end offset, pid, kind, at)``."""
+        events: dict[str, list[tuple[int, int, str, float]]] = collections.defaultdict(list)
+        offset = 0
+        for line in self.ledger.read_bytes().splitlines(keepends=True):
+            offset += len(line)
+            parts = line.decode(errors="replace").split(" ", 4)
+            if len(parts) == 5 and parts[2] in ("start", "done"):
+                events[parts[0]].append((offset, int(parts[1]), parts[2], float(parts[3])))
+        return events
 
-async def soak(jobs: int, faults: int, *, tmp: Path, rate: float = 200.0) -> dict[str, Any]:
-    """Enqueue ``jobs`` while injecting ``faults``; returns the report."""
-    async with Harness(tmp) as harness:
+    def recovery(self) -> list[dict[str, Any]]:
+        """For each injected fault, the recovery time of every job in flight at it.
+
+        In flight: enqueued before the fault and not finished when it struck
+        (no ``done`` line written before it), and either started on the
+        process it struck (``held``), or not running on a live process
+        (never started yet, or started on a process an earlier fault killed).
+        Recovery: seconds from the fault to the job's next ``start`` line
+        written after it; for a job held by a paused process that simply
+        finished after SIGCONT, to the resume. ``None``: it never ran again.
+
+        Waiting jobs that were already late when the fault struck are left
+        out and counted as ``carried``: a job still waiting from an earlier
+        fault it was in flight at (charged to that fault), and every waiting
+        job when dispatch was already behind, i.e. some job enqueued over
+        :data:`LATE` seconds before the fault had not started (held up by
+        something earlier, and counted in that fault's ``after``).
+        Otherwise the backlog a full restart leaves behind, or a master that
+        has not yet dispatched anything since it, would be charged to the
+        worker kill that follows.
+
+        ``after``: for the jobs enqueued between this fault and the next, the
+        seconds from enqueue to first start. Not part of the issue's
+        definition, but it shows what the in-flight figures cannot: a
+        dispatch stall that begins at a fault holds up jobs enqueued later.
+        """
+        events = self.ledger_events()
+        out = []
+        dead: set[int] = set()
+        waiting_until: dict[str, float] = {}  # ledger offset of the restart, from earlier faults
+        first_start = {j: next((e[3] for e in rows if e[2] == "start"), None) for j, rows in events.items()}
+        for index, fault in enumerate(self.fault_info):
+            at, offset, pid = fault["at"], fault["offset"], fault["pid"]
+            candidates = []
+            for jid, enqueued in self.enqueued_at.items():
+                if enqueued >= at:
+                    continue
+                rows = events.get(jid, [])
+                before = [e for e in rows if e[0] <= offset]
+                if any(kind == "done" for _, _, kind, _ in before):
+                    continue
+                starts = [e for e in before if e[2] == "start"]
+                held = bool(starts) and starts[-1][1] == pid
+                if starts and not held and starts[-1][1] not in dead:
+                    continue  # running on a process this fault did not touch
+                residue = waiting_until.get(jid, -1) > offset
+                candidates.append((jid, enqueued, rows, held, residue))
+            # Dispatch already behind when the fault struck: the jobs waiting
+            # then are late whatever this fault does.
+            stalled = any(not h and not r and at - enq > LATE for _, enq, _, h, r in candidates)
+            jobs, carried = [], 0
+            for jid, _, rows, held, residue in candidates:
+                if residue or (stalled and not held):
+                    carried += 1
+                    continue
+                after = [e for e in rows if e[0] > offset]
+                restart = next((e for e in after if e[2] == "start"), None)
+                seconds = None if restart is None else max(0.0, restart[3] - at)
+                until = math.inf if restart is None else restart[0]
+                if restart is None and held and "resumed" in fault:
+                    done = next((e for e in after if e[2] == "done" and e[1] == pid), None)
+                    if done is not None:
+                        seconds, until = fault["resumed"] - at, done[0]
+                waiting_until[jid] = until
+                jobs.append({"jid": jid, "held": held, "seconds": seconds})
+            if fault["kind"] in ("worker_killed", "master_killed") and pid is not None:
+                dead.add(pid)
+            until_next = self.fault_info[index + 1]["at"] if index + 1 < len(self.fault_info) else math.inf
+            after = [
+                max(0.0, started - enqueued)
+                for jid, enqueued in self.enqueued_at.items()
+                if at <= enqueued < until_next and (started := first_start.get(jid)) is not None
+            ]
+            out.append({**fault, "jobs": jobs, "carried": carried, "after": after})
+        return out
+
+
+def recovery_stats(jobs: list[dict[str, Any]], faults: list[dict[str, Any]]) -> dict[str, Any]:
+    """Count, p50, p99 and max of recovery seconds, of all the jobs in flight and
+    of those ``held`` by the process the fault struck (``unrecovered``: never ran again;
+    ``carried``: jobs left out, as charged to an earlier fault), and of the
+    waits of the jobs enqueued after each fault (``after_*``, see Harness.recovery)."""
+    after = [wait for f in faults for wait in f["after"]]
+    seconds = [j["seconds"] for j in jobs if j["seconds"] is not None]
+    held = [j["seconds"] for j in jobs if j["held"] and j["seconds"] is not None]
+    return {
+        "faults": len(faults),
+        "in_flight": len(jobs),
+        "carried": sum(f["carried"] for f in faults),
+        "unrecovered": len(jobs) - len(seconds),
+        "p50": round(percentile(seconds, 0.5), 3),
+        "p99": round(percentile(seconds, 0.99), 3),
+        "max": round(max(seconds, default=0.0), 3),
+        "held": sum(1 for j in jobs if j["held"]),
+        "held_p99": round(percentile(held, 0.99), 3),
+        "held_max": round(max(held, default=0.0), 3),
+        "after_p99": round(percentile(after, 0.99), 3),
+        "after_max": round(max(after, default=0.0), 3),
+    }
+
+
+def recovery_summary(faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """:func:`recovery_stats` per fault kind (those that occurred) and ``overall``."""
+    summary = {}
+    for kind in FAULT_KINDS:
+        of_kind = [f for f in faults if f["kind"] == kind]
+        if of_kind:
+            summary[kind] = recovery_stats([j for f in of_kind for j in f["jobs"]], of_kind)
+    summary["overall"] = recovery_stats([j for f in faults for j in f["jobs"]], faults)
+    return summary
+
+
+def recovery_failures(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The fault kinds whose recovery misses its issue 11 target, described.
+
+    The p99 of all the jobs in flight and the p99 of those held by the struck
+    process must both meet it: after a full restart the next faults find
+    hundreds of jobs waiting that start within a second, which would
+    otherwise hide the few that the fault itself held up."""
+    failures = []
+    for kind, target in RECOVERY_TARGETS.items():
+        stats = summary.get(kind)
+        if stats is None:
+            continue
+        for key, what in (("p99", "in-flight"), ("held_p99", "held")):
+            if stats[key] > target:
+                failures.append(f"{FAULT_KINDS[kind]}: {what} p99 {stats[key]} s > {target:g} s")
+        if stats["unrecovered"]:
+            failures.append(f"{FAULT_KINDS[kind]}: {stats['unrecovered']} in-flight jobs never started again")
+    return failures
+
+
+def recovery_table(summary: dict[str, dict[str, Any]]) -> str:
+    """The recovery summary as a fixed-width table, one line per fault kind."""
+    title = "recovery: seconds from a fault to the next start of each job in flight at it"
+    head = f"  {'fault':<22} {'faults':>6} {'in-flight':>9} {'p50':>7} {'p99':>7} {'max':>7}"
+    head += f" {'held':>5} {'held p99':>8} {'after p99':>9} {'after max':>9}  target"
+    legend = "  (held: those on the process it struck; after: enqueue to start, jobs enqueued after it)"
+    lines = [title, legend, head]
+    for kind, stats in summary.items():
+        target = RECOVERY_TARGETS.get(kind)
+        verdict = "-"
+        if target is not None:
+            ok = max(stats["p99"], stats["held_p99"]) <= target
+            verdict = f"p99<={target:g} " + ("ok" if ok else "FAIL")
+        if stats["unrecovered"]:
+            verdict += f" ({stats['unrecovered']} never restarted)"
+        lines.append(
+            f"  {FAULT_KINDS.get(kind, kind):<22} {stats['faults']:>6} {stats['in_flight']:>9}"
+            f" {stats['p50']:>7.3f} {stats['p99']:>7.3f} {stats['max']:>7.3f}"
+            f" {stats['held']:>5} {stats['held_p99']:>8.3f}"
+            f" {stats['after_p99']:>9.3f} {stats['after_max']:>9.3f}  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def fault_line(fault: dict[str, Any]) -> str:
+    """One fault and its in-flight jobs' recovery, for the fault log."""
+    seconds = [j["seconds"] for j in fault["jobs"] if j["seconds"] is not None]
+    held = sum(1 for j in fault["jobs"] if j["held"])
+    worst = f", max {max(seconds):.2f} s" if seconds else ""
+    carried = f", {fault['carried']} carried" if fault["carried"] else ""
+    return f"{fault['what']} (in flight {len(fault['jobs'])}, held {held}{carried}{worst})"
+
+
+async def soak(
+    jobs: int,
+    faults: int,
+    *,
+    tmp: Path,
+    rate: float = 200.0,
+    ack_wait: float | None = SOAK_ACK_WAIT,
+    job_seconds: float = 0.01,
+) -> dict[str, Any]:
+    """Enqueue ``jobs`` while injecting ``faults``; returns the report, with
+    ``recovery`` (per fault kind and overall) and ``recovery_failures`` (the
+    kinds that miss their issue 11 target; empty when all pass)."""
+    async with Harness(tmp, ack_wait=ack_wait) as harness:
         duration = jobs / rate
         every = max(1.5, duration / (faults + 1))
         async with anyio.create_task_group() as tg:
             tg.start_soon(harness.inject, faults, every)
-            await harness.produce(jobs, rate=rate, sleep=0.01)
+            await harness.produce(jobs, rate=rate, sleep=job_seconds)
         await harness.wait_done()
         report = harness.report()
-        report["fault_log"] = [what for _, what in harness.faults]
+        recovered = harness.recovery()
+        report["ack_wait"] = harness.ack_wait_option or "default"
+        report["recovery"] = recovery_summary(recovered)
+        report["recovery_failures"] = recovery_failures(report["recovery"])
+        report["fault_log"] = [fault_line(f) for f in recovered]
+        # For --keep: the faults with their in-flight jobs, and when each job was enqueued.
+        (tmp / "recovery.json").write_text(json.dumps(recovered, indent=1))
+        (tmp / "enqueued.txt").write_text("".join(f"{j} {t:.6f}\n" for j, t in harness.enqueued_at.items()))
         return report
+
+
+def parse_ack_wait(value: str) -> float | None:
+    """``default`` (no --ack-wait: natskiq's own) or seconds."""
+    if value == "default":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ack-wait takes seconds or 'default', not {value!r}") from None
 
 
 def main() -> None:
@@ -349,16 +564,53 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--faults", type=int, default=20)
     parser.add_argument("--rate", type=float, default=200.0, help="jobs enqueued per second")
+    parser.add_argument(
+        "--ack-wait",
+        type=parse_ack_wait,
+        default=SOAK_ACK_WAIT,
+        metavar="SECONDS|default",
+        help="the workers' --ack-wait; 'default' (the default) passes none: natskiq's own applies",
+    )
+    parser.add_argument(
+        "--no-recovery-targets",
+        action="store_true",
+        help="report recovery times without failing on the issue 11 targets",
+    )
+    parser.add_argument("--job-seconds", type=float, default=0.01, help="how long each job sleeps (0.01)")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the ledger and logs in DIR (new)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="natskiq-soak-") as tmp:
+    keep: contextlib.AbstractContextManager[str]
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+        keep = contextlib.nullcontext(str(args.keep))
+    else:
+        keep = tempfile.TemporaryDirectory(prefix="natskiq-soak-")
+    with keep as tmp:
         started = time.monotonic()
-        report = anyio.run(lambda: soak(args.jobs, args.faults, tmp=Path(tmp), rate=args.rate))
+        report = anyio.run(
+            lambda: soak(
+                args.jobs,
+                args.faults,
+                tmp=Path(tmp),
+                rate=args.rate,
+                ack_wait=args.ack_wait,
+                job_seconds=args.job_seconds,
+            )
+        )
     report["seconds"] = round(time.monotonic() - started, 1)
     faults = report.pop("fault_log")
     print("faults: " + "; ".join(faults))
     print(json.dumps(report))
-    print("soak: " + " ".join(f"{k}={v}" for k, v in report.items()))
+    flat = {k: v for k, v in report.items() if k not in ("recovery", "recovery_failures")}
+    overall = report["recovery"]["overall"]
+    flat.update({f"recovery_{k}": overall[k] for k in ("in_flight", "p50", "p99", "max")})
+    print("soak: " + " ".join(f"{k}={v}" for k, v in flat.items()))
+    print(recovery_table(report["recovery"]))
     ok = report["lost"] == 0 and report["stale_lease_runs"] == 0 and report["duplicates_outside_faults"] == 0
+    for failure in report["recovery_failures"]:
+        print(f"recovery target missed: {failure}" + (" (not enforced)" if args.no_recovery_targets else ""))
+    if not args.no_recovery_targets:
+        ok = ok and not report["recovery_failures"]
     sys.exit(0 if ok else 1)
 
 
