@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 import natskiq
 from natskiq import api, cli
+from natskiq.aggregator import nak
 from natskiq.errors import ConfigError
 from natskiq.launcher import Settings
 from natskiq.topology import ensure_queue
 
-from .conftest import Workers, read_ledger, running_node, until, wait_for_ledger
+from .conftest import Workers, failed_count, read_ledger, running_node, until, wait_for_ledger
 from .sample_workers import Record
-from .test_processes import wait_nodes
+from .test_processes import wait_master, wait_nodes
 
 
 async def masters_by_node(client: natskiq.Client) -> dict[str, list[int]]:
@@ -226,3 +229,119 @@ async def test_a_paused_shard_master_is_fenced(
 
 async def _all_led_by(client: natskiq.Client, node: str, shards: int) -> bool:
     return (await masters_by_node(client)).get(node) == list(range(shards))
+
+
+async def test_a_shard_handed_over_under_load_loses_no_job_to_the_delivery_limit(
+    client: natskiq.Client, nats_url: str, namespace: str, ledger: Path
+) -> None:
+    """A node leading both shards hands one over to a node that joins while
+    jobs flow: every job runs, and a handover costs a job hardly a
+    delivery: with ``max_deliveries=3`` none ends in the failed set."""
+    await ensure_queue(client.js, client.names, "default", partitions=2)
+    settings = {"partitions": 2, "concurrency": 50, "max_deliveries": 3, "lease_ttl": 2.0}
+    jids: list[str] = []
+
+    async def produce(stop: anyio.Event) -> None:
+        while not stop.is_set():
+            jids.extend(await Record.perform_bulk([[0, len(jids) + i] for i in range(20)]))
+            await anyio.sleep(0.02)
+
+    async with running_node(nats_url, namespace, node_id="first", **settings) as first:
+        await until(lambda: first.shards.led() == [0, 1])
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce, stop)
+            async with running_node(nats_url, namespace, node_id="second", **settings) as second:
+                await until(lambda: len(second.shards.led()) == 1, timeout=20)
+                await anyio.sleep(1)
+                stop.set()
+                rows = await wait_for_ledger(ledger, len(jids))
+    assert {r.jid for r in rows} == set(jids)
+    assert await failed_count(client) == 0
+
+
+async def test_jobs_arriving_after_the_lease_is_lost_come_back_once(
+    client: natskiq.Client, nats_url: str, namespace: str, ledger: Path
+) -> None:
+    """A master whose lease deadline passes (a renew that stalled) while its
+    pull requests are open hands back the jobs those requests still bring
+    with a NAK delayed until they have ended: a plain NAK makes the server
+    send the job to the same requests again, one delivery per round trip, up
+    to the batch size, and the job would reach ``max_deliveries`` without
+    ever running. With ``max_deliveries=3`` every job runs, none fails."""
+    settings = {"concurrency": 50, "max_deliveries": 3, "lease_ttl": 30.0, "node_id": "lonely"}
+    async with running_node(nats_url, namespace, **settings) as node:
+        await until(lambda: node.shards.led() == [0])
+        await until(lambda: _open_pulls(client))
+        node.shards.leases[0]._deadline = 0.0  # as if its renewals had stalled
+        jids = await Record.perform_bulk([[0, i] for i in range(200)])
+        rows = await wait_for_ledger(ledger, 200)
+    assert {r.jid for r in rows} == set(jids)
+    assert await failed_count(client) == 0
+
+
+@pytest.mark.parametrize("delay", [0.0, 2.6])
+async def test_a_delayed_nak_keeps_a_job_off_the_pull_request_that_brought_it(
+    client: natskiq.Client, delay: float
+) -> None:
+    """What the hand-back of a master that lost its lease relies on: JetStream
+    sends a job NAKed at once straight back to the open pull request that
+    brought it, once per round trip up to the request's batch size (each a
+    delivery), while a NAK delayed past the request's end costs one delivery."""
+    names = client.names
+    await ensure_queue(client.js, names, "default")
+    inbox = client.nc.new_inbox()
+    arrivals: list[int] = []
+
+    async def hand_back(msg: Any) -> None:
+        if msg.reply:  # not the request's end (a status without one)
+            arrivals.append(1)
+            await client.nc.publish(msg.reply, nak(delay))
+
+    sub = await client.nc.subscribe(inbox, cb=hand_back)
+    request = {"batch": 50, "expires": int(2e9)}
+    await client.nc.publish(names.pull_subject("default"), json.dumps(request).encode(), reply=inbox)
+    await Record.perform_async(note="bounced")
+    await anyio.sleep(2.9)
+    await sub.unsubscribe()
+    assert len(arrivals) == (50 if delay == 0 else 1)
+
+
+async def _open_pulls(client: natskiq.Client) -> bool:
+    info = await client.js.consumer_info(client.names.queue_stream("default"), client.names.consumer(0))
+    return (info.num_waiting or 0) > 0
+
+
+@pytest.mark.slow
+async def test_a_master_paused_briefly_hands_back_jobs_without_burning_deliveries(
+    client: natskiq.Client, workers: Workers, ledger: Path
+) -> None:
+    """SIGSTOP of the master for 1.5 s: past its 1 s lease, not past its 2 s
+    pull requests. The jobs that still arrive for those requests when it
+    wakes go back with a NAK delayed until the requests have ended (a plain
+    NAK makes the server send the job to them again, one delivery per round
+    trip), so with ``--max-deliveries 3`` none ends in the failed set."""
+    flags = ("--lease-ttl", "1", "--max-deliveries", "3", "--concurrency", "50")
+    paused = workers.start(*flags, node_id="a")
+    assert await wait_master(client) == "a"
+    workers.start(*flags, node_id="b")
+    await wait_nodes(client, 2)
+    jids: list[str] = []
+
+    async def produce(stop: anyio.Event) -> None:
+        while not stop.is_set():
+            jids.extend(await Record.perform_bulk([[0, len(jids) + i] for i in range(20)]))
+            await anyio.sleep(0.02)
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce, stop)
+        await anyio.sleep(1)
+        paused.send_signal(signal.SIGSTOP)
+        await anyio.sleep(1.5)
+        paused.send_signal(signal.SIGCONT)
+        await anyio.sleep(2)
+        stop.set()
+    rows = await wait_for_ledger(ledger, len(jids))
+    assert {r.jid for r in rows} == set(jids)
+    assert await failed_count(client) == 0, workers.logs()[-3000:]

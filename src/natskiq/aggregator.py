@@ -92,6 +92,13 @@ class Delivery:
 _ACK_FIELDS = ("stream", "consumer", "delivered", "sseq", "cseq", "ts", "pending")
 
 
+def nak(delay: float = 0.0) -> bytes:
+    """A NAK, asking for redelivery after ``delay`` seconds (at once if 0)."""
+    if delay <= 0:
+        return b"-NAK"
+    return b'-NAK {"delay": %d}' % int(delay * 1e9)
+
+
 def ack_tokens(reply: str) -> tuple[list[str], int]:
     """A JetStream ack subject's tokens, and where its fields start (v1 or v2 form)."""
     tokens = reply.split(".")
@@ -424,7 +431,13 @@ class Aggregator:
         asked: a master that was paused past its lease finds jobs arriving
         for the requests it had open, and one delivered to an inbox nobody
         reads waits out the whole ack wait. Listening until the requests
-        have ended (at most :data:`PULL_EXPIRES`) hands each straight back.
+        have ended (at most :data:`PULL_EXPIRES`) hands each straight back,
+        with a NAK delayed until they have ended: a plain NAK makes the job
+        the next one the server sends, to these same requests, and a job
+        handed back and forth that way up to a batch's size of times
+        reaches ``--max-deliveries`` without ever running (a lease handed
+        over to balance the shards, or lost to a slow server, leaves
+        requests open for up to :data:`PULL_EXPIRES`).
         """
         pulls = self._pulls[queue]
         if self._holds_lease():
@@ -440,7 +453,7 @@ class Aggregator:
             while open_pulls > 0:
                 for msg in await inbox.get():
                     if msg.reply:
-                        await self._hand_back(msg.reply)
+                        await self._hand_back(msg.reply, delay=until - anyio.current_time() + 0.1)
                     elif (msg.headers or {}).get("Status") in ("408", "409"):
                         open_pulls -= 1
 
@@ -539,15 +552,16 @@ class Aggregator:
             if ended:
                 self._notify()
 
-    async def _hand_back(self, reply: str) -> None:
-        """NAK a job that arrived too late to dispatch, unless JetStream may have redelivered it.
+    async def _hand_back(self, reply: str, delay: float = 0.0) -> None:
+        """NAK a job that arrived too late to dispatch (redelivered after
+        ``delay`` seconds), unless JetStream may have redelivered it.
 
         After a pause the arrival is late by the whole pause: the ack
         subject's delivery time (the server's clock) says how old it really is.
         """
         age = time.time() - ack_field(reply, "ts") / 1e9
         if age < self.ack_wait - STALE_MARGIN:
-            await self.nc.publish(reply, b"-NAK")
+            await self.nc.publish(reply, nak(delay))
         else:
             log.info("not handing back a job delivered %.1fs ago: JetStream has given it out again", age)
 

@@ -55,6 +55,7 @@ from .aggregator import (
     Inbox,
     ack_field,
     ack_tokens,
+    nak,
 )
 from .errors import DeliveryLimit, InvalidJob, UnknownWorker
 from .lease import current_token
@@ -69,6 +70,7 @@ ACK_LINGER = 0.001
 RUN_SLICE = 0.005  # seconds a runner may run jobs back to back before it yields
 STATS_INTERVAL = 1.0
 MAX_DELIVERIES = 25
+UNCONFIRMED_DELAY = 1.0  # seconds before a dispatch whose token could not be confirmed comes back
 CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
 
 
@@ -319,11 +321,17 @@ class Node:
         return token <= current
 
     async def _drop_unconfirmed(self, batch: list[Delivery]) -> list[Delivery]:
-        """Deliveries whose token the lease did not confirm go back (NAK) and do not run."""
+        """Deliveries whose token the lease did not confirm go back and do not run.
+
+        The NAK is delayed by :data:`UNCONFIRMED_DELAY`: when the lease
+        cannot be read (a server restarting), a plain NAK would have the
+        master send the job straight back, and every round trip would count
+        a delivery towards ``max_deliveries``.
+        """
         kept = [d for d in batch if d.token <= self._max_token.get(d.shard, 0)]
         for delivery in batch:
             if delivery.token > self._max_token.get(delivery.shard, 0):
-                await self._settle(delivery, b"-NAK")
+                await self._settle(delivery, nak(UNCONFIRMED_DELAY))
         return kept
 
     async def _fetch(self, reply: str) -> bytes:
@@ -678,7 +686,7 @@ class Node:
 
     async def _settle(self, delivery: Delivery, verdict: bytes) -> None:
         self._inflight.discard(delivery)
-        if verdict == b"-NAK" and delivery.stale(anyio.current_time()):
+        if verdict.startswith(b"-NAK") and delivery.stale(anyio.current_time()):
             return  # it may be another node's by now: a NAK would hand back that delivery
         if verdict == b"+ACK" and self._tg is not None:
             # Acks go out in batches (see _ack_batches): one socket write for
