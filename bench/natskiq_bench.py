@@ -21,6 +21,7 @@ import anyio
 
 import natskiq
 from natskiq import api
+from natskiq.topology import ensure_queue
 
 from .common import (
     Context,
@@ -347,9 +348,11 @@ async def scaling(ctx: Context, processes: int, io: bool) -> dict[str, float]:
     namespace = ctx.name("b")
     rec = ctx.record_file(f"natskiq-scale-{processes}")
     args = ["--concurrency", str(IO_CONCURRENCY)] if io else []
+    args += ["--partitions", str(processes)]  # a shard, hence a master, per process
     async with natskiq.connect(ctx.url, namespace=namespace) as client:
         await client.ensure_queue(QUEUE)
         procs = await _cluster(ctx, client, namespace, rec, processes, *args)
+        await _learn_partitions(client, processes)
         try:
             meter = CpuMeter({"workers": [proc.pid for proc in procs], "server": [ctx.server_pid]})
             meter.start()
@@ -375,6 +378,20 @@ async def scaling(ctx: Context, processes: int, io: bool) -> dict[str, float]:
         "all_acked": float(drained),
         "duplicates": float(len(records) - done["distinct"]),
     }
+
+
+async def _learn_partitions(client: natskiq.Client, partitions: int) -> None:
+    """Have the producer learn the partitions the workers created (it would
+    within a minute by itself), and wait until every shard has a master."""
+    await ensure_queue(client.js, client.names, QUEUE)
+    assert client.names.partitions(QUEUE) == partitions
+    with anyio.fail_after(30):
+        while True:
+            masters = await api.masters(client)
+            spread = len({m["node"] for m in masters}) >= min(partitions, len(await api.nodes(client)))
+            if len(masters) == partitions and spread:
+                return
+            await anyio.sleep(0.1)
 
 
 def _scaling(processes: int, io: bool) -> Callable[[Context], Awaitable[dict[str, float]]]:
@@ -419,10 +436,11 @@ async def many_sleeping(ctx: Context) -> dict[str, float]:
     rec = ctx.record_file("natskiq-sleeping")
     n = ctx.sleepers
     samples: list[tuple[float, list[float]]] = []
-    args = ["--concurrency", str(NAP_CONCURRENCY)]
+    args = ["--concurrency", str(NAP_CONCURRENCY), "--partitions", str(NAP_NODES)]
     async with natskiq.connect(ctx.url, namespace=namespace) as client:
         await client.ensure_queue(QUEUE)
         procs = await _cluster(ctx, client, namespace, rec, NAP_NODES, *args)
+        await _learn_partitions(client, NAP_NODES)
         pids = [proc.pid for proc in procs]
         try:
             idle = [rss_mib(pid) for pid in pids]

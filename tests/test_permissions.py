@@ -33,7 +33,7 @@ def producer_permissions(names: Names, queues: list[str]) -> dict[str, object]:
                 f"{names.namespace}.queue.>",
                 f"{names.namespace}.scheduled.>",
                 *(f"$JS.API.STREAM.INFO.{stream}" for stream in streams),
-                *(f"$JS.API.CONSUMER.INFO.{stream}.aggregator" for stream in streams),
+                *(f"$JS.API.CONSUMER.INFO.{stream}.*" for stream in streams),
             ]
         },
         "subscribe": {"allow": ["_INBOX.>"]},
@@ -64,14 +64,16 @@ def guarded(tmp_path: Path) -> Iterator[str]:
         server.stop()
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
 async def test_a_producer_with_enqueue_rights_only_enqueues(
-    guarded: str, tmp_path: Path, ledger: Path
+    guarded: str, tmp_path: Path, ledger: Path, partitions: int
 ) -> None:
-    """The producer's perform_async and perform_in run on a worker; its forged master
+    """The producer's perform_async and perform_in run on a worker (a queue in
+    3 partitions too: it learns them and fills them in turn); its forged master
     announcement, dispatch and demand report and its write to the failed set are refused."""
     workers = Workers(guarded.format("worker:worker-secret"), NAMESPACE, tmp_path)
     try:
-        workers.start(node_id="w0")
+        workers.start("--partitions", str(partitions), node_id="w0")
         async with natskiq.connect(guarded.format("worker:worker-secret"), namespace=NAMESPACE) as admin:
             master = await wait_master(admin)
             async with natskiq.connect(
@@ -79,6 +81,7 @@ async def test_a_producer_with_enqueue_rights_only_enqueues(
             ) as producer:
                 names = producer.names
                 now = await Record.set(client=producer).perform_async(note="now")
+                assert names.partitions("default") == partitions
                 later = await Record.set(client=producer).perform_in(0.2, note="later")
                 forged = json.dumps({"token": 10**12}).encode()
                 await producer.nc.publish(names.master_subject, forged)
