@@ -95,6 +95,7 @@ class Harness:
         lease_ttl: float = 2.0,
         ack_wait: float | None = ACK_WAIT,
         concurrency: int = 20,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.tmp = tmp
         self.cluster = Cluster(configs=CONFIGS, root=tmp / "cluster")
@@ -102,6 +103,7 @@ class Harness:
         self.ledger.touch()
         self.namespace = f"c{os.urandom(4).hex()}"
         self.lease_ttl, self.concurrency = lease_ttl, concurrency
+        self.extra = extra  # more `natskiq worker` flags, e.g. ("--partitions", "3")
         # None: start the workers without --ack-wait (natskiq's default applies).
         self.ack_wait_option = ack_wait
         self.ack_wait = DEFAULT_ACK_WAIT if ack_wait is None else ack_wait
@@ -162,6 +164,7 @@ class Harness:
         ]  # fmt: skip
         if self.ack_wait_option is not None:
             cmd += ["--ack-wait", str(self.ack_wait_option)]
+        cmd += self.extra
         env = {**os.environ, "NATSKIQ_TEST_LEDGER": str(self.ledger)}
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[node_id] = proc
@@ -308,13 +311,15 @@ class Harness:
         done = self.rows()
         runs = collections.Counter(r["jid"] for r in done)
         enqueued = set(self.enqueued)
-        first_seen: dict[int, float] = {}
+        # Tokens compare within a dispatch shard: (shard, token) -> first delivery.
+        first_seen: dict[tuple[int, int], float] = {}
         for row in self.rows("start"):
-            token = row["token"]
-            first_seen[token] = min(first_seen.get(token, row["delivered"]), row["delivered"])
+            key = (row.get("shard", 0), row["token"])
+            first_seen[key] = min(first_seen.get(key, row["delivered"]), row["delivered"])
         stale = []
         for row in self.rows("start"):
-            newer = [at for token, at in first_seen.items() if token > row["token"]]
+            shard = row.get("shard", 0)
+            newer = [at for (s, token), at in first_seen.items() if s == shard and token > row["token"]]
             if newer and row["delivered"] > min(newer):
                 stale.append(row["jid"])
         # A duplicate is expected only for a job in flight at a fault: its
@@ -531,8 +536,14 @@ async def soak(
     ``recovery`` (per fault kind and overall) and ``recovery_failures`` (the
     kinds that miss their issue 11 target; empty when all pass)."""
     async with Harness(tmp, ack_wait=ack_wait) as harness:
-        duration = jobs / rate
-        every = max(1.5, duration / (faults + 1))
+        # Faults far enough apart that the jobs in flight at one are running
+        # again before the next (a job of a killed worker is back an ack wait
+        # later, one of a killed master a lease TTL and an ack wait later),
+        # so that each fault's recovery is its own; and jobs flowing through
+        # all of them, at a lower rate if need be.
+        gap = harness.ack_wait + harness.lease_ttl + 1
+        every = max(gap, jobs / rate / (faults + 1))
+        rate = min(rate, jobs / (every * (faults + 1)))
         async with anyio.create_task_group() as tg:
             tg.start_soon(harness.inject, faults, every)
             await harness.produce(jobs, rate=rate, sleep=job_seconds)
