@@ -21,7 +21,8 @@ coroutine; it runs one election per shard and guarantees:
   node that leads two or more shards more than the live node leading the
   fewest hands one over: it gives up that lease (deleting the key, so the
   others race for it at once) and keeps out of that shard's race for
-  :data:`COOLDOWN` seconds. Nodes joining and leaving thus even out within
+  :data:`COOLDOWN` seconds (if nobody took it meanwhile, it wins it back and
+  waits :data:`RETRY_BALANCE` before trying again). Nodes joining and leaving thus even out within
   seconds, and the fencing stays per shard: a handed-over shard's new
   master has a higher token, and nodes refuse the old one's dispatches.
 """
@@ -51,9 +52,13 @@ log = logging.getLogger(__name__)
 HANDICAP = 0.25
 """Seconds a node waits, per shard it already leads, before trying for a vacant one."""
 BALANCE_EVERY = 2.0
-COOLDOWN = 3.0
-"""Seconds a node keeps out of the race for a shard it has just handed over."""
-LIVE = 6.0
+COOLDOWN = 1.0
+"""Seconds a node keeps out of the race for a shard it has just handed over
+(the others race for it at once: one takes it within milliseconds)."""
+RETRY_BALANCE = (4.0, 30.0)
+"""Seconds before handing over again after a hand-over nobody took (the
+node that looked least loaded had just died or paused), doubling to the second."""
+LIVE = 5.0
 """A node whose heartbeat (every 2 s) is older than this counts as gone."""
 
 
@@ -109,6 +114,7 @@ class Shards:
         await anyio.sleep(max(wait, until))
 
     async def _balance(self) -> None:
+        backoff = 0.0
         while True:
             await anyio.sleep(BALANCE_EVERY)
             mine = self.led()
@@ -129,7 +135,16 @@ class Shards:
                 )  # fmt: skip
                 self._cooldown[shard] = anyio.current_time() + COOLDOWN
                 self.leases[shard].give_up()
-                await anyio.sleep(COOLDOWN)  # let the others take it, and the views catch up
+                await anyio.sleep(COOLDOWN + BALANCE_EVERY)  # let the others take it, and the views catch up
+                if shard in self.led():
+                    # Nobody took it (the node leading fewest had just died or
+                    # paused, its heartbeat not yet stale): this node won it
+                    # back after the cooldown. Wait longer before trying again.
+                    backoff = min(RETRY_BALANCE[1], backoff * 2) if backoff else RETRY_BALANCE[0]
+                    log.info("nobody took shard %d; balancing again in %.0f s", shard, backoff)
+                    await anyio.sleep(backoff)
+                else:
+                    backoff = 0.0
 
     async def counts(self) -> dict[str, int]:
         """How many shards each live, non-quiet node leads (from the buckets)."""
