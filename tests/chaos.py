@@ -264,9 +264,25 @@ class Harness:
         info["resumed"] = time.time()
         return master
 
-    async def kill_server(self, down: float = 2.0) -> None:
-        """kill -9 one nats-server, wait, start it again."""
-        index = random.randrange(len(self.cluster.servers))
+    async def leader_of(self, stream: str) -> int | None:
+        """The index of the server leading ``stream`` (None if unknown)."""
+        assert self.client is not None
+        try:
+            leader = (await self.client.js.stream_info(stream)).cluster.leader
+            return int(str(leader).rsplit("-", 1)[1]) - 1
+        except Exception:  # no leader right now, or a name not of the nats-N form
+            return None
+
+    async def kill_server(self, down: float = 2.0, *, lease_leader: bool = False) -> None:
+        """kill -9 one nats-server (at random, or the one leading the lease
+        bucket, so that the master cannot renew until a new leader is
+        elected), wait, start it again."""
+        assert self.client is not None
+        index = None
+        if lease_leader:
+            index = await self.leader_of(f"KV_{self.client.names.lease_bucket}")
+        if index is None:
+            index = random.randrange(len(self.cluster.servers))
         self._mark(f"kill -9 nats-{index + 1}", "server_killed")
         await anyio.to_thread.run_sync(self.cluster.kill, index)
         await anyio.sleep(down)

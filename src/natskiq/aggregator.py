@@ -447,13 +447,13 @@ class Aggregator:
             return
         open_pulls = len(pulls)
         now = anyio.current_time()
-        until = max((pull.expires_at for pull in pulls), default=now)
+        until = now + self._until_pulls_end(queue)
         pulls.clear()
         with anyio.move_on_after(max(0.0, until - now)):
             while open_pulls > 0:
                 for msg in await inbox.get():
                     if msg.reply:
-                        await self._hand_back(msg.reply, delay=until - anyio.current_time() + 0.1)
+                        await self._hand_back(msg.reply, delay=until - anyio.current_time())
                     elif (msg.headers or {}).get("Status") in ("408", "409"):
                         open_pulls -= 1
 
@@ -529,7 +529,8 @@ class Aggregator:
                 # header of its own: it is a job all the same.)
                 status = None if msg.reply else (msg.headers or {}).get("Status")
                 if msg.reply and not held:
-                    await self._hand_back(msg.reply)  # pulled under a lease since lost
+                    # Pulled under a lease since lost: back, once the open pulls have ended.
+                    await self._hand_back(msg.reply, delay=self._until_pulls_end(queue))
                 elif msg.reply:
                     buffer.append((msg, now))
                     last_reply = msg.reply
@@ -545,12 +546,21 @@ class Aggregator:
                     else:
                         log.debug("pull on %s ended: %s", queue, msg.headers)
                     ended = True
+            if not held:
+                self.check_lease()  # stop now: _refuse_late takes what still comes
             if last_reply:
                 # JetStream's count of jobs left in the queue, as of the newest one.
                 self._pending[queue] = ack_field(last_reply, "pending")
                 self._wake_dispatch()
             if ended:
                 self._notify()
+
+    def _until_pulls_end(self, queue: str) -> float:
+        """Seconds until every pull request open on ``queue`` has surely ended
+        (a little past the latest expiry), the delay of a NAK that must not
+        come back to them (see :meth:`_refuse_late`)."""
+        now = anyio.current_time()
+        return max((pull.expires_at for pull in self._pulls[queue]), default=now) - now + 0.1
 
     async def _hand_back(self, reply: str, delay: float = 0.0) -> None:
         """NAK a job that arrived too late to dispatch (redelivered after
