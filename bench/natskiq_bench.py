@@ -250,7 +250,7 @@ async def rss(ctx: Context) -> dict[str, float]:
     return {"idle_mib": idle, "sleeping_mib": busy, "peak_mib": peak, "sleeping_jobs": float(len(records))}
 
 
-# -- issue 11, "Measure first": dispatch cost, scaling, many sleeping jobs -------------
+# -- scale-out: dispatch cost, scaling, many sleeping jobs -------------
 
 IDLE_QUEUE = "idle"  # a queue nobody enqueues to: the master's own node runs nothing
 IO_SLEEP = 0.01  # the I/O-bound job: await anyio.sleep(0.01)

@@ -11,7 +11,7 @@ for N no-op jobs (10,000; ``--quick``: 1,000):
   installed, with ``--event-loop uvloop``), enqueue ->
   perform-start latency, ``perform_in`` lateness, master failover after
   ``kill -9``, worker RSS idle and with 10,000 sleeping jobs;
-* natskiq, issue 11 ("Measure first"): the master's CPU per job it
+* natskiq, scale-out: the master's CPU per job it
   dispatches to another node (its own node serving an idle queue), jobs/s
   and the busiest process's share with 1, 2 and 3 processes for no-op and
   ``anyio.sleep(0.01)`` jobs (``--concurrency 500``), and 50,000
@@ -236,7 +236,7 @@ def report(results: dict[str, dict[str, Any]]) -> tuple[list[list[str]], list[di
     rows.append(["natskiq: worker RSS idle", f"{_fmt(g('natskiq.rss', 'idle_mib'))} MiB", ""])
     sleeping, peak = _fmt(g("natskiq.rss", "sleeping_mib")), _fmt(g("natskiq.rss", "peak_mib"))
     rows.append(["natskiq: worker RSS, 10,000 sleeping jobs", f"{sleeping} MiB", f"peak {peak} MiB"])
-    rows += _issue11_rows(results)
+    rows += _scale_rows(results)
     tq_enq = x(r("taskiq.processed", "raw.publish", a_field="enqueue_per_s"), "raw js.publish")
     tq_done = x(r("taskiq.processed", "raw.fetch_ack", a_field="processed_per_s"), "raw fetch+ack")
     rate("taskiq-nats: enqueue (kiq) sequential", g("taskiq.processed", "enqueue_per_s"), tq_enq)
@@ -277,8 +277,8 @@ def _running_note(results: dict[str, dict[str, Any]]) -> str:
     return f"at 20,000 running; that node ran {_fmt(running)}"
 
 
-def _issue11_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """Issue 11's figures: the master's dispatch cost, 1/2/3 processes, many sleeping jobs."""
+def _scale_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The scale-out figures: the master's dispatch cost, 1/2/3 processes, many sleeping jobs."""
 
     def g(key: str, field: str) -> float:
         return _get(results, key, field)

@@ -8,7 +8,7 @@ kill -9 of a nats-server, a stop and restart of all servers. Jobs
 (``tests.Chaos``) append to a ledger; :meth:`Harness.report` reads it back
 and counts lost jobs, duplicate runs and runs under a stale lease, and
 :meth:`Harness.recovery` measures, for each fault, how long every job in
-flight at that moment took to start again (issue 11).
+flight at that moment took to start again.
 
 The soak starts its workers without ``--ack-wait``, so natskiq's own
 default decides how soon a job held by a dead process comes back
@@ -64,7 +64,7 @@ FAULT_KINDS = {
     "servers_restarted": "all servers restarted",
 }
 
-# Recovery targets, from issue 11 targets: p99 seconds from a fault to the next
+# Recovery targets: p99 seconds from a fault to the next
 # start of each job in flight at it (jobs on the struck node, and the jobs still
 # waiting), checked on all of them and on those held by the struck process (see
 # recovery_failures). Jobs on a killed (or paused) worker node: 5 s; jobs held
@@ -396,8 +396,8 @@ class Harness:
         worker kill that follows.
 
         ``after``: for the jobs enqueued between this fault and the next, the
-        seconds from enqueue to first start. Not part of the issue's
-        definition, but it shows what the in-flight figures cannot: a
+        seconds from enqueue to first start. Not one of the targets, but it
+        shows what the in-flight figures cannot: a
         dispatch stall that begins at a fault holds up jobs enqueued later.
         """
         events = self.ledger_events()
@@ -487,7 +487,7 @@ def recovery_summary(faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def recovery_failures(summary: dict[str, dict[str, Any]]) -> list[str]:
-    """The fault kinds whose recovery misses its issue 11 target, described.
+    """The fault kinds whose recovery misses its target, described.
 
     The p99 of all the jobs in flight and the p99 of those held by the struck
     process must both meet it: after a full restart the next faults find
@@ -550,7 +550,7 @@ async def soak(
 ) -> dict[str, Any]:
     """Enqueue ``jobs`` while injecting ``faults``; returns the report, with
     ``recovery`` (per fault kind and overall) and ``recovery_failures`` (the
-    kinds that miss their issue 11 target; empty when all pass)."""
+    kinds that miss their target; empty when all pass)."""
     async with Harness(tmp, ack_wait=ack_wait) as harness:
         # Faults far enough apart that the jobs in flight at one are running
         # again before the next (a job of a killed worker is back an ack wait
@@ -601,7 +601,7 @@ def main() -> None:
     parser.add_argument(
         "--no-recovery-targets",
         action="store_true",
-        help="report recovery times without failing on the issue 11 targets",
+        help="report recovery times without failing on the recovery targets",
     )
     parser.add_argument("--job-seconds", type=float, default=0.01, help="how long each job sleeps (0.01)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the ledger and logs in DIR (new)")

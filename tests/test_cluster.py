@@ -117,7 +117,7 @@ async def test_all_servers_restart_every_job_runs(tmp_path: Path) -> None:
 
 async def test_short_soak(tmp_path: Path) -> None:
     """1,000 jobs under 5 faults of every kind: none lost, none run under a stale lease,
-    and the jobs in flight at each fault start again within the issue 11 targets.
+    and the jobs in flight at each fault start again within the recovery targets.
     Faults 7 s apart (see soak), 1,000 jobs over them at about 24/s, of
     0.5 s each, so that a killed or paused node holds some (about 4)."""
     report = await soak(1000, 5, tmp=tmp_path, rate=150, job_seconds=0.5)
