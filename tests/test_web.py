@@ -496,3 +496,19 @@ async def test_busy_page_lists_running_jobs_and_quiets_a_node(
         with pytest.raises(natskiq.NotFound):
             await api.command(client, "nobody", "stop")
         await api.cancel(client, jid)
+
+
+async def test_busy_page_names_the_shards_a_node_masters(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """With 2 partitions, the node leading both shards is shown as "master of shards 0, 1"."""
+    from .conftest import running_node, until
+
+    async with running_node(client.url, client.namespace, partitions=2, node_id="both") as node:
+        await until(lambda: node.shards.led() == [0, 1])
+
+        async def badge() -> bool:
+            page = (await web.get("/busy")).text
+            return "master of shards 0, 1" in page and "Master of shard 1: <b>both</b>" in page
+
+        await until(badge)

@@ -173,8 +173,8 @@ class Dashboard:
 
     async def busy(self, request: Request) -> Response:
         client = await self.client()
-        nodes, master = await api.nodes(client), await api.master(client)
-        return self.page(request, lambda view: pages.busy(view, nodes, master))
+        nodes, masters = await api.nodes(client), await api.masters(client)
+        return self.page(request, lambda view: pages.busy(view, nodes, masters))
 
     async def queues(self, request: Request) -> Response:
         infos = await api.queues(await self.client())

@@ -145,21 +145,30 @@ def queue_table(view: View, queues: Sequence[api.QueueInfo]) -> Safe:
 # -- busy ------------------------------------------------------------------------
 
 
-def busy(view: View, nodes: Sequence[dict[str, Any]], master: dict[str, Any] | None) -> str:
+def busy(view: View, nodes: Sequence[dict[str, Any]], masters: Sequence[dict[str, Any]]) -> str:
+    """Every live node, and who masters each dispatch shard (``api.masters``)."""
     rows = [_node_row(view, node) for node in nodes]
     head = ("Node", "Host", "PID", "Queues", "Busy", "Started", "Processed", "Failed", "Seen", "")
-    if master:
-        lead = tag(
-            '<p class="master">Master: <b>$node</b> ($host, pid $pid) · lease renewed $renewed · '
-            "revision $rev</p>",
-            node=master.get("node", "?"),
-            host=master.get("host", "?"),
-            pid=master.get("pid", "?"),
-            renewed=when(master.get("since"), view.now),
-            rev=master.get("revision", "?"),
+    leads = []
+    for master in masters:
+        title = (
+            "Master"
+            if len(masters) == 1 and master.get("shard") == 0
+            else f"Master of shard {master.get('shard')}"
         )
-    else:
-        lead = tag('<p class="master none">No master: no node holds the lease.</p>')
+        leads.append(
+            tag(
+                '<p class="master">$title: <b>$node</b> ($host, pid $pid) · lease renewed $renewed · '
+                "revision $rev</p>",
+                title=title,
+                node=master.get("node", "?"),
+                host=master.get("host", "?"),
+                pid=master.get("pid", "?"),
+                renewed=when(master.get("since"), view.now),
+                rev=master.get("revision", "?"),
+            )
+        )
+    lead = join(leads) if leads else tag('<p class="master none">No master: no node holds the lease.</p>')
     cancel = view.form(
         "/busy/cancel",
         tag(
