@@ -106,10 +106,6 @@ class Names:
             return self.queue_subject(queue)
         return self.partition_subject(queue, next(self._turns) % count)
 
-    def ready_subjects(self, queue: str) -> list[str]:
-        """The subjects of the queue's ready jobs, one per known partition."""
-        return [self.partition_subject(queue, p) for p in range(self.partitions(queue))]
-
     def scheduled_subject(self, queue: str, jid: str) -> str:
         return f"{self.namespace}.scheduled.{check_name('queue', queue)}.{check_name('jid', jid)}"
 
