@@ -1,5 +1,6 @@
-"""The architecture contracts in pyproject.toml ([tool.importlinter]) hold,
-cover every module they claim to, and do break when an import crosses one."""
+"""The architecture contracts in pyproject.toml ([tool.importlinter]) hold
+(no import cycles among them), cover every module they claim to, and do
+break when an import crosses one."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_every_contract_is_kept() -> None:
 def test_the_cli_contract_lists_every_module() -> None:
     """A module added later is covered: the list must name every top-level
     module and subpackage of natskiq but the CLI and ``__main__``."""
-    (cli,) = [c for c in contracts() if c["forbidden_modules"] == ["natskiq.cli"]]
+    (cli,) = [c for c in contracts() if c.get("forbidden_modules") == ["natskiq.cli"]]
     on_disk = {"natskiq"}
     for path in SRC.iterdir():
         if path.suffix == ".py" and path.stem not in ("__init__", "__main__", "cli"):
@@ -57,4 +58,5 @@ def test_an_import_across_a_contract_breaks_it(tmp_path: Path) -> None:
     job.write_text(job.read_text() + "\nfrom . import client as _client  # noqa\n")
     result = lint_imports(copy)
     assert result.returncode != 0
-    assert "1 broken" in result.stdout and "natskiq.job -> natskiq.client" in result.stdout
+    # The envelope's contract, and the no-cycles one (the client imports the envelope).
+    assert "2 broken" in result.stdout and "natskiq.job -> natskiq.client" in result.stdout

@@ -25,7 +25,7 @@ import ssl
 import time
 from collections.abc import Generator, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import attrs
@@ -44,7 +44,7 @@ from .bulk import BULK_WINDOW
 from .errors import ConfigError, EnqueueError, NotConnected
 from .middleware import ClientMiddleware
 from .topology import Names, ensure_bucket, ensure_queue
-from .worker import Options, Worker
+from .worker import Options, Worker, open_clients
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ CONNECT_ATTEMPTS = 3
 PUBLISH_TIMEOUT = 5.0  # seconds one publish waits for its PubAck (nats-py's JetStream default)
 REENSURE = 60.0  # seconds before a client looks at a queue's stream again (new partitions)
 
-_defaults: list[Client] = []
 # Errors that say a connect failed but not why (the server closed on us, or ran out of tries).
 _VAGUE = (nats.errors.NoServersError, nats.errors.UnexpectedEOF, nats.errors.ConnectionClosedError)
 
@@ -65,9 +64,9 @@ def current_client() -> Client:
     Raises:
         NotConnected: no client is open.
     """
-    if not _defaults:
+    if not open_clients:
         raise NotConnected()
-    return _defaults[-1]
+    return cast(Client, open_clients[-1])
 
 
 def split_urls(url: str | None) -> list[str]:
@@ -152,7 +151,7 @@ class Client:
         # Room for what natskiq adds on the way: enqueue, dispatch and retry
         # headers, a failure's error fields (the server's limit counts headers).
         self._max_bytes = min(MAX_JOB_BYTES, self._nc.max_payload or MAX_JOB_BYTES) - jobs.MAX_OVERHEAD
-        _defaults.append(self)
+        open_clients.append(self)
         return self
 
     async def _connect(self, urls: list[str], options: dict[str, Any]) -> NATS:
@@ -258,8 +257,8 @@ class Client:
 
     async def close(self) -> None:
         """Flush and disconnect; stop being the default client."""
-        if self in _defaults:
-            _defaults.remove(self)
+        if self in open_clients:
+            open_clients.remove(self)
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None and not nc.is_closed:
             try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, c
 
 import attrs
 
-from .errors import ConfigError, UnknownWorker
+from .errors import ConfigError, NotConnected, UnknownWorker
 from .topology import check_name
 
 if TYPE_CHECKING:
@@ -322,17 +322,17 @@ class Enqueuer(Protocol):
 
 
 _modes: list[Enqueuer] = []  # testing modes in force, innermost last
-_current_client: Callable[[], Enqueuer] | None = None
+open_clients: list[Enqueuer] = []
+"""The open clients, newest last: ``natskiq.client`` adds each one it opens
+and removes it on close. Kept here, below the client, so that defining a
+worker needs no client module (and the two do not import each other)."""
 
 
 def _default_client() -> Enqueuer:
-    """``natskiq.client.current_client()``, imported on first use (worker.py sits above client.py)."""
-    global _current_client
-    if _current_client is None:
-        from .client import current_client
-
-        _current_client = current_client
-    return _current_client()
+    """The client opened last (``natskiq.client.current_client()``), the default for ``perform_*``."""
+    if not open_clients:
+        raise NotConnected()
+    return open_clients[-1]
 
 
 def _configured(cls: type[_Performs[P]]) -> Configured[P]:
