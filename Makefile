@@ -26,7 +26,7 @@ demo: $(STAMP)
 # Two test processes: most tests wait on servers and subprocesses, so the
 # suite takes about 4 minutes on 2 cores instead of about 7.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
