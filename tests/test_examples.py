@@ -205,6 +205,33 @@ async def test_testing_example_passes_under_pytest() -> None:
     assert "3 passed" in output, output
 
 
+async def test_fastapi_signup_enqueues(
+    example_worker: ExampleWorker, nats_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /signup on examples/fastapi_app.py answers 202 with a jid, each job runs, and a
+    bad email is refused (400) before anything is enqueued, as is a body without one (422)."""
+    monkeypatch.setenv("NATSKIQ_URL", nats_url)
+    monkeypatch.setenv("NATSKIQ_NAMESPACE", namespace)
+    from examples import fastapi_app
+
+    emails = [f"fan{i}@example.com" for i in range(3)]
+    transport = httpx.ASGITransport(app=fastapi_app.app)
+    async with (
+        fastapi_app.app.router.lifespan_context(fastapi_app.app),
+        httpx.AsyncClient(transport=transport, base_url="http://api") as http,
+    ):
+        responses = [await http.post("/signup", json={"email": email}) for email in emails]
+        not_email = await http.post("/signup", json={"email": "nobody"})
+        no_body = await http.post("/signup", json={"name": "x"})
+    assert [r.status_code for r in responses] == [202] * 3
+    assert (not_email.status_code, no_body.status_code) == (400, 422)
+    jids = [r.json()["jid"] for r in responses]
+    lines = await example_worker.wait_for(jids)
+    for jid, email in zip(jids, emails, strict=True):
+        assert lines[jid]["what"] == f"sent email to {email}: 'Welcome aboard'"
+    await example_worker.stop_cleanly()
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_is_short(path: Path) -> None:
     """Every example stays small enough to read at a glance."""
@@ -217,6 +244,7 @@ def test_every_example_is_exercised() -> None:
     assert [p.name for p in EXAMPLES] == [
         "__init__.py",
         "cron.py",
+        "fastapi_app.py",
         "producer.py",
         "testing_example.py",
         "webapp.py",
