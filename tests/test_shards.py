@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 import natskiq
-from natskiq import api, cli
+from natskiq import api, cli, launcher
 from natskiq.aggregator import nak
 from natskiq.errors import ConfigError
 from natskiq.launcher import Settings
@@ -360,3 +360,21 @@ async def test_a_master_paused_briefly_hands_back_jobs_without_burning_deliverie
         stop.set()
     await until(lambda: _all_ran(ledger, jids), timeout=30)
     assert await failed_count(client) == 0, workers.logs()[-3000:]
+
+
+async def test_a_running_node_joins_the_shards_another_node_adds(
+    client: natskiq.Client, nats_url: str, namespace: str, ledger: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node started with one partition learns that a newer node raised the
+    queue to 4 (it looks at the streams every PARTITIONS_RECHECK seconds, 1
+    here) and takes part in the new shards' elections without a restart:
+    the two end up leading two shards each, and jobs of every partition run."""
+    monkeypatch.setattr(launcher, "PARTITIONS_RECHECK", 1.0)
+    async with running_node(nats_url, namespace, node_id="old") as old:
+        await until(lambda: old.shards.led() == [0])
+        async with running_node(nats_url, namespace, node_id="new", partitions=4) as new:
+            await until(lambda: old.shards.count == 4 and old.node.shards == 4, timeout=20)
+            await until(lambda: len(old.shards.led()) == 2 and len(new.shards.led()) == 2, timeout=30)
+            assert await ensure_queue(client.js, client.names, "default") == 4
+            jids = [await Record.perform_async(note=i) for i in range(40)]
+            await until(lambda: _all_ran(ledger, jids), timeout=30)

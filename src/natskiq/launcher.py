@@ -49,9 +49,12 @@ from .topology import (
     ensure_failed,
     ensure_queue,
     ensure_stats,
+    partitions_of,
 )
 
 log = logging.getLogger(__name__)
+
+PARTITIONS_RECHECK = 10.0  # seconds between looks at the queues' partition counts
 
 NODE_TTL = 15.0
 NODE_BEAT = 2.0  # how often a node refreshes its entry (busy counts, running jobs)
@@ -298,7 +301,35 @@ class Launcher:
     async def _elect(self) -> None:
         assert self._elect_scope is not None
         with self._elect_scope:
-            await self.shards.run()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_partitions, name="natskiq partitions")
+                await self.shards.run()
+                tg.cancel_scope.cancel()
+
+    async def _watch_partitions(self) -> None:
+        """Every :data:`PARTITIONS_RECHECK` seconds, read the queues' partition
+        counts from their streams: when another node has raised them, take
+        part in the new shards' elections (no restart needed)."""
+        js, names = self.client.js, self.client.names
+        queues = [queue for queue, _ in self.settings.queue_order[0]]
+        while True:
+            await anyio.sleep(PARTITIONS_RECHECK)
+            try:
+                counts = [
+                    partitions_of(
+                        names, queue, (await js.stream_info(names.queue_stream(queue))).config.subjects
+                    )
+                    for queue in queues
+                ]
+            except (NatsError, JSError, TimeoutError) as exc:
+                log.debug("cannot read the queues' partitions: %r", exc)
+                continue
+            count = max(counts, default=1)
+            if count > self.shards.count:
+                for queue, n in zip(queues, counts, strict=True):
+                    names.learn_partitions(queue, n)
+                self.node.shards = count
+                self.shards.grow(count)
 
     async def _lead(self, shard: int, token: int) -> None:
         aggregator = Aggregator(

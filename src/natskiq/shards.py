@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import attrs
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -84,6 +85,7 @@ class Shards:
     leases: list[Lease] = attrs.field(init=False)
     _cooldown: dict[int, float] = attrs.field(init=False, factory=dict)
     _js: JetStreamContext = attrs.field(init=False)
+    _tg: anyio.abc.TaskGroup | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.leases = [
@@ -98,15 +100,30 @@ class Shards:
     async def run(self) -> None:
         """Take part in every shard's election, and keep the shards balanced, until cancelled."""
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             for lease in self.leases:
-                lead = functools.partial(self.lead, lease.shard)
-                before = functools.partial(self._before_try, lease.shard)
-                tg.start_soon(
-                    functools.partial(elect, lease, lead, before_try=before),
-                    name=f"natskiq shard {lease.shard}",
-                )
-            if self.count > 1:
-                tg.start_soon(self._balance, name="natskiq shard balance")
+                self._start(lease)
+            tg.start_soon(self._balance, name="natskiq shard balance")
+
+    def _start(self, lease: Lease) -> None:
+        assert self._tg is not None
+        lead = functools.partial(self.lead, lease.shard)
+        before = functools.partial(self._before_try, lease.shard)
+        self._tg.start_soon(
+            functools.partial(elect, lease, lead, before_try=before), name=f"natskiq shard {lease.shard}"
+        )
+
+    def grow(self, count: int) -> None:
+        """Take part in the elections of shards up to ``count`` too (a node
+        raised a queue's partitions while this one ran); never shrinks."""
+        for shard in range(self.count, count):
+            lease = Lease(self.nc, self.names, self.node_id, self.ttl, shard)
+            self.leases.append(lease)
+            if self._tg is not None:
+                self._start(lease)
+        if count > self.count:
+            log.info("node %s now takes part in %d shards' elections", self.node_id, count)
+            self.count = count
 
     async def _before_try(self, shard: int) -> None:
         wait = HANDICAP * len(self.led())
