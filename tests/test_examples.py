@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -144,6 +145,28 @@ async def test_producer_jobs_run(example_worker: ExampleWorker, nats_url: str, n
     await example_worker.stop_cleanly()
 
 
+async def signups(app: Any, emails: list[str], refused: list[dict[str, str]]) -> tuple[list[str], list[int]]:
+    """POST /signup to an example web app (its lifespan around the requests): the
+    jids answered for ``emails`` (each a 202), and the status codes of ``refused``."""
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://example") as http,
+    ):
+        responses = [await http.post("/signup", json={"email": email}) for email in emails]
+        codes = [(await http.post("/signup", json=body)).status_code for body in refused]
+    assert [r.status_code for r in responses] == [202] * len(emails)
+    return [r.json()["jid"] for r in responses], codes
+
+
+async def assert_welcomed(example_worker: ExampleWorker, jids: list[str], emails: list[str]) -> None:
+    """Each job ran on the example worker and sent its welcome email; the worker stops cleanly."""
+    lines = await example_worker.wait_for(jids)
+    for jid, email in zip(jids, emails, strict=True):
+        assert lines[jid]["what"] == f"sent email to {email}: 'Welcome aboard'"
+    await example_worker.stop_cleanly()
+
+
 async def test_webapp_signup_enqueues(
     example_worker: ExampleWorker, nats_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,20 +176,9 @@ async def test_webapp_signup_enqueues(
     from examples import webapp
 
     emails = [f"user{i}@example.com" for i in range(3)]
-    transport = httpx.ASGITransport(app=webapp.app)
-    async with (
-        webapp.app.router.lifespan_context(webapp.app),
-        httpx.AsyncClient(transport=transport, base_url="http://webapp") as http,
-    ):
-        responses = [await http.post("/signup", json={"email": email}) for email in emails]
-        refused = await http.post("/signup", json={"name": "no email"})
-    assert [r.status_code for r in responses] == [202] * 3
-    assert refused.status_code == 400
-    jids = [r.json()["jid"] for r in responses]
-    lines = await example_worker.wait_for(jids)
-    for jid, email in zip(jids, emails, strict=True):
-        assert lines[jid]["what"] == f"sent email to {email}: 'Welcome aboard'"
-    await example_worker.stop_cleanly()
+    jids, codes = await signups(webapp.app, emails, [{"name": "no email"}])
+    assert codes == [400]
+    await assert_welcomed(example_worker, jids, emails)
 
 
 async def test_cron_example_ticks(nats_url: str, namespace: str, tmp_path: Path) -> None:
@@ -215,21 +227,9 @@ async def test_fastapi_signup_enqueues(
     from examples import fastapi_app
 
     emails = [f"fan{i}@example.com" for i in range(3)]
-    transport = httpx.ASGITransport(app=fastapi_app.app)
-    async with (
-        fastapi_app.app.router.lifespan_context(fastapi_app.app),
-        httpx.AsyncClient(transport=transport, base_url="http://api") as http,
-    ):
-        responses = [await http.post("/signup", json={"email": email}) for email in emails]
-        not_email = await http.post("/signup", json={"email": "nobody"})
-        no_body = await http.post("/signup", json={"name": "x"})
-    assert [r.status_code for r in responses] == [202] * 3
-    assert (not_email.status_code, no_body.status_code) == (400, 422)
-    jids = [r.json()["jid"] for r in responses]
-    lines = await example_worker.wait_for(jids)
-    for jid, email in zip(jids, emails, strict=True):
-        assert lines[jid]["what"] == f"sent email to {email}: 'Welcome aboard'"
-    await example_worker.stop_cleanly()
+    jids, codes = await signups(fastapi_app.app, emails, [{"email": "nobody"}, {"name": "x"}])
+    assert codes == [400, 422]
+    await assert_welcomed(example_worker, jids, emails)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
