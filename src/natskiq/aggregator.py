@@ -43,7 +43,7 @@ from nats.js.errors import Error as JSError
 from .errors import LeaseLost
 from .job import headers_size
 from .lease import current_token
-from .topology import Names, check_name, ensure_consumer, partitions_of
+from .topology import Names, check_name, ensure_consumer, read_partitions
 
 log = logging.getLogger(__name__)
 
@@ -506,9 +506,7 @@ class Aggregator:
     async def _partitioned(self, queue: str) -> bool:
         """Whether the queue has this shard's partition (read from its stream's
         subjects); if not, nothing to pull: look again in a while."""
-        info = await self.nc.jetstream().stream_info(self.names.queue_stream(queue))
-        self.names.learn_partitions(queue, partitions_of(self.names, queue, info.config.subjects))
-        if self.names.partitions(queue) > self.shard:
+        if await read_partitions(self.nc.jetstream(), self.names, queue) > self.shard:
             return True
         self._pending[queue] = 0
         self._wake_dispatch()

@@ -49,7 +49,7 @@ from .topology import (
     ensure_failed,
     ensure_queue,
     ensure_stats,
-    partitions_of,
+    read_partitions,
 )
 
 log = logging.getLogger(__name__)
@@ -315,19 +315,11 @@ class Launcher:
         while True:
             await anyio.sleep(PARTITIONS_RECHECK)
             try:
-                counts = [
-                    partitions_of(
-                        names, queue, (await js.stream_info(names.queue_stream(queue))).config.subjects
-                    )
-                    for queue in queues
-                ]
+                count = max([await read_partitions(js, names, queue) for queue in queues], default=1)
             except (NatsError, JSError, TimeoutError) as exc:
                 log.debug("cannot read the queues' partitions: %r", exc)
                 continue
-            count = max(counts, default=1)
             if count > self.shards.count:
-                for queue, n in zip(queues, counts, strict=True):
-                    names.learn_partitions(queue, n)
                 self.node.shards = count
                 self.shards.grow(count)
 

@@ -223,6 +223,18 @@ def partitions_of(names: Names, queue: str, subjects: list[str] | None) -> int:
     )
 
 
+async def read_partitions(js: JetStreamContext, names: Names, queue: str) -> int:
+    """A queue's partition count as its stream now says (also remembered in ``names``).
+
+    Raises:
+        NotFoundError: the queue has no stream.
+    """
+    info = await js.stream_info(names.queue_stream(queue))
+    count = partitions_of(names, queue, info.config.subjects)
+    names.learn_partitions(queue, count)
+    return count
+
+
 def _differences(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
     diffs = []
     for key, value in want.items():
