@@ -272,8 +272,7 @@ async def _entries(
         else:
             stream = names.queue_stream(queue)
             subject = {
-                # Within the queue's own stream this matches every partition's subject.
-                "queued": f"{names.namespace}.queue.>",
+                "queued": names.ready_filter,
                 "scheduled": f"{names.namespace}.scheduled.{queue}.*",
                 "retry": f"{names.namespace}.retry.{queue}.*",
             }[kind]
@@ -361,10 +360,7 @@ async def queue_info(client: Client, queue: str) -> QueueInfo:
 async def clear(client: Client, queue: str) -> int:
     """Delete every ready job of a queue (not scheduled ones or retries); returns how many."""
     info = await queue_info(client, queue)
-    # Every partition's ready subject: in the queue's own stream, nothing else matches.
-    await client.js.purge_stream(
-        client.names.queue_stream(queue), subject=f"{client.names.namespace}.queue.>"
-    )
+    await client.js.purge_stream(client.names.queue_stream(queue), subject=client.names.ready_filter)
     return info.ready
 
 

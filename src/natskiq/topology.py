@@ -119,6 +119,12 @@ class Names:
         ready = [self.partition_subject(q, p) for p in range(1, partitions)]
         return [f"{ns}.queue.{q}", *ready, f"{ns}.scheduled.{q}.*", f"{ns}.retry.{q}.*"]
 
+    @property
+    def ready_filter(self) -> str:
+        """A subject filter that, within one queue's stream, matches the ready
+        jobs of every partition (and nothing else the stream holds)."""
+        return f"{self.namespace}.queue.>"
+
     def is_ready_subject(self, queue: str, subject: str) -> bool:
         """Whether ``subject`` holds ready jobs of ``queue`` (any partition)."""
         base = self.queue_subject(queue)
