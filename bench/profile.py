@@ -4,7 +4,7 @@
   under ``py-spy record`` (CPU samples only, the idle event loop excluded);
 * ``enqueue``: a process doing ``Noop.perform_async`` N times, sampled alike;
 * ``bulk``: the same with ``Noop.perform_bulk``;
-* ``calls``: the worker's run in-process (:class:`natskiq.launcher.Launcher`,
+* ``calls``: the worker's run in-process (:class:`natskiq.ops.launcher.Launcher`,
   INFO logging to a file as the CLI sets it up) under cProfile, reported per
   job: how often each function runs and what it costs, which the sampling
   profiles cannot tell (cProfile's own overhead inflates the times, not the
@@ -35,8 +35,8 @@ import anyio
 
 import natskiq
 from natskiq.cli import configure_logging
-from natskiq.launcher import Launcher, Settings
-from natskiq.server import Server
+from natskiq.ops.launcher import Launcher, Settings
+from natskiq.ops.server import Server
 
 from . import recorder
 from .common import ROOT, Context, natskiq_worker, stop, wait_records

@@ -50,7 +50,7 @@ from typing import Any
 import anyio
 import attrs
 
-from natskiq.server import Server, binary
+from natskiq.ops.server import Server, binary
 
 from . import natskiq_bench, raw
 from .common import ROOT, Context, median

@@ -36,7 +36,7 @@ import anyio
 
 import natskiq
 from natskiq import api
-from natskiq.server import Cluster
+from natskiq.ops.server import Cluster
 from natskiq.topology import DEFAULT_ACK_WAIT
 
 from .sample_workers import Chaos

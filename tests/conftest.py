@@ -19,8 +19,8 @@ from hypothesis import settings
 import natskiq
 from natskiq import job as jobs
 from natskiq import testing
-from natskiq.launcher import Launcher, Settings
-from natskiq.server import Server
+from natskiq.ops.launcher import Launcher, Settings
+from natskiq.ops.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -183,7 +183,7 @@ class Crash(natskiq.Worker, name="tests.Crash"):
 
 if os.environ.get("NATSKIQ_TEST_BACKOFF_SCALE"):
     # Worker processes started by the tests shrink retry delays the same way.
-    from natskiq import retry as _retry
+    from natskiq.run import retry as _retry
 
     _retry.set_backoff_scale(float(os.environ["NATSKIQ_TEST_BACKOFF_SCALE"]))
 

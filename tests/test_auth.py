@@ -39,9 +39,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import natskiq
 from natskiq import cli
-from natskiq.auth import AUTH_ENV, auth_options, redact_url
-from natskiq.launcher import Settings
-from natskiq.server import Server
+from natskiq.enqueue.auth import AUTH_ENV, auth_options, redact_url
+from natskiq.ops.launcher import Settings
+from natskiq.ops.server import Server
 
 from .conftest import ROOT, Workers, wait_for_ledger
 from .sample_workers import Record

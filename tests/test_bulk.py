@@ -1,10 +1,10 @@
-"""Bulk enqueue (natskiq.bulk): perform_bulk's sliding window of publishes, against a real server."""
+"""Bulk enqueue (natskiq.enqueue.bulk): perform_bulk's sliding window of publishes, against a real server."""
 
 from __future__ import annotations
 
 import natskiq
 from natskiq import api
-from natskiq.bulk import BULK_WINDOW
+from natskiq.enqueue.bulk import BULK_WINDOW
 
 from .conftest import stored
 from .sample_workers import Record

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import natskiq
-from natskiq.server import Server, free_ports
+from natskiq.ops.server import Server, free_ports
 
 from .conftest import until
 
@@ -132,14 +132,18 @@ def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
 
 
 def _failed_attempts(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "natskiq.client" and "connection error" in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "natskiq.enqueue.client" and "connection error" in r.getMessage()
+    ]
 
 
 async def test_outage_is_logged_once_at_warning_not_per_reconnect_attempt(
     restartable: list[Server], caplog: pytest.LogCaptureFixture, namespace: str
 ) -> None:
     """A dropped connection logs one WARNING when lost and one when back; failed attempts only at DEBUG."""
-    caplog.set_level(logging.DEBUG, logger="natskiq.client")
+    caplog.set_level(logging.DEBUG, logger="natskiq.enqueue.client")
     url = restartable[0].url
     async with natskiq.connect(url, namespace=namespace):
         await anyio.to_thread.run_sync(restartable[0].stop)
@@ -151,8 +155,8 @@ async def test_outage_is_logged_once_at_warning_not_per_reconnect_attempt(
     # Every logger's records reach caplog, nats-py's included.
     loud = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(loud) == 2, loud
-    assert loud[0] == ("natskiq.client", f"lost the connection to NATS at {url}; reconnecting")
-    assert loud[1][0] == "natskiq.client"
+    assert loud[0] == ("natskiq.enqueue.client", f"lost the connection to NATS at {url}; reconnecting")
+    assert loud[1][0] == "natskiq.enqueue.client"
     assert loud[1][1].startswith(f"reconnected to NATS at {url} after ")
     assert all(r.levelno == logging.DEBUG for r in _failed_attempts(caplog))
 
@@ -161,7 +165,7 @@ async def test_giving_up_reconnecting_is_one_error(
     restartable: list[Server], caplog: pytest.LogCaptureFixture, namespace: str
 ) -> None:
     """A client told to give up after one reconnect attempt logs that once, at ERROR, when it closes."""
-    caplog.set_level(logging.DEBUG, logger="natskiq.client")
+    caplog.set_level(logging.DEBUG, logger="natskiq.enqueue.client")
     url = restartable[0].url
     async with natskiq.connect(url, namespace=namespace, max_reconnect_attempts=1) as client:
         await anyio.to_thread.run_sync(restartable[0].stop)

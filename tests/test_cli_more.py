@@ -19,7 +19,8 @@ import pytest
 from nats.js.errors import NotFoundError
 
 import natskiq
-from natskiq import api, cli, cron
+from natskiq import api, cli
+from natskiq.enqueue import cron
 from natskiq.topology import Names
 
 from .conftest import Workers, until, wait_for_ledger
@@ -167,7 +168,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield tmp_path
 
 
-def _settings(*argv: str) -> natskiq.launcher.Settings:
+def _settings(*argv: str) -> natskiq.ops.launcher.Settings:
     return cli.worker_settings(cli._parser().parse_args(["worker", "--app", "json", *argv]))[0]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import natskiq
 from natskiq import api
-from natskiq.client import MAX_JOB_BYTES
+from natskiq.enqueue.client import MAX_JOB_BYTES
 
 from .conftest import stored
 from .sample_workers import Record

@@ -63,7 +63,7 @@ async def test_vetoed_job_is_not_stored(
     tagging_client: natskiq.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A job middleware vetoes is never stored, perform_async returns "" and a log line says so."""
-    with caplog.at_level(logging.INFO, logger="natskiq.client"):
+    with caplog.at_level(logging.INFO, logger="natskiq.enqueue.client"):
         assert await Tagged.perform_async(13) == ""
     assert "vetoed by client middleware" in caplog.text
     assert await api.queue_names(tagging_client) == []  # not even its queue was created

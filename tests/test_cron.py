@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import natskiq
-from natskiq import api, cron
+from natskiq import api
+from natskiq.enqueue import cron
 
 from .conftest import running_node, wait_for_ledger
 from .sample_workers import Tick

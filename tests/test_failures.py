@@ -9,8 +9,9 @@ import anyio
 import pytest
 
 import natskiq
-from natskiq import api, launcher, testing
+from natskiq import api, testing
 from natskiq import job as job_mod
+from natskiq.ops import launcher
 
 from .conftest import failed_count, read_ledger, running_node, until, wait_for_ledger
 from .sample_workers import (
@@ -107,7 +108,7 @@ async def test_dead_false_drops_and_hooks_run(client: natskiq.Client, ledger: Pa
             await until(lambda: len(seen) == 2)
             await until(lambda: _acked(client))
     finally:
-        natskiq.retry.death_handlers.remove(remember)
+        natskiq.run.retry.death_handlers.remove(remember)
     assert sorted(seen) == sorted([(dropped, "RuntimeError"), (exhausted, "KeyError")])
     failed = await api.find(client, "failed")
     assert [e.jid for e in failed] == [exhausted]
@@ -219,7 +220,7 @@ async def test_failed_set_trimming_is_counted_and_logged(
 ) -> None:
     """Past its job limit the failed set drops its oldest entries: stats count them, the master logs it."""
     monkeypatch.setattr(launcher, "FAILED_CHECK", 0.1)
-    caplog.set_level(logging.WARNING, logger="natskiq.launcher")
+    caplog.set_level(logging.WARNING, logger="natskiq.ops.launcher")
     async with running_node(client.url, client.namespace, failed_max_jobs=3):
         await Boom.set(retries=0).perform_async()
 
@@ -274,7 +275,7 @@ async def test_oversized_arguments_are_refused_at_enqueue(client: natskiq.Client
 def test_failed_record_keeps_the_error() -> None:
     """failed_job() records the error class, message, count and times."""
     job = job_mod.Job(jid="j1", cls="c", queue="default")
-    record = natskiq.retry.failed_job(job, ValueError("bad"), count=0, backtrace=5)
+    record = natskiq.run.retry.failed_job(job, ValueError("bad"), count=0, backtrace=5)
     assert (record.error_class, record.error_message, record.retry_count) == ("ValueError", "bad", 0)
     assert record.failed_at is not None and record.retried_at is None
     assert record.backtrace and len(record.backtrace) <= 5
@@ -314,7 +315,7 @@ async def test_queues_are_listed_past_a_page_of_streams(private_server: object) 
 async def test_a_stats_increment_sent_again_counts_once(client: natskiq.Client) -> None:
     """An increment whose PubAck was lost is sent again under the same message id and
     counted once (a node used to add it again with its next counts)."""
-    from natskiq.node import Node
+    from natskiq.run.node import Node
     from natskiq.topology import ensure_stats
 
     await ensure_stats(client.js, client.names)

@@ -11,11 +11,11 @@ import pytest
 from nats.js.api import ConsumerConfig
 
 import natskiq
-from natskiq import client as client_mod
 from natskiq import job as job_mod
-from natskiq import node as node_mod
 from natskiq import testing
-from natskiq.aggregator import Delivery
+from natskiq.dispatch.aggregator import Delivery
+from natskiq.enqueue import client as client_mod
+from natskiq.run import node as node_mod
 
 from . import sample_workers
 from .conftest import failed_count, read_ledger, running_node, until, wait_for_ledger

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import natskiq
-from natskiq import api, retry, testing
+from natskiq import api, testing
 from natskiq import job as jobs
+from natskiq.run import retry
 
 from .conftest import nested, read_ledger, running_node, until
 from .sample_workers import Record

@@ -16,8 +16,8 @@ import pytest
 
 import natskiq
 from natskiq import api
-from natskiq.aggregator import ACK_HEADER, TOKEN_HEADER
-from natskiq.lease import current_token
+from natskiq.dispatch.aggregator import ACK_HEADER, TOKEN_HEADER
+from natskiq.dispatch.lease import current_token
 
 from .conftest import Workers, nested, until, wait_for_ledger
 from .sample_workers import Record

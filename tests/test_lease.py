@@ -10,7 +10,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import natskiq
-from natskiq.lease import Lease, elect
+from natskiq.dispatch.lease import Lease, elect
 from natskiq.topology import Names, ensure_bucket
 
 from .conftest import until

@@ -22,7 +22,7 @@ import pytest
 import natskiq
 from natskiq import api, testing
 from natskiq import job as jobs
-from natskiq.server import Server
+from natskiq.ops.server import Server
 from natskiq.topology import ensure_failed
 from natskiq.web import create_app, pages
 from natskiq.web.markup import View, duration, when

@@ -16,12 +16,12 @@ otel_sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="the otel extra
 
 
 async def test_each_run_is_a_span(client: natskiq.Client, ledger: Path) -> None:
-    """With natskiq.otel installed, every run is a span with the job's attributes; failures are errors."""
+    """With natskiq.ops.otel installed, every run is a span with the job's attributes; failures are errors."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from natskiq import otel
+    from natskiq.ops import otel
 
     exporter = InMemorySpanExporter()
     provider = otel_sdk.TracerProvider()

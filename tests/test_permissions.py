@@ -11,8 +11,8 @@ import pytest
 
 import natskiq
 from natskiq import api
-from natskiq.aggregator import ACK_HEADER, TOKEN_HEADER
-from natskiq.server import Server
+from natskiq.dispatch.aggregator import ACK_HEADER, TOKEN_HEADER
+from natskiq.ops.server import Server
 from natskiq.topology import Names
 
 from .conftest import Workers, until, wait_for_ledger

@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 import natskiq
-from natskiq.aggregator import Delivery
-from natskiq.node import Node
+from natskiq.dispatch.aggregator import Delivery
+from natskiq.run.node import Node
 from natskiq.topology import CONSUMER
 
 from .conftest import Workers, read_ledger, until, wait_for_ledger

@@ -12,7 +12,8 @@ import pytest
 
 import natskiq
 from natskiq import job as jobs
-from natskiq import retry, testing
+from natskiq import testing
+from natskiq.run import retry
 from natskiq.topology import ensure_failed, ensure_queue
 
 

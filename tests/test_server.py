@@ -12,7 +12,7 @@ import nats
 import pytest
 
 from natskiq.errors import ConfigError
-from natskiq.server import Server, default_store_dir, running
+from natskiq.ops.server import Server, default_store_dir, running
 
 
 def free_port() -> int:

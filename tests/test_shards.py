@@ -12,10 +12,11 @@ import anyio
 import pytest
 
 import natskiq
-from natskiq import api, cli, launcher
-from natskiq.aggregator import nak
+from natskiq import api, cli
+from natskiq.dispatch.aggregator import nak
 from natskiq.errors import ConfigError
-from natskiq.launcher import Settings
+from natskiq.ops import launcher
+from natskiq.ops.launcher import Settings
 from natskiq.topology import ensure_queue
 
 from .conftest import Workers, failed_count, read_ledger, running_node, until, wait_for_ledger

@@ -13,9 +13,10 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 
 import natskiq
-from natskiq import api, testing, unique
+from natskiq import api, testing
 from natskiq import job as jobs
-from natskiq.client import MAX_JOB_BYTES
+from natskiq.enqueue import unique
+from natskiq.enqueue.client import MAX_JOB_BYTES
 from natskiq.testing import _run_message
 
 from .conftest import until
@@ -104,7 +105,7 @@ async def test_duplicate_enqueue_while_locked_is_dropped(
 ) -> None:
     """A second enqueue of the same class and arguments stores nothing and returns the pending job's jid."""
     first = await Sync.perform_async(7, full=True)
-    with caplog.at_level(logging.INFO, logger="natskiq.client"):
+    with caplog.at_level(logging.INFO, logger="natskiq.enqueue.client"):
         second = await Sync.perform_async(7, full=True)
     assert second == first
     assert f"jid={first} holds its unique lock" in caplog.text

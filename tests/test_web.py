@@ -17,9 +17,11 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 import natskiq
-from natskiq import api, cron, retry, testing
+from natskiq import api, testing
 from natskiq import job as jobs
-from natskiq.server import Server
+from natskiq.enqueue import cron
+from natskiq.ops.server import Server
+from natskiq.run import retry
 from natskiq.topology import ensure_failed
 from natskiq.web import create_app, serve
 

@@ -26,7 +26,8 @@ import attrs
 import pytest
 
 import natskiq
-from natskiq import api, cron, testing
+from natskiq import api, testing
+from natskiq.enqueue import cron
 from natskiq.web import create_app, serve_app
 
 from .conftest import ROOT, read_ledger, running_node

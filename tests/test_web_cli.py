@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from natskiq.server import free_ports
+from natskiq.ops.server import free_ports
 
 from .conftest import ROOT
 

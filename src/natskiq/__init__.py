@@ -14,10 +14,10 @@
 
 from __future__ import annotations
 
-from . import api
-from .client import Client, connect
-from .cron import periodic
-from .errors import (
+from natskiq import api
+from natskiq.enqueue.client import Client, connect
+from natskiq.enqueue.cron import periodic
+from natskiq.errors import (
     ConfigError,
     DeliveryLimit,
     EnqueueError,
@@ -29,10 +29,10 @@ from .errors import (
     Retry,
     UnknownWorker,
 )
-from .job import Job
-from .middleware import client_middleware, server_middleware
-from .retry import on_death
-from .worker import Configured, Options, Worker
+from natskiq.job import Job
+from natskiq.middleware import client_middleware, server_middleware
+from natskiq.run.retry import on_death
+from natskiq.worker import Configured, Options, Worker
 
 __version__ = "0.1.0"
 

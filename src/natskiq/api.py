@@ -1,7 +1,7 @@
 """Inspection and operations: queues, scheduled and retry sets, the failed
 set, nodes, the master and cluster-wide stats.
 
-Every function takes an open :class:`~natskiq.client.Client`. Jobs are
+Every function takes an open :class:`~natskiq.enqueue.client.Client`. Jobs are
 read straight from their streams (a queue stream holds the ready jobs on
 ``<ns>.queue.<q>``, the scheduled ones on ``<ns>.scheduled.<q>.<jid>`` and the
 retries on ``<ns>.retry.<q>.<jid>``; the failed stream holds the dead set),
@@ -25,12 +25,12 @@ from nats.js import api as jsapi
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.errors import Error as JSError
 
-from . import job as jobs
-from . import shards
-from .client import Client
-from .errors import InvalidJob, NatskiqError, NotFound
-from .retry import INVALID_HEADER, REASON_HEADER
-from .topology import LEASE_KEY, check_name, partitions_of
+from natskiq import job as jobs
+from natskiq.dispatch import shards
+from natskiq.enqueue.client import Client
+from natskiq.errors import InvalidJob, NatskiqError, NotFound
+from natskiq.run.retry import INVALID_HEADER, REASON_HEADER
+from natskiq.topology import LEASE_KEY, check_name, partitions_of
 
 Kind = Literal["queued", "scheduled", "retry", "failed"]
 MSG_DELETE_FAILED = 10057  # JetStream's error code for a message delete that failed

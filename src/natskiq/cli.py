@@ -18,7 +18,7 @@ Every command that talks to NATS takes ``--url``, ``--namespace`` and the
 authentication and TLS options ``--user``/``--password``, ``--token``,
 ``--nkey-seed FILE``, ``--creds FILE``, ``--tls-ca FILE``, ``--tls-cert FILE``,
 ``--tls-key FILE``, ``--tls-hostname NAME``; each has a ``NATSKIQ_*``
-environment variable (see :func:`natskiq.auth.auth_options`), the better
+environment variable (see :func:`natskiq.enqueue.auth.auth_options`), the better
 place for a password or token, which a command line shows to ``ps``.
 
 Exit codes: 0 done, 1 nothing matched, 2 bad input or NATS unreachable.
@@ -50,15 +50,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
-from . import __version__, api
-from .auth import AUTH_ENV, auth_options
-from .client import Client
-from .errors import ConfigError, NatskiqError, NotFound
-from .launcher import EVENT_LOOPS, Launcher, Settings, import_app
-from .topology import check_name
+from natskiq import __version__, api
+from natskiq.enqueue.auth import AUTH_ENV, auth_options
+from natskiq.enqueue.client import Client
+from natskiq.errors import ConfigError, NatskiqError, NotFound
+from natskiq.ops.launcher import EVENT_LOOPS, Launcher, Settings, import_app
+from natskiq.topology import check_name
 
 if TYPE_CHECKING:
-    from .server import Server
+    from natskiq.ops.server import Server
 
 
 class UsageError(NatskiqError):
@@ -582,7 +582,7 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> None:
-    from .server import Cluster, Server, default_store_dir
+    from natskiq.ops.server import Cluster, Server, default_store_dir
 
     if args.cluster is not None:
         if args.cluster < 3:
@@ -638,7 +638,7 @@ async def _node(args: argparse.Namespace) -> None:
 
 def _web(args: argparse.Namespace) -> None:
     try:
-        from . import web
+        from natskiq import web
     except ImportError as exc:
         raise ConfigError(f"natskiq web needs the web extra: pip install 'natskiq[web]' ({exc})") from exc
     configure_logging("info")
@@ -676,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _server(args)
         elif args.command == "demo":
             configure_logging("warning")
-            from .demo import run_demo
+            from natskiq.ops.demo import run_demo
 
             anyio.run(run_demo, lambda line: print(line, flush=True))
         elif args.command == "stats":

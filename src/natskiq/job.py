@@ -19,7 +19,7 @@ plus, once a job has failed, ``retry_count``, ``error_class``,
 * ``unique_key``, ``unique_revision``, ``unique_until``: the unique lock
   this job holds (the key in the ``<ns>_unique`` bucket, the revision that
   created it, and ``"start"`` or ``"success"``: when a node releases it).
-  See :mod:`natskiq.unique`.
+  See :mod:`natskiq.enqueue.unique`.
 
 :func:`check_arguments` refuses arguments that are not JSON-native (raising
 :class:`TypeError` that names the argument), so nothing can fail to
@@ -40,7 +40,7 @@ from typing import Any
 
 import attrs
 
-from .errors import InvalidJob
+from natskiq.errors import InvalidJob
 
 MAX_DEPTH = 64
 # Queue names, jids and node ids become subject tokens: no '.', '*', '>' or spaces.

@@ -52,10 +52,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .job import Job
-from .worker import Worker
+from natskiq.job import Job
+from natskiq.worker import Worker
 
-log = logging.getLogger("natskiq.node")
+log = logging.getLogger("natskiq.run.node")
 
 ClientNext = Callable[[Job], Awaitable[Job | None]]
 ClientMiddleware = Callable[[Job, ClientNext], Awaitable[Job | None]]

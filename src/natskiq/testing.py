@@ -38,12 +38,14 @@ from typing import Any
 import anyio
 import attrs
 
-from . import job as jobs
-from . import middleware, retry, unique, worker
-from .client import Client
-from .errors import InvalidJob
-from .server import Server
-from .worker import Options, Worker, lookup
+from natskiq import job as jobs
+from natskiq import middleware, worker
+from natskiq.enqueue import unique
+from natskiq.enqueue.client import Client
+from natskiq.errors import InvalidJob
+from natskiq.ops.server import Server
+from natskiq.run import retry
+from natskiq.worker import Options, Worker, lookup
 
 
 @contextlib.contextmanager
@@ -99,7 +101,7 @@ async def drain(client: Client, queues: Sequence[str] | None = None, *, batch: i
     left alone; ones due now are waited for. Run it while no worker serves
     the namespace.
     """
-    from .api import queue_names
+    from natskiq.api import queue_names
 
     names = await queue_names(client) if queues is None else list(queues)
     ran = 0
@@ -114,7 +116,7 @@ async def drain(client: Client, queues: Sequence[str] | None = None, *, batch: i
 
 async def _due_soon(client: Client, queues: list[str]) -> bool:
     """Whether a scheduled job or retry is due now (the server is about to move it)."""
-    from .api import Filter, find
+    from natskiq.api import Filter, find
 
     horizon = time.time() + 0.05
     for kind in ("retry", "scheduled"):

@@ -22,8 +22,8 @@ from nats.js import api as jsapi
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from .errors import ConfigError
-from .job import NAME_RE
+from natskiq.errors import ConfigError
+from natskiq.job import NAME_RE
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 class under ``module.QualName`` (or ``name="..."``); a node runs only classes
 registered this way, so a payload can never name an arbitrary callable.
 ``perform_async``, ``perform_in`` and ``perform_at`` hand the call to the
-default :class:`~natskiq.client.Client` (the one opened last with
+default :class:`~natskiq.enqueue.client.Client` (the one opened last with
 ``async with natskiq.connect(...)``) or to ``set(client=...)``.
 """
 
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, c
 
 import attrs
 
-from .errors import ConfigError, NotConnected, UnknownWorker
-from .topology import check_name
+from natskiq.errors import ConfigError, NotConnected, UnknownWorker
+from natskiq.topology import check_name
 
 if TYPE_CHECKING:
-    from .client import Client
+    from natskiq.enqueue.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Worker:
         backtrace: lines of traceback kept with a failure (True = 20).
         unique_for: seconds (or a timedelta, at least 1 s) during which
             enqueueing this class again with the same queue, args and kwargs
-            stores nothing while a job is pending (see :mod:`natskiq.unique`);
+            stores nothing while a job is pending (see :mod:`natskiq.enqueue.unique`);
             ``perform_async`` then returns the pending job's jid.
         unique_until: when the lock is released: ``"success"`` (default,
             once the job succeeded) or ``"start"`` (as it starts); it also
@@ -323,13 +323,13 @@ class Enqueuer(Protocol):
 
 _modes: list[Enqueuer] = []  # testing modes in force, innermost last
 open_clients: list[Enqueuer] = []
-"""The open clients, newest last: ``natskiq.client`` adds each one it opens
+"""The open clients, newest last: ``natskiq.enqueue.client`` adds each one it opens
 and removes it on close. Kept here, below the client, so that defining a
 worker needs no client module (and the two do not import each other)."""
 
 
 def _default_client() -> Enqueuer:
-    """The client opened last (``natskiq.client.current_client()``), the default for ``perform_*``."""
+    """The client opened last (``natskiq.enqueue.client.current_client()``), the default for ``perform_*``."""
     if not open_clients:
         raise NotConnected()
     return open_clients[-1]

@@ -24,8 +24,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("natskiq.web needs Starlette and uvicorn: pip install 'natskiq[web]'") from exc
 
-from .app import create_app
-from .security import Auth
-from .server import DEFAULT_HOST, DEFAULT_PORT, serve, serve_app
+from natskiq.web.app import create_app
+from natskiq.web.security import Auth
+from natskiq.web.server import DEFAULT_HOST, DEFAULT_PORT, serve, serve_app
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Auth", "create_app", "serve", "serve_app"]

@@ -19,10 +19,10 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 from starlette.exceptions import HTTPException
 
-from .. import api
-from ..client import Client
-from ..errors import ConfigError, NatskiqError
-from ..topology import check_name
+from natskiq import api
+from natskiq.enqueue.client import Client
+from natskiq.errors import ConfigError, NatskiqError
+from natskiq.topology import check_name
 
 log = logging.getLogger(__name__)
 

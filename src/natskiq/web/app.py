@@ -32,13 +32,13 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import api
-from ..client import Client, connect
-from ..errors import ConfigError, NatskiqError, NotConnected, NotFound
-from . import pages
-from .actions import apply, entries_at, filter_of, valid_name, where_of
-from .markup import View
-from .security import CSRF_COOKIE, Auth, AuthMiddleware, Csrf, SecurityHeaders, set_cookie
+from natskiq import api
+from natskiq.enqueue.client import Client, connect
+from natskiq.errors import ConfigError, NatskiqError, NotConnected, NotFound
+from natskiq.web import pages
+from natskiq.web.actions import apply, entries_at, filter_of, valid_name, where_of
+from natskiq.web.markup import View
+from natskiq.web.security import CSRF_COOKIE, Auth, AuthMiddleware, Csrf, SecurityHeaders, set_cookie
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def create_app(
         app.mount("/natskiq", natskiq.web.create_app(client, auth="admin:s3cret"))
 
     Args:
-        client_or_url: an open :class:`~natskiq.client.Client` (the caller
+        client_or_url: an open :class:`~natskiq.enqueue.client.Client` (the caller
             keeps it open while the app serves), or a NATS URL (or None for
             ``$NATSKIQ_URL``): then the app connects when it starts, or on
             its first request when mounted in another app.

@@ -22,8 +22,8 @@ from urllib.parse import urlencode
 
 import attrs
 
-from .. import __version__
-from ..api import timestamp
+from natskiq import __version__
+from natskiq.api import timestamp
 
 ARGS_SHOWN = 120  # characters of a job's arguments shown before "show all"
 

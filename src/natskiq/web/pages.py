@@ -15,8 +15,8 @@ from typing import Any
 
 import attrs
 
-from .. import api
-from .markup import (
+from natskiq import api
+from natskiq.web.markup import (
     Safe,
     View,
     arguments,

@@ -28,7 +28,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ConfigError
+from natskiq.errors import ConfigError
 
 AUTH_COOKIE = "natskiq_auth"
 CSRF_COOKIE = "natskiq_csrf"

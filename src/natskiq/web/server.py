@@ -18,10 +18,10 @@ import anyio
 from anyio.abc import TaskStatus
 from starlette.types import ASGIApp
 
-from ..client import connect
-from ..errors import ConfigError
-from .app import create_app
-from .security import Auth
+from natskiq.enqueue.client import connect
+from natskiq.errors import ConfigError
+from natskiq.web.app import create_app
+from natskiq.web.security import Auth
 
 log = logging.getLogger(__name__)
 

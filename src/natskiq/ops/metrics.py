@@ -17,11 +17,11 @@ import anyio
 import attrs
 from anyio.abc import SocketStream, TaskStatus
 
-from . import api
-from .client import Client
-from .job import Job
-from .middleware import ServerNext
-from .worker import Worker
+from natskiq import api
+from natskiq.enqueue.client import Client
+from natskiq.job import Job
+from natskiq.middleware import ServerNext
+from natskiq.worker import Worker
 
 log = logging.getLogger(__name__)
 

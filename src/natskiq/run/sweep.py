@@ -13,12 +13,12 @@ valid schedule aimed at another schedule subject of the stream does fire,
 onto that subject, where its copy (schedule headers stripped) is stranded
 the same way.
 
-Run by the master of shard 0 (see :mod:`natskiq.shards`) every few seconds for each
+Run by the master of shard 0 (see :mod:`natskiq.dispatch.shards`) every few seconds for each
 queue, beside the aggregator. :func:`sweep` receives the messages the
 queue's stream holds on those subjects with a sequence above ``after``, at
 most ``limit`` of them, oldest first; it hands each one that would never run,
 its raw bytes and the reason, to the failed set
-(:func:`natskiq.retry.fail_invalid`: ``<ns>.failed.<q>`` with the
+(:func:`natskiq.run.retry.fail_invalid`: ``<ns>.failed.<q>`` with the
 ``Natskiq-Invalid`` and ``Natskiq-Reason`` headers), then deletes it from the
 queue's stream. It guarantees:
 
@@ -51,9 +51,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 from nats.js.errors import Error as JSError
 
-from . import retry
-from .errors import NatskiqError
-from .topology import Names
+from natskiq.errors import NatskiqError
+from natskiq.run import retry
+from natskiq.topology import Names
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import attrs
 
-from .errors import ConfigError
+from natskiq.errors import ConfigError
 
 START_TIMEOUT = 15.0
 

@@ -44,9 +44,9 @@ from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
 from nats.js.errors import Error as JSError
 
-from .errors import ConfigError, EnqueueError
-from .job import Job
-from .topology import Names
+from natskiq.errors import ConfigError, EnqueueError
+from natskiq.job import Job
+from natskiq.topology import Names
 
 log = logging.getLogger(__name__)
 

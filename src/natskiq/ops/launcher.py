@@ -2,8 +2,8 @@
 
 Like Sidekiq's Launcher it owns the parts of a node and their life cycle:
 it connects, creates the streams and buckets it needs, starts the
-:class:`~natskiq.node.Node`, runs the election (and the
-:class:`~natskiq.aggregator.Aggregator` while this node holds the lease),
+:class:`~natskiq.run.node.Node`, runs the election (and the
+:class:`~natskiq.dispatch.aggregator.Aggregator` while this node holds the lease),
 keeps the node's entry in the nodes bucket fresh, and shuts down in
 Sidekiq's two steps: ``quiet`` (take no new work, give up the lease so
 another node takes over at once) and ``stop`` (wait up to ``timeout`` for
@@ -31,17 +31,19 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 from nats.js.kv import KeyValue
 
-from . import api, cron, sweep
-from .aggregator import Aggregator
-from .auth import redact_url
-from .client import Client
-from .errors import ConfigError
-from .lease import Lease
-from .metrics import Metrics
-from .metrics import serve as serve_metrics
-from .node import Node
-from .shards import Shards
-from .topology import (
+from natskiq import api
+from natskiq.dispatch.aggregator import Aggregator
+from natskiq.dispatch.lease import Lease
+from natskiq.dispatch.shards import Shards
+from natskiq.enqueue import cron
+from natskiq.enqueue.auth import redact_url
+from natskiq.enqueue.client import Client
+from natskiq.errors import ConfigError
+from natskiq.ops.metrics import Metrics
+from natskiq.ops.metrics import serve as serve_metrics
+from natskiq.run import sweep
+from natskiq.run.node import Node
+from natskiq.topology import (
     MAX_PARTITIONS,
     Names,
     check_name,
@@ -106,7 +108,7 @@ class Settings:
     node_id: str = attrs.field(factory=_default_node_id)
     event_loop: str = "asyncio"
     """``"asyncio"`` or ``"uvloop"``: the loop ``natskiq worker`` runs the launcher on."""
-    # Credentials and TLS (see natskiq.auth.auth_options): kept out of repr.
+    # Credentials and TLS (see natskiq.enqueue.auth.auth_options): kept out of repr.
     nats_options: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:

@@ -5,7 +5,7 @@ on ``<ns>.queue.<q>``, those of partition ``p`` on ``<ns>.queue.<q>.<p>``,
 and producers fill the partitions in turn. Partition ``p`` of every queue
 forms dispatch shard ``p``, led by its own master: the node holding the
 lease key ``aggregator`` (shard 0) or ``aggregator-<p>`` in the leases
-bucket, with its own fencing token (see :mod:`natskiq.lease`). Each master
+bucket, with its own fencing token (see :mod:`natskiq.dispatch.lease`). Each master
 pulls its partition of every queue and hands the jobs to every node, so
 with as many shards as nodes every node leads one and no process carries
 the whole cluster's dispatch.
@@ -45,8 +45,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import Error as JSError
 from nats.js.errors import NotFoundError
 
-from .lease import Lease, elect, is_tombstone
-from .topology import Names
+from natskiq.dispatch.lease import Lease, elect, is_tombstone
+from natskiq.topology import Names
 
 log = logging.getLogger(__name__)
 

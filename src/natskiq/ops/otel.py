@@ -1,6 +1,6 @@
 """OpenTelemetry spans for job runs (``pip install 'natskiq[otel]'``).
 
-``natskiq.otel.install()`` registers server middleware that wraps every run
+``natskiq.ops.otel.install()`` registers server middleware that wraps every run
 in a ``CONSUMER`` span named ``perform <class>``, with the job's jid, class,
 queue and retry count as attributes, and records the exception and an error
 status when ``perform`` raises. Spans go to whatever tracer provider the
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .job import Job
-from .middleware import ServerNext, server_middleware
-from .worker import Worker
+from natskiq.job import Job
+from natskiq.middleware import ServerNext, server_middleware
+from natskiq.worker import Worker
 
 try:
     from opentelemetry import trace
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("natskiq.otel needs OpenTelemetry: pip install 'natskiq[otel]'") from exc
+    raise ImportError("natskiq.ops.otel needs OpenTelemetry: pip install 'natskiq[otel]'") from exc
 
 _installed = False
 

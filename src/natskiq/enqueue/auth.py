@@ -6,7 +6,7 @@ an NKey seed file, a creds file, TLS files) as arguments of
 in for them (:data:`AUTH_ENV`), and hands on the matching nats-py
 connection options (``user``, ``password``, ``token``, ``nkeys_seed``,
 ``user_credentials``, ``tls``, ``tls_hostname``). :func:`env_auth` is what
-:class:`~natskiq.client.Client` calls when it opens: the environment's
+:class:`~natskiq.enqueue.client.Client` calls when it opens: the environment's
 credentials (or TLS) for whichever its own options leave unset.
 
 It guarantees that a bad setting fails before any connection is tried,
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from natskiq.errors import ConfigError
 
 # What a URL may hold after its last '@': a host name or IPv4 address, or an
 # IPv6 address in brackets, then an optional port. Anything else could be

@@ -29,14 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import job as jobs
-from . import middleware, unique
-from .errors import EnqueueError
-from .middleware import ClientMiddleware
-from .worker import Options, Worker
+from natskiq import job as jobs
+from natskiq import middleware
+from natskiq.enqueue import unique
+from natskiq.errors import EnqueueError
+from natskiq.middleware import ClientMiddleware
+from natskiq.worker import Options, Worker
 
 if TYPE_CHECKING:
-    from .client import Client
+    from natskiq.enqueue.client import Client
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ import attrs
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from . import job as jobs
-from .errors import ConfigError
-from .topology import Names, check_name
-from .worker import Worker
+from natskiq import job as jobs
+from natskiq.errors import ConfigError
+from natskiq.topology import Names, check_name
+from natskiq.worker import Worker
 
 PREFIX = "periodic-"
 _EVERY = re.compile(r"@every (\d+(?:\.\d+)?)(ms|s|m|h)")

@@ -31,11 +31,11 @@ from typing import Any, Literal
 import attrs
 from nats.js import JetStreamContext
 
-from . import job as jobs
-from .client import rfc3339
-from .errors import Retry
-from .topology import Names, check_name
-from .worker import Worker
+from natskiq import job as jobs
+from natskiq.enqueue.client import rfc3339
+from natskiq.errors import Retry
+from natskiq.topology import Names, check_name
+from natskiq.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ objects (in-process from its own aggregator when it is master, otherwise on
    ``perform`` in its task group (a plain ``def`` in a worker thread), under
    the worker's timeout;
 4. settles exactly once: ack on success; on an exception, a retry or failed
-   record stored first (PubAck) and then the ack (:mod:`natskiq.retry`); on
+   record stored first (PubAck) and then the ack (:mod:`natskiq.run.retry`); on
    cancellation (shutdown past its timeout), a shielded, bounded NAK.
 
 While a job waits or runs, an in-progress ack (``+WPI``) every third of the
@@ -42,9 +42,9 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JSError
 
-from . import job as jobs
-from . import middleware, retry, unique
-from .aggregator import (
+from natskiq import job as jobs
+from natskiq import middleware
+from natskiq.dispatch.aggregator import (
     ACK_HEADER,
     FETCH_HEADER,
     HEARTBEAT,
@@ -57,10 +57,12 @@ from .aggregator import (
     ack_tokens,
     nak,
 )
-from .errors import DeliveryLimit, InvalidJob, UnknownWorker
-from .lease import current_token
-from .topology import MAX_PARTITIONS, Names
-from .worker import Worker, is_async, lookup
+from natskiq.dispatch.lease import current_token
+from natskiq.enqueue import unique
+from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
+from natskiq.run import retry
+from natskiq.topology import MAX_PARTITIONS, Names
+from natskiq.worker import Worker, is_async, lookup
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
 
-from .errors import LeaseLost
-from .topology import Names
+from natskiq.errors import LeaseLost
+from natskiq.topology import Names
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Stage 4, the aggregator: the master pulls from the queue streams and
 hands jobs to nodes that have free slots.
 
-It runs only in the node holding the lease (see :mod:`natskiq.lease`) and
+It runs only in the node holding the lease (see :mod:`natskiq.dispatch.lease`) and
 receives:
 
 * demand from every node on ``<ns>.ctl.demand`` (free capacity, queues and
@@ -40,10 +40,10 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 
-from .errors import LeaseLost
-from .job import headers_size
-from .lease import current_token
-from .topology import Names, check_name, ensure_consumer, read_partitions
+from natskiq.dispatch.lease import current_token
+from natskiq.errors import LeaseLost
+from natskiq.job import headers_size
+from natskiq.topology import Names, check_name, ensure_consumer, read_partitions
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ JetStream (replicated, if the stream is) and will run at least once. A
 delayed job is a JetStream message schedule (``Nats-Schedule: @at ...``) on
 its own subject ``<ns>.scheduled.<queue>.<jid>``, which the server moves to
 the queue's subject when it is due; natskiq runs no poller for it. Bulk enqueue
-(``perform_bulk``, pipelined) lives in :mod:`natskiq.bulk`.
+(``perform_bulk``, pipelined) lives in :mod:`natskiq.enqueue.bulk`.
 
-Authentication and TLS live in :mod:`natskiq.auth`: a client whose options
+Authentication and TLS live in :mod:`natskiq.enqueue.auth`: a client whose options
 carry no credentials (or no TLS) takes them from the ``NATSKIQ_*``
 environment when it opens. Secrets never reach a log line or an error
 message: URLs are shown with their ``user:password@`` part redacted.
@@ -37,14 +37,15 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import Error as JSError
 
-from . import bulk, middleware, unique
-from . import job as jobs
-from .auth import env_auth, redact_url
-from .bulk import BULK_WINDOW
-from .errors import ConfigError, EnqueueError, NotConnected
-from .middleware import ClientMiddleware
-from .topology import Names, ensure_bucket, ensure_queue
-from .worker import Options, Worker, open_clients
+from natskiq import job as jobs
+from natskiq import middleware
+from natskiq.enqueue import bulk, unique
+from natskiq.enqueue.auth import env_auth, redact_url
+from natskiq.enqueue.bulk import BULK_WINDOW
+from natskiq.errors import ConfigError, EnqueueError, NotConnected
+from natskiq.middleware import ClientMiddleware
+from natskiq.topology import Names, ensure_bucket, ensure_queue
+from natskiq.worker import Options, Worker, open_clients
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class Client:
     Create it with :func:`connect`; use it as ``async with`` (or ``await`` it
     and later ``await client.close()``). When ``nats_options`` carry no
     credentials (and the URL no ``user:password@``), it takes them from the
-    ``NATSKIQ_*`` environment variables :func:`natskiq.auth.auth_options` reads; likewise
+    ``NATSKIQ_*`` environment variables :func:`natskiq.enqueue.auth.auth_options` reads; likewise
     for TLS. ``middleware`` is client middleware for this client's enqueues,
     run after the process-wide chain (:func:`natskiq.client_middleware`).
     """
@@ -196,7 +197,7 @@ class Client:
         return text
 
     def _callbacks(self, where: str) -> dict[str, Any]:
-        """nats-py's connection callbacks, logging through ``natskiq.client``.
+        """nats-py's connection callbacks, logging through ``natskiq.enqueue.client``.
 
         Without them nats-py logs every failed attempt itself ("nats:
         encountered error", with a traceback). While the first connect is
@@ -406,7 +407,7 @@ class Client:
         return locked, holder
 
     async def _lock(self, job: jobs.Job, unique_for: float, until: str) -> tuple[jobs.Job, str]:
-        """:func:`natskiq.unique.acquire`, creating the bucket first and riding out a failover."""
+        """:func:`natskiq.enqueue.unique.acquire`, creating the bucket first and riding out a failover."""
         if not self._unique_ready:
             try:
                 await ensure_bucket(
@@ -582,7 +583,7 @@ def connect(
             :func:`natskiq.client_middleware`, in the order given.
         **nats_options: passed to :func:`nats.connect` (user, password,
             token, nkeys_seed, user_credentials, tls, ...); build the
-            credential and TLS ones with :func:`natskiq.auth.auth_options`. When none of
+            credential and TLS ones with :func:`natskiq.enqueue.auth.auth_options`. When none of
             the credential options is given (and no URL has a
             ``user:password@`` part), the client takes them from
             ``$NATSKIQ_USER`` / ``$NATSKIQ_PASSWORD``, ``$NATSKIQ_TOKEN``,

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import anyio
 
-from . import retry
-from .client import Client
-from .launcher import Launcher, Settings
-from .server import Server
-from .worker import Worker
+from natskiq.enqueue.client import Client
+from natskiq.ops.launcher import Launcher, Settings
+from natskiq.ops.server import Server
+from natskiq.run import retry
+from natskiq.worker import Worker
 
 _events: list[Callable[[str], None]] = []
 

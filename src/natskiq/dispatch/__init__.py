@@ -1,0 +1,7 @@
+"""Stage 2, dispatch: one master per shard pulls ready jobs and hands them to nodes.
+
+``lease`` is the compare-and-set election with its fencing token, ``shards``
+runs one election per dispatch shard and balances them between nodes, and
+``aggregator`` is a shard's master. Nothing here settles a job: the node
+that runs it does (an import-linter contract keeps it so).
+"""
