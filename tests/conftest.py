@@ -89,8 +89,11 @@ class Row:
 
 
 def read_ledger(path: Path, kind: str = "done") -> list[Row]:
+    """The ledger's complete lines: a worker may be halfway through writing the last one
+    (a job near the max payload writes a line of about 1 MiB)."""
     rows = []
-    for line in path.read_text().splitlines():
+    text = path.read_text()
+    for line in text[: text.rfind("\n") + 1].splitlines():
         jid, pid, k, at, note = line.split(" ", 4)
         if k == kind:
             rows.append(Row(jid, int(pid), k, float(at), json.loads(note)))
