@@ -4,10 +4,11 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.natskiq-installed
 BENCH_STAMP = $(VENV)/.natskiq-bench-installed
+DOCS_STAMP = $(VENV)/.natskiq-docs-installed
 # `make bench BENCH_ARGS=--quick` for a one-repetition run on 1,000 jobs.
 BENCH_ARGS ?=
 
-.PHONY: demo test lint format clean bench soak
+.PHONY: demo test lint format clean bench soak docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,12 @@ $(BENCH_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	touch $(STAMP) $(BENCH_STAMP)
+
+# .[dev,docs] includes .[dev], so it satisfies $(STAMP) too.
+$(DOCS_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,docs]'
+	touch $(STAMP) $(DOCS_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/natskiq demo
@@ -36,6 +43,14 @@ bench: $(BENCH_STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m tests.chaos --jobs 10000 --faults 20 --job-seconds 0.5
 
+# The documentation site (MkDocs Material, API reference by mkdocstrings) into site/;
+# --strict: a broken link, anchor or reference fails the build.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench
 	$(BIN)/ruff format --check src tests examples bench
@@ -47,4 +62,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests examples bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
