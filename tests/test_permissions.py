@@ -1,4 +1,4 @@
-"""A producer with only the permissions the README lists can enqueue, and cannot
+"""A producer with only the permissions docs/guides/auth.md lists can enqueue, and cannot
 reach what would let it forge a master or touch the failed set."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ NAMESPACE = "perm"
 
 
 def producer_permissions(names: Names, queues: list[str]) -> dict[str, object]:
-    """The README's producer permissions, for namespace ``names`` and these queues."""
+    """The auth guide's producer permissions, for namespace ``names`` and these queues."""
     streams = [names.queue_stream(queue) for queue in queues]
     return {
         "publish": {

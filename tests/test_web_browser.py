@@ -5,7 +5,7 @@ dashboard served by uvicorn, a JetStream server and in-process worker nodes.
 The server, the nodes and the dashboard share one event loop in a thread of
 their own (an anyio blocking portal), so the browser's blocking calls never
 stall them. The last test saves a screenshot of every page, at 1440x900, into
-docs/screenshots/ (or ``$NATSKIQ_SCREENSHOTS``), which the README shows.
+docs/screenshots/ (or ``$NATSKIQ_SCREENSHOTS``), which the dashboard guide (docs/guides/dashboard.md) shows.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def test_bulk_delete_asks_first(live: Live, browser: Any) -> None:
 
 
 def test_screenshots_of_every_page(live: Live, browser: Any) -> None:
-    """Each page, filled with jobs, renders in Chromium; saved at 1440x900 for the README."""
+    """Each page, filled with jobs, renders in Chromium; saved at 1440x900 for the dashboard guide."""
     folder = Path(os.environ.get("NATSKIQ_SCREENSHOTS") or ROOT / "docs" / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     _fill(live)

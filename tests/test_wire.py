@@ -36,7 +36,7 @@ def node_ready() -> str | None:
 
 
 async def test_job_published_from_nodejs_runs(client: natskiq.Client, ledger: Path) -> None:
-    """A job that @nats-io/jetstream publishes per the README's format runs on a Python node."""
+    """A job that @nats-io/jetstream publishes per docs/wire-format.md runs on a Python node."""
     reason = await anyio.to_thread.run_sync(node_ready)
     if reason:
         pytest.skip(f"cannot run the Node.js publisher: {reason}")
