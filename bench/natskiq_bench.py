@@ -48,7 +48,7 @@ SLEEPING = 10_000
 LATE_JOBS = 200
 LATE_DELAY = 1.0
 LEASE_TTL = 5.0  # natskiq's default --lease-ttl
-HEARTBEAT = 1.0  # seconds between two demand reports of a node (natskiq.dispatch.aggregator.HEARTBEAT)
+HEARTBEAT = 1.0  # seconds between two demand reports of a node (natskiq.dispatch.protocol.HEARTBEAT)
 
 
 async def perform_async(ctx: Context) -> dict[str, float]:

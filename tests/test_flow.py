@@ -13,7 +13,7 @@ from nats.js.api import ConsumerConfig
 import natskiq
 from natskiq import job as job_mod
 from natskiq import testing
-from natskiq.dispatch.aggregator import Delivery
+from natskiq.dispatch.protocol import Delivery
 from natskiq.enqueue import client as client_mod
 from natskiq.run import node as node_mod
 

@@ -16,8 +16,8 @@ import pytest
 
 import natskiq
 from natskiq import api
-from natskiq.dispatch.aggregator import ACK_HEADER, TOKEN_HEADER
 from natskiq.dispatch.lease import current_token
+from natskiq.dispatch.protocol import ACK_HEADER, TOKEN_HEADER
 
 from .conftest import Workers, nested, until, wait_for_ledger
 from .sample_workers import Record

@@ -11,7 +11,7 @@ import pytest
 
 import natskiq
 from natskiq import api
-from natskiq.dispatch.aggregator import ACK_HEADER, TOKEN_HEADER
+from natskiq.dispatch.protocol import ACK_HEADER, TOKEN_HEADER
 from natskiq.ops.server import Server
 from natskiq.topology import Names
 

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 import natskiq
-from natskiq.dispatch.aggregator import Delivery
+from natskiq.dispatch.protocol import Delivery
 from natskiq.run.node import Node
 from natskiq.topology import CONSUMER
 

@@ -13,7 +13,7 @@ import pytest
 
 import natskiq
 from natskiq import api, cli
-from natskiq.dispatch.aggregator import nak
+from natskiq.dispatch.protocol import nak
 from natskiq.errors import ConfigError
 from natskiq.ops import launcher
 from natskiq.ops.launcher import Settings

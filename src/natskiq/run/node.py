@@ -44,7 +44,8 @@ from nats.js.errors import Error as JSError
 
 from natskiq import job as jobs
 from natskiq import middleware
-from natskiq.dispatch.aggregator import (
+from natskiq.dispatch.lease import current_token
+from natskiq.dispatch.protocol import (
     ACK_HEADER,
     FETCH_HEADER,
     HEARTBEAT,
@@ -57,7 +58,6 @@ from natskiq.dispatch.aggregator import (
     ack_tokens,
     nak,
 )
-from natskiq.dispatch.lease import current_token
 from natskiq.enqueue import unique
 from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
 from natskiq.run import retry
