@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 
 from natskiq import __version__, api
+from natskiq.cli import output
 from natskiq.enqueue.auth import AUTH_ENV, auth_options
 from natskiq.enqueue.client import Client
 from natskiq.errors import ConfigError, NatskiqError, NotFound
@@ -383,19 +384,6 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(url=args.url, namespace=namespace, nats_options=connection_auth(args))
 
 
-def _ago(value: object) -> str:
-    epoch = api.timestamp(value)  # None for anything that is not a plausible time
-    if epoch is None:
-        return "-"
-    delta = time.time() - epoch
-    word = "ago" if delta >= 0 else "from now"
-    delta = abs(delta)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if delta >= size:
-            return f"{delta / size:.0f}{unit} {word}"
-    return f"{delta:.0f}s {word}"
-
-
 async def _stats(args: argparse.Namespace) -> None:
     async with _client(args) as client:
         totals = await api.stats(client)
@@ -419,24 +407,9 @@ async def _stats(args: argparse.Namespace) -> None:
         + (f" ({totals.trimmed} trimmed by limits)" if totals.trimmed else "")
     )
     print()
-    _print_queues(queues)
+    output.print_queues(queues)
     print(f"\nmaster: {master['node'] if master else '(none)'}")
-    _print_nodes(nodes, masters)
-
-
-def _print_nodes(nodes: list[dict[str, Any]], masters: list[dict[str, Any]]) -> None:
-    led: dict[str, list[str]] = {}
-    for m in masters:
-        led.setdefault(str(m.get("node")), []).append(str(m["shard"]))
-    print(f"{'node':36} {'busy':>5} {'of':>5}  {'up':>10}  {'masters':>8}  queues")
-    for n in nodes:
-        flags = " (quiet)" if n.get("quiet") else ""
-        up = _ago(n.get("started")).replace(" ago", "")
-        shards = ",".join(led.get(str(n.get("node")), [])) or "-"
-        print(
-            f"{n['node']:36} {n['busy']:>5} {n['concurrency']:>5}  {up:>10}  {shards:>8}  "
-            f"{','.join(n['queues'])}{flags}"
-        )
+    output.print_nodes(nodes, masters)
 
 
 async def _nodes(args: argparse.Namespace) -> None:
@@ -446,7 +419,7 @@ async def _nodes(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"nodes": nodes, "masters": masters}, indent=2))
         return
-    _print_nodes(nodes, masters)
+    output.print_nodes(nodes, masters)
     print()
     for m in masters:
         print(
@@ -454,12 +427,6 @@ async def _nodes(args: argparse.Namespace) -> None:
         )
     if not masters:
         print("no shard has a master: no node holds a lease")
-
-
-def _print_queues(queues: list[api.QueueInfo]) -> None:
-    print(f"{'queue':24} {'ready':>8} {'running':>8} {'scheduled':>10} {'retries':>8} {'latency':>9}")
-    for q in queues:
-        print(f"{q.name:24} {q.ready:>8} {q.running:>8} {q.scheduled:>10} {q.retries:>8} {q.latency:>8.1f}s")
 
 
 async def _queues(args: argparse.Namespace) -> int:
@@ -471,11 +438,11 @@ async def _queues(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"queues": [q.to_dict() for q in queues]}, indent=2))
             else:
-                _print_queues(queues)
+                output.print_queues(queues)
             return 0
         if args.action == "peek":
             entries = await api.find(client, "queued", api.Filter(queue=args.queue), limit=args.limit)
-            _print_entries(entries, args.json)
+            output.print_entries(entries, args.json)
             return 0
         info = await api.queue_info(client, args.queue)
         if not args.yes and not _confirm(f"delete {info.ready} ready job(s) from {args.queue}?"):
@@ -490,23 +457,6 @@ def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         raise UsageError("refusing to clear without --yes (no terminal to ask)")
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-
-
-def _print_entries(entries: list[api.Entry], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"count": len(entries), "jobs": [e.to_dict() for e in entries]}, indent=2))
-        return
-    print(f"{'jid':24}  {'class':28} {'queue':12} {'tries':>5}  {'when':>14}  error")
-    for e in entries:
-        job = e.job
-        if job is None:
-            print(f"{'(invalid)':24}  {'-':28} {e.queue:12} {'-':>5}  {'-':>14}  {e.reason}")
-            continue
-        when = _ago(job.failed_at if e.kind == "failed" else job.at or job.enqueued_at)
-        tries = "-" if job.retry_count is None else str(job.retry_count + 1)
-        error = f"{job.error_class}: {job.error_message}" if job.error_class else ""
-        print(f"{job.jid:24}  {job.cls[-28:]:28} {e.queue:12} {tries:>5}  {when:>14}  {error[:60]}")
-    print(f"({len(entries)} job{'s' if len(entries) != 1 else ''})")
 
 
 async def _sets(args: argparse.Namespace) -> int:
@@ -526,7 +476,7 @@ async def _sets(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         entries = await api.find(client, kind, where, limit=limit)
         if not acting:
-            _print_entries(entries, args.json)
+            output.print_entries(entries, args.json)
             return 0
         if not entries:
             raise NotFound(f"no {kind} job matches")
