@@ -42,56 +42,23 @@ import signal
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
 from natskiq import __version__, api
-from natskiq.cli import output
-from natskiq.enqueue.auth import AUTH_ENV, auth_options
-from natskiq.enqueue.client import Client
+from natskiq.cli import config, output
+from natskiq.cli.config import UsageError, connection_auth, worker_settings
+from natskiq.cli.config import load_config as load_config
 from natskiq.errors import ConfigError, NatskiqError, NotFound
-from natskiq.ops.launcher import EVENT_LOOPS, Launcher, Settings, import_app
+from natskiq.ops.launcher import EVENT_LOOPS, Launcher, import_app
 from natskiq.topology import check_name
 
 if TYPE_CHECKING:
     from natskiq.ops.server import Server
-
-
-class UsageError(NatskiqError):
-    """The command line asks for something that cannot be done as asked."""
-
-
-CONFIG_KEYS = {
-    "app",
-    "url",
-    "namespace",
-    "queues",
-    "concurrency",
-    "timeout",
-    "replicas",
-    "lease_ttl",
-    "ack_wait",
-    "node_id",
-    "log_level",
-    "event_loop",
-    "failed_max_jobs",
-    "max_deliveries",
-    "failed_max_days",
-    "metrics_port",
-    "partitions",
-}
-# The settings a NATSKIQ_<KEY> environment variable stands in for (between flag and file).
-ENV_KEYS = ("url", "namespace", "replicas", "event_loop")
-# Authentication and TLS (the arguments of auth_options). A config file may
-# name the files and the user, never a secret: that comes from a flag or the environment.
-AUTH_KEYS = tuple(AUTH_ENV)
-SECRET_KEYS = ("password", "token")
-FILE_KEYS = CONFIG_KEYS | (set(AUTH_KEYS) - set(SECRET_KEYS))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -256,104 +223,11 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def connection_auth(args: argparse.Namespace, file: dict[str, Any] | None = None) -> dict[str, Any]:
-    """nats-py auth and TLS options: flags win, then the environment, then the config file."""
-    given = {}
-    for key in AUTH_KEYS:
-        flag = getattr(args, key, None)
-        if flag is not None:
-            given[key] = flag
-        elif file and key in file and not os.environ.get(AUTH_ENV[key]):
-            if not isinstance(file[key], str):
-                raise ConfigError(f"{key} must be a string, not {type(file[key]).__name__}")
-            given[key] = file[key]
-    return auth_options(**given)
-
-
-def load_config(path: Path | None) -> dict[str, Any]:
-    """Worker settings from a natskiq.toml or a pyproject.toml's [tool.natskiq]."""
-    candidates = [path] if path else [Path("natskiq.toml"), Path("pyproject.toml")]
-    for candidate in candidates:
-        if not candidate.is_file():
-            if path:
-                raise ConfigError(f"config file {path} does not exist")
-            continue
-        try:
-            data = tomllib.loads(candidate.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{candidate} is not valid TOML: {exc}") from exc
-        if candidate.name == "pyproject.toml":
-            data = data.get("tool", {}).get("natskiq", {})
-        data = {key.replace("-", "_"): value for key, value in data.items()}
-        secrets = [key for key in SECRET_KEYS if key in data]
-        if secrets:
-            raise ConfigError(
-                f"{candidate} must not hold secrets ({', '.join(secrets)}): "
-                + " or ".join(f"set ${AUTH_ENV[key]}" for key in secrets)
-                + " instead"
-            )
-        unknown = set(data) - FILE_KEYS
-        if unknown:
-            raise ConfigError(f"unknown setting(s) in {candidate}: {', '.join(sorted(unknown))}")
-        if data or path:
-            return data
-    return {}
-
-
-def worker_settings(args: argparse.Namespace) -> tuple[Settings, str]:
-    """Merge flags, environment and config file into Settings (flags win)."""
-    file = load_config(args.config)
-    merged: dict[str, Any] = {}
-    for key in CONFIG_KEYS:
-        flag = getattr(args, key, None)
-        env = _env_setting(key)
-        value = flag if flag is not None else env if env is not None else file.get(key)
-        if value is not None:
-            merged[key] = value
-    level = str(merged.pop("log_level", "info"))
-    app = merged.pop("app", None)
-    if not app:
-        raise ConfigError("no app: pass --app MODULE or set app in natskiq.toml")
-    merged["app"] = _strings("app", app)
-    if "queues" in merged:
-        merged["queues"] = _strings("queues", merged["queues"])
-    port = merged.get("metrics_port")
-    if port is not None and (type(port) is not int or not 0 <= port <= 65535):
-        raise ConfigError(f"metrics port must be a whole number from 0 to 65535, not {port!r}")
-    merged["nats_options"] = connection_auth(args, file)
-    try:
-        return Settings(**merged), level
-    except TypeError as exc:
-        raise ConfigError(f"bad setting: {exc}") from exc
-
-
-def _env_setting(key: str) -> str | int | None:
-    """The value of ``$NATSKIQ_<KEY>`` for a worker setting it stands in for, if set."""
-    name = f"NATSKIQ_{key.upper()}"
-    value = os.environ.get(name) if key in ENV_KEYS else None
-    if value is None or key != "replicas":
-        return value
-    if not value.strip():
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"${name} must be 1, 3 or 5, not {value!r}") from None
-
-
 def _check_app_files(apps: tuple[str, ...]) -> None:
     """Say that an app given as a ``.py`` file is missing, rather than that it does not import."""
     for app in apps:
         if app.endswith(".py") and not Path(app).is_file():
             raise ConfigError(f"--app: no such file: {app}")
-
-
-def _strings(key: str, value: object) -> tuple[str, ...]:
-    """A setting that takes one string or a list of them."""
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise ConfigError(f"{key} must be a string or a list of strings, not {value!r}")
-    return tuple(items)
 
 
 def configure_logging(level: str, stream: TextIO | None = None) -> None:
@@ -379,13 +253,8 @@ class _Formatter(logging.Formatter):
         return f"{self._stamp},{int(record.msecs):03d}"
 
 
-def _client(args: argparse.Namespace) -> Client:
-    namespace = args.namespace or os.environ.get("NATSKIQ_NAMESPACE") or "natskiq"
-    return Client(url=args.url, namespace=namespace, nats_options=connection_auth(args))
-
-
 async def _stats(args: argparse.Namespace) -> None:
-    async with _client(args) as client:
+    async with config.client(args) as client:
         totals = await api.stats(client)
         queues = await api.queues(client)
         nodes = await api.nodes(client)
@@ -413,7 +282,7 @@ async def _stats(args: argparse.Namespace) -> None:
 
 
 async def _nodes(args: argparse.Namespace) -> None:
-    async with _client(args) as client:
+    async with config.client(args) as client:
         nodes = await api.nodes(client)
         masters = await api.masters(client)
     if args.json:
@@ -432,7 +301,7 @@ async def _nodes(args: argparse.Namespace) -> None:
 async def _queues(args: argparse.Namespace) -> int:
     if args.action != "list" and not args.queue:
         raise UsageError(f"queues {args.action} needs a queue name")
-    async with _client(args) as client:
+    async with config.client(args) as client:
         if args.action == "list":
             queues = await api.queues(client)
             if args.json:
@@ -473,7 +342,7 @@ async def _sets(args: argparse.Namespace) -> int:
     if acting and where.empty and not args.all:
         raise UsageError(f"{kind} {args.action} needs a filter (--jid, --queue, --class, ...) or --all")
     limit = args.limit if args.limit is not None else (None if acting else 50)
-    async with _client(args) as client:
+    async with config.client(args) as client:
         entries = await api.find(client, kind, where, limit=limit)
         if not acting:
             output.print_entries(entries, args.json)
@@ -499,7 +368,7 @@ async def _periodic(args: argparse.Namespace) -> int:
         raise UsageError("periodic remove needs the periodic job's name")
     if args.action == "list" and args.name:
         raise UsageError("periodic list takes no name")
-    async with _client(args) as client:
+    async with config.client(args) as client:
         if args.action == "remove":
             removed = await api.remove_periodic(client, args.name)
             doc = {"removed": args.name, "count": removed}
@@ -520,7 +389,7 @@ async def _periodic(args: argparse.Namespace) -> int:
 
 async def _cancel(args: argparse.Namespace) -> int:
     check_name("jid", args.jid)  # before connecting
-    async with _client(args) as client:
+    async with config.client(args) as client:
         result = await api.cancel(client, args.jid)
     if args.json:
         print(json.dumps({"jid": args.jid, **result}))
@@ -581,7 +450,7 @@ def _serve_until_stopped(
 
 
 async def _node(args: argparse.Namespace) -> None:
-    async with _client(args) as client:
+    async with config.client(args) as client:
         await api.command(client, args.node_id, args.action)
     print(f"node {args.node_id}: {args.action} sent")
 
