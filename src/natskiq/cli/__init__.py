@@ -32,33 +32,25 @@ then the file.
 from __future__ import annotations
 
 import argparse
-import functools
-import gc
 import json
-import logging
-import os
-import queue
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
 from natskiq import __version__, api
-from natskiq.cli import config, output
-from natskiq.cli.config import UsageError, connection_auth, worker_settings
+from natskiq.cli import config, output, processes
+from natskiq.cli.config import UsageError
+from natskiq.cli.config import connection_auth as connection_auth
 from natskiq.cli.config import load_config as load_config
-from natskiq.errors import ConfigError, NatskiqError, NotFound
-from natskiq.ops.launcher import EVENT_LOOPS, Launcher, import_app
+from natskiq.cli.config import worker_settings as worker_settings
+from natskiq.cli.processes import configure_logging as configure_logging
+from natskiq.errors import NatskiqError, NotFound
+from natskiq.ops.launcher import EVENT_LOOPS
 from natskiq.topology import check_name
-
-if TYPE_CHECKING:
-    from natskiq.ops.server import Server
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -223,36 +215,6 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_app_files(apps: tuple[str, ...]) -> None:
-    """Say that an app given as a ``.py`` file is missing, rather than that it does not import."""
-    for app in apps:
-        if app.endswith(".py") and not Path(app).is_file():
-            raise ConfigError(f"--app: no such file: {app}")
-
-
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    """Log to ``stream`` (stderr) as ``natskiq worker`` does, at ``level``."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
-    logging.getLogger("nats").setLevel(logging.WARNING)
-
-
-class _Formatter(logging.Formatter):
-    """The standard formatter, with the date and time formatted once a second
-    rather than for every record (a worker logs two lines per job)."""
-
-    _second: int = -1
-    _stamp: str = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
-            self._second = second
-        return f"{self._stamp},{int(record.msecs):03d}"
-
-
 async def _stats(args: argparse.Namespace) -> None:
     async with config.client(args) as client:
         totals = await api.stats(client)
@@ -400,80 +362,10 @@ async def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server(args: argparse.Namespace) -> None:
-    from natskiq.ops.server import Cluster, Server, default_store_dir
-
-    if args.cluster is not None:
-        if args.cluster < 3:
-            raise UsageError(
-                f"--cluster needs at least 3 servers (replicated streams have 3), not {args.cluster}"
-            )
-        if args.host != "127.0.0.1":
-            raise UsageError("--cluster runs on 127.0.0.1 only")
-        store = args.store or default_store_dir() / "cluster"
-        ports = [args.port + i for i in range(args.cluster)]
-        cluster = Cluster(size=args.cluster, root=store, client_ports=ports)
-        _serve_until_stopped(
-            cluster.start, cluster.servers, cluster.stop, f"{args.cluster}-node cluster", store
-        )
-        return
-    store = args.store or default_store_dir()
-    server = Server(store_dir=store, port=args.port, host=args.host)
-    _serve_until_stopped(server.start, [server], server.stop, "JetStream", store)
-
-
-def _serve_until_stopped(
-    start: Callable[[], str], servers: list[Server], stop: Callable[[], None], what: str, store: Path
-) -> None:
-    """Start nats-server(s), print the URL, and stop them all on SIGTERM or Ctrl-C, or when one exits."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        url = start()
-        print(f"natskiq server: {what} at {url} (store {store}); Ctrl-C stops it", flush=True)
-        # One thread waits on each process; the main thread blocks on the
-        # first to report, and a signal interrupts that wait.
-        exited: queue.Queue[tuple[int, int]] = queue.Queue()
-        for index, server in enumerate(servers):
-            threading.Thread(target=lambda i=index, s=server: exited.put((i, s.wait())), daemon=True).start()
-        index, code = exited.get()
-        name = f"nats-server {index + 1}" if len(servers) > 1 else "nats-server"
-        raise ConfigError(f"{name} exited with code {code}")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop()
-        signal.signal(signal.SIGTERM, previous)
-
-
 async def _node(args: argparse.Namespace) -> None:
     async with config.client(args) as client:
         await api.command(client, args.node_id, args.action)
     print(f"node {args.node_id}: {args.action} sent")
-
-
-def _web(args: argparse.Namespace) -> None:
-    try:
-        from natskiq import web
-    except ImportError as exc:
-        raise ConfigError(f"natskiq web needs the web extra: pip install 'natskiq[web]' ({exc})") from exc
-    configure_logging("info")
-    anyio.run(
-        functools.partial(
-            web.serve,
-            args.url,
-            args.namespace or os.environ.get("NATSKIQ_NAMESPACE"),
-            host=args.host,
-            port=args.port,
-            auth=args.auth or os.environ.get("NATSKIQ_WEB_AUTH"),
-            read_only=args.read_only,
-            nats_options=connection_auth(args),
-            on_ready=lambda url: print(f"natskiq web: {url} (Ctrl-C stops it)", flush=True),
-        )
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -481,23 +373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "worker":
-            settings, level = worker_settings(args)
-            configure_logging(level)
-            _check_app_files(settings.app)
-            import_app(settings.app)
-            # Everything imported so far lives as long as the process: keep it
-            # out of the collector's full passes, which would otherwise walk
-            # every module's objects again and again while jobs run.
-            gc.freeze()
-            uvloop = settings.event_loop == "uvloop"
-            anyio.run(Launcher(settings).serve, backend_options={"use_uvloop": uvloop})
+            processes.worker(args)
         elif args.command == "server":
-            _server(args)
+            processes.server(args)
         elif args.command == "demo":
-            configure_logging("warning")
-            from natskiq.ops.demo import run_demo
-
-            anyio.run(run_demo, lambda line: print(line, flush=True))
+            processes.demo()
         elif args.command == "stats":
             anyio.run(_stats, args)
         elif args.command == "nodes":
@@ -509,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "cancel":
             return anyio.run(_cancel, args)
         elif args.command == "web":
-            _web(args)
+            processes.web(args)
         elif args.command == "node":
             anyio.run(_node, args)
         else:
