@@ -32,7 +32,6 @@ then the file.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -41,16 +40,15 @@ from pathlib import Path
 
 import anyio
 
-from natskiq import __version__, api
-from natskiq.cli import config, output, processes
-from natskiq.cli.config import UsageError
+from natskiq import __version__
+from natskiq.cli import inspection, processes, sets
+from natskiq.cli.config import UsageError as UsageError
 from natskiq.cli.config import connection_auth as connection_auth
 from natskiq.cli.config import load_config as load_config
 from natskiq.cli.config import worker_settings as worker_settings
 from natskiq.cli.processes import configure_logging as configure_logging
 from natskiq.errors import NatskiqError, NotFound
 from natskiq.ops.launcher import EVENT_LOOPS
-from natskiq.topology import check_name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,159 +213,6 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _stats(args: argparse.Namespace) -> None:
-    async with config.client(args) as client:
-        totals = await api.stats(client)
-        queues = await api.queues(client)
-        nodes = await api.nodes(client)
-        master = await api.master(client)
-        masters = await api.masters(client)
-    if args.json:
-        doc = {
-            **totals.to_dict(),
-            "queues": [q.to_dict() for q in queues],
-            "nodes": nodes,
-            "master": master,
-            "masters": masters,
-        }
-        print(json.dumps(doc, indent=2))
-        return
-    print(
-        f"processed {totals.processed}   failed {totals.failed}   enqueued {totals.enqueued}   "
-        f"scheduled {totals.scheduled}   retries {totals.retries}   dead {totals.dead}"
-        + (f" ({totals.trimmed} trimmed by limits)" if totals.trimmed else "")
-    )
-    print()
-    output.print_queues(queues)
-    print(f"\nmaster: {master['node'] if master else '(none)'}")
-    output.print_nodes(nodes, masters)
-
-
-async def _nodes(args: argparse.Namespace) -> None:
-    async with config.client(args) as client:
-        nodes = await api.nodes(client)
-        masters = await api.masters(client)
-    if args.json:
-        print(json.dumps({"nodes": nodes, "masters": masters}, indent=2))
-        return
-    output.print_nodes(nodes, masters)
-    print()
-    for m in masters:
-        print(
-            f"shard {m['shard']}: {m.get('node', '?')} (pid {m.get('pid', '?')}, token {m.get('token', '?')})"
-        )
-    if not masters:
-        print("no shard has a master: no node holds a lease")
-
-
-async def _queues(args: argparse.Namespace) -> int:
-    if args.action != "list" and not args.queue:
-        raise UsageError(f"queues {args.action} needs a queue name")
-    async with config.client(args) as client:
-        if args.action == "list":
-            queues = await api.queues(client)
-            if args.json:
-                print(json.dumps({"queues": [q.to_dict() for q in queues]}, indent=2))
-            else:
-                output.print_queues(queues)
-            return 0
-        if args.action == "peek":
-            entries = await api.find(client, "queued", api.Filter(queue=args.queue), limit=args.limit)
-            output.print_entries(entries, args.json)
-            return 0
-        info = await api.queue_info(client, args.queue)
-        if not args.yes and not _confirm(f"delete {info.ready} ready job(s) from {args.queue}?"):
-            print("nothing deleted")
-            return 1
-        removed = await api.clear(client, args.queue)
-    print(json.dumps({"cleared": removed}) if args.json else f"cleared {removed} job(s) from {args.queue}")
-    return 0
-
-
-def _confirm(question: str) -> bool:
-    if not sys.stdin.isatty():
-        raise UsageError("refusing to clear without --yes (no terminal to ask)")
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-
-
-async def _sets(args: argparse.Namespace) -> int:
-    kind = args.command
-    where = api.Filter(
-        queue=args.queue,
-        cls=args.cls,
-        jid=args.jid,
-        error_class=args.error,
-        since=args.since,
-        until=args.until,
-    )
-    acting = args.action != "list"
-    if acting and where.empty and not args.all:
-        raise UsageError(f"{kind} {args.action} needs a filter (--jid, --queue, --class, ...) or --all")
-    limit = args.limit if args.limit is not None else (None if acting else 50)
-    async with config.client(args) as client:
-        entries = await api.find(client, kind, where, limit=limit)
-        if not acting:
-            output.print_entries(entries, args.json)
-            return 0
-        if not entries:
-            raise NotFound(f"no {kind} job matches")
-        done = []
-        for entry in entries:
-            if args.action == "delete":
-                await api.delete(client, entry)
-            elif args.action == "replay":
-                await api.replay(client, entry)
-            else:
-                await api.run_now(client, entry)
-            done.append(entry.jid or f"seq {entry.seq}")
-    past = {"delete": "deleted", "replay": "replayed", "now": "queued now"}[args.action]
-    print(json.dumps({past.replace(" ", "_"): done}) if args.json else f"{past}: {len(done)} job(s)")
-    return 0
-
-
-async def _periodic(args: argparse.Namespace) -> int:
-    if args.action == "remove" and not args.name:
-        raise UsageError("periodic remove needs the periodic job's name")
-    if args.action == "list" and args.name:
-        raise UsageError("periodic list takes no name")
-    async with config.client(args) as client:
-        if args.action == "remove":
-            removed = await api.remove_periodic(client, args.name)
-            doc = {"removed": args.name, "count": removed}
-            print(json.dumps(doc) if args.json else f"removed periodic job {args.name}")
-            return 0
-        found = await api.periodic_jobs(client)
-    if args.json:
-        print(json.dumps({"periodic": [p.to_dict() for p in found]}, indent=2))
-        return 0
-    print(f"{'name':24} {'queue':12} {'schedule':20} {'tz':16} {'class':28} next")
-    for p in found:
-        print(
-            f"{p.name:24} {p.queue:12} {p.schedule:20} {p.tz or 'UTC':16} {p.cls[-28:]:28} {p.next_at or '-'}"
-        )
-    print(f"({len(found)} periodic job{'s' if len(found) != 1 else ''})")
-    return 0
-
-
-async def _cancel(args: argparse.Namespace) -> int:
-    check_name("jid", args.jid)  # before connecting
-    async with config.client(args) as client:
-        result = await api.cancel(client, args.jid)
-    if args.json:
-        print(json.dumps({"jid": args.jid, **result}))
-        return 0
-    where = [f"deleted from {kind}" for kind in result["deleted"]]
-    where += [f"stopped on {node}" for node in result["running_on"]]
-    print(f"cancelled {args.jid}: {', '.join(where)}")
-    return 0
-
-
-async def _node(args: argparse.Namespace) -> None:
-    async with config.client(args) as client:
-        await api.command(client, args.node_id, args.action)
-    print(f"node {args.node_id}: {args.action} sent")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``natskiq`` command; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -379,21 +224,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "demo":
             processes.demo()
         elif args.command == "stats":
-            anyio.run(_stats, args)
+            anyio.run(inspection.stats, args)
         elif args.command == "nodes":
-            anyio.run(_nodes, args)
+            anyio.run(inspection.nodes, args)
         elif args.command == "queues":
-            return anyio.run(_queues, args)
+            return anyio.run(inspection.queues, args)
         elif args.command == "periodic":
-            return anyio.run(_periodic, args)
+            return anyio.run(inspection.periodic, args)
         elif args.command == "cancel":
-            return anyio.run(_cancel, args)
+            return anyio.run(inspection.cancel, args)
         elif args.command == "web":
             processes.web(args)
         elif args.command == "node":
-            anyio.run(_node, args)
+            anyio.run(inspection.node, args)
         else:
-            return anyio.run(_sets, args)
+            return anyio.run(sets.act, args)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
