@@ -3,6 +3,7 @@ set, nodes, the master and cluster-wide stats."""
 
 from __future__ import annotations
 
+from natskiq.api.cluster import cancel, command, master, masters, nodes
 from natskiq.api.entries import (
     EARLIEST,
     LATEST,
@@ -14,16 +15,11 @@ from natskiq.api.entries import (
     PeriodicInfo,
     QueueInfo,
     Stats,
-    cancel,
     clear,
-    command,
     counter,
     delete,
     failed_set_size,
     find,
-    master,
-    masters,
-    nodes,
     periodic_jobs,
     queue_info,
     queue_names,
