@@ -12,7 +12,6 @@ from natskiq.api.entries import (
     Entry,
     Filter,
     Kind,
-    PeriodicInfo,
     QueueInfo,
     Stats,
     clear,
@@ -20,17 +19,16 @@ from natskiq.api.entries import (
     delete,
     failed_set_size,
     find,
-    periodic_jobs,
     queue_info,
     queue_names,
     queues,
     read_entry,
-    remove_periodic,
     replay,
     run_now,
     stats,
     timestamp,
 )
+from natskiq.api.periodic import PeriodicInfo, periodic_jobs, remove_periodic
 
 __all__ = [
     "EARLIEST",

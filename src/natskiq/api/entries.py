@@ -55,14 +55,14 @@ def timestamp(value: object) -> float | None:
     return seconds if EARLIEST <= seconds <= LATEST else None  # NaN fails both comparisons
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """``value`` with every float that JSON cannot carry (inf, NaN) replaced by None."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, list):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     return value
 
 
@@ -125,7 +125,7 @@ class Entry:
         """
         out: dict[str, Any] = {"kind": self.kind, "seq": self.seq, "queue": self.queue}
         try:
-            job = _json_safe(self.job.to_dict()) if self.job is not None else None
+            job = json_safe(self.job.to_dict()) if self.job is not None else None
         except RecursionError:  # arguments nested deeper than Python recurses (an old decode)
             job = None
         if job is not None:
@@ -244,7 +244,7 @@ def _stored_at(msg: jsapi.RawStreamMsg) -> float | None:
         return None
 
 
-async def _scan(
+async def scan(
     client: Client, stream: str, subject: str, limit: int | None
 ) -> AsyncIterator[jsapi.RawStreamMsg]:
     """Messages of ``stream`` on ``subject`` (wildcards allowed), oldest first."""
@@ -274,7 +274,7 @@ async def _entries(
                 "retry": f"{names.namespace}.retry.{queue}.*",
             }[kind]
         try:
-            async for msg in _scan(client, stream, subject, None):
+            async for msg in scan(client, stream, subject, None):
                 entry = read_entry(kind, stream, queue, msg)
                 if entry.job is not None and entry.job.periodic is not None:
                     continue  # a periodic definition, not a job (see periodic_jobs)
@@ -536,64 +536,3 @@ async def stats(client: Client) -> Stats:
         scheduled=sum(q.scheduled for q in all_queues),
         retries=sum(q.retries for q in all_queues),
     )
-
-
-# -- periodic jobs ------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class PeriodicInfo:
-    """A periodic job definition stored in a queue stream."""
-
-    name: str
-    queue: str
-    schedule: str
-    tz: str | None
-    cls: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    next_at: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = _json_safe(attrs.asdict(self))  # arguments may hold inf (an old decode)
-        return out
-
-
-async def periodic_jobs(client: Client) -> list[PeriodicInfo]:
-    """Every periodic job definition in the namespace, by name."""
-    out = []
-    for queue in await queue_names(client):
-        stream = client.names.queue_stream(queue)
-        async for msg in _scan(client, stream, f"{client.names.namespace}.scheduled.{queue}.*", None):
-            entry = read_entry("scheduled", stream, queue, msg)
-            headers = msg.headers or {}
-            if entry.job is None or entry.job.periodic is None:
-                continue
-            out.append(
-                PeriodicInfo(
-                    name=entry.job.periodic,
-                    queue=queue,
-                    schedule=headers.get("Nats-Schedule", ""),
-                    tz=headers.get("Nats-Schedule-Time-Zone"),
-                    cls=entry.job.cls,
-                    args=entry.job.args,
-                    kwargs=entry.job.kwargs,
-                    next_at=headers.get("Nats-Schedule-Next"),
-                )  # fmt: skip
-            )
-    return sorted(out, key=lambda p: (p.name, p.queue))
-
-
-async def remove_periodic(client: Client, name: str) -> int:
-    """Delete a periodic job definition (from every queue); returns how many were removed.
-
-    Raises:
-        NotFound: no definition has that name.
-    """
-    found = [p for p in await periodic_jobs(client) if p.name == name]
-    if not found:
-        raise NotFound(f"no periodic job named {name!r}")
-    for definition in found:
-        subject = f"{client.names.namespace}.scheduled.{definition.queue}.periodic-{name}"
-        await client.js.purge_stream(client.names.queue_stream(definition.queue), subject=subject)
-    return len(found)
