@@ -3,28 +3,24 @@ set, nodes, the master and cluster-wide stats."""
 
 from __future__ import annotations
 
+from natskiq.api.changes import MSG_DELETE_FAILED, clear, delete, replay, run_now
 from natskiq.api.cluster import cancel, command, master, masters, nodes
 from natskiq.api.entries import (
     EARLIEST,
     LATEST,
-    MSG_DELETE_FAILED,
     TIMES,
     Entry,
     Filter,
     Kind,
     QueueInfo,
     Stats,
-    clear,
     counter,
-    delete,
     failed_set_size,
     find,
     queue_info,
     queue_names,
     queues,
     read_entry,
-    replay,
-    run_now,
     stats,
     timestamp,
 )

@@ -22,7 +22,8 @@ from nats.errors import NoRespondersError
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.errors import Error as JSError
 
-from natskiq.api.entries import Filter, delete, find
+from natskiq.api.changes import delete
+from natskiq.api.entries import Filter, find
 from natskiq.dispatch import shards
 from natskiq.enqueue.client import Client
 from natskiq.errors import NatskiqError, NotFound
