@@ -12,19 +12,13 @@ from natskiq.api.entries import (
     Entry,
     Filter,
     Kind,
-    QueueInfo,
-    Stats,
-    counter,
-    failed_set_size,
     find,
-    queue_info,
     queue_names,
-    queues,
     read_entry,
-    stats,
     timestamp,
 )
 from natskiq.api.periodic import PeriodicInfo, periodic_jobs, remove_periodic
+from natskiq.api.totals import QueueInfo, Stats, counter, failed_set_size, queue_info, queues, stats
 
 __all__ = [
     "EARLIEST",

@@ -20,7 +20,8 @@ import attrs
 from nats.js.errors import APIError, NotFoundError
 
 from natskiq import job as jobs
-from natskiq.api.entries import Entry, incr, queue_info, timestamp
+from natskiq.api.entries import Entry, timestamp
+from natskiq.api.totals import incr, queue_info
 from natskiq.enqueue.client import Client
 from natskiq.errors import NatskiqError
 

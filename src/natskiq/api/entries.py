@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import attrs
 from nats.js import api as jsapi
-from nats.js.errors import Error as JSError
 from nats.js.errors import NotFoundError
 
 from natskiq import job as jobs
 from natskiq.enqueue.client import Client
 from natskiq.errors import InvalidJob, NatskiqError, NotFound
 from natskiq.run.retry import INVALID_HEADER, REASON_HEADER
-from natskiq.topology import check_name, partitions_of
+from natskiq.topology import check_name
 
 Kind = Literal["queued", "scheduled", "retry", "failed"]
 EARLIEST = 946_684_800.0  # 2000-01-01T00:00:00Z
@@ -63,28 +61,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: json_safe(item) for key, item in value.items()}
     return value
-
-
-def _latency(value: float) -> float:
-    return value if math.isfinite(value) and value > 0 else 0.0
-
-
-@attrs.frozen(kw_only=True)
-class QueueInfo:
-    """One queue: ready jobs, jobs running (delivered, not yet acked),
-    scheduled and retry counts, the age of the oldest ready job
-    (seconds, finite; 0 for an empty queue), and its partitions."""
-
-    name: str
-    ready: int
-    running: int
-    scheduled: int
-    retries: int
-    latency: float = attrs.field(converter=_latency)
-    partitions: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -258,9 +234,10 @@ async def scan(
         seq = (msg.seq or seq) + 1
 
 
-async def _entries(
+async def find_in(
     client: Client, kind: Kind, queues: Sequence[str], where: Filter, limit: int | None
 ) -> list[Entry]:
+    """The entries of one kind in these queues that match ``where``, periodic definitions left out."""
     names, out = client.names, []
     for queue in queues:
         if kind == "failed":
@@ -311,118 +288,4 @@ async def find(
         queues = [where.queue]
     else:
         queues = await _failed_queues(client) if kind == "failed" else await queue_names(client)
-    return await _entries(client, kind, queues, where, limit)
-
-
-# -- queues --------------------------------------------------------------------
-
-
-async def queues(client: Client) -> list[QueueInfo]:
-    """Every queue in the client's namespace, by name."""
-    return [await queue_info(client, queue) for queue in await queue_names(client)]
-
-
-async def queue_info(client: Client, queue: str) -> QueueInfo:
-    """Sizes and latency of one queue.
-
-    Raises:
-        NotFound: no such queue.
-    """
-    names = client.names
-    stream = names.queue_stream(check_name("queue", queue))
-    try:
-        info = await client.js.stream_info(stream, subjects_filter=f"{names.namespace}.*.{queue}.>")
-        consumers = [
-            await client.js.consumer_info(stream, names.consumer(shard))
-            for shard in range(partitions_of(names, queue, info.config.subjects))
-        ]
-    except NotFoundError:
-        raise NotFound(f"no queue named {queue!r} in namespace {names.namespace!r}") from None
-    subjects = info.state.subjects or {}
-    scheduled = sum(n for s, n in subjects.items() if s.startswith(f"{names.namespace}.scheduled."))
-    retries = sum(n for s, n in subjects.items() if s.startswith(f"{names.namespace}.retry."))
-    latency = 0.0
-    oldest = await _entries(client, "queued", [queue], Filter(), 1)
-    since = oldest[0].enqueued_at if oldest else None
-    if since is not None:
-        latency = max(0.0, time.time() - since)
-    return QueueInfo(
-        name=queue, ready=sum(c.num_pending or 0 for c in consumers),
-        running=sum(c.num_ack_pending or 0 for c in consumers),
-        scheduled=scheduled, retries=retries, latency=latency, partitions=len(consumers),
-    )  # fmt: skip
-
-
-# -- stats ----------------------------------------------------------
-
-
-async def counter(client: Client, name: str, day: str | None = None) -> int:
-    """The cluster-wide value of a stats counter (0 if never counted)."""
-    try:
-        msg = await client.js.get_msg(
-            client.names.stats_stream, subject=client.names.stats_subject(name, day)
-        )
-    except NotFoundError:
-        return 0
-    try:
-        return int(json.loads(msg.data or b"{}").get("val", 0))
-    except (ValueError, TypeError, OverflowError, AttributeError):  # not {"val": <a number>}
-        return 0
-
-
-async def incr(client: Client, name: str, by: int) -> None:
-    """Add ``by`` to a stats counter (nothing if no worker has made the stats stream yet)."""
-    try:
-        await client.js.publish(client.names.stats_subject(name), b"", headers={"Nats-Incr": f"+{by}"})
-    except (NotFoundError, JSError):
-        pass  # no stats stream yet: no worker has started in this namespace
-
-
-@attrs.frozen(kw_only=True)
-class Stats:
-    """Cluster-wide totals, kept in JetStream (they survive restarts).
-
-    ``processed`` counts every finished run, ``failed`` every run that
-    raised (as Sidekiq counts them); ``dead`` is the failed set's size now
-    and ``trimmed`` how many failed jobs its limits have pushed out.
-    """
-
-    processed: int
-    failed: int
-    dead: int
-    trimmed: int
-    enqueued: int
-    scheduled: int
-    retries: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-async def failed_set_size(client: Client) -> tuple[int, int]:
-    """``(dead, trimmed)``: failed jobs kept now, and how many its limits pushed out.
-
-    Everything the failed stream ever stored is kept, deleted by us (replay,
-    delete: counted) or trimmed by its limits, so trimmed is the rest.
-    """
-    try:
-        info = await client.js.stream_info(client.names.failed_stream)
-    except NotFoundError:
-        return 0, 0
-    removed = await counter(client, "failed_removed")
-    return info.state.messages, max(0, info.state.last_seq - info.state.messages - removed)
-
-
-async def stats(client: Client) -> Stats:
-    """Totals across the cluster and every queue."""
-    all_queues = await queues(client)
-    dead, trimmed = await failed_set_size(client)
-    return Stats(
-        processed=await counter(client, "processed"),
-        failed=await counter(client, "failed"),
-        dead=dead,
-        trimmed=trimmed,
-        enqueued=sum(q.ready for q in all_queues),
-        scheduled=sum(q.scheduled for q in all_queues),
-        retries=sum(q.retries for q in all_queues),
-    )
+    return await find_in(client, kind, queues, where, limit)
