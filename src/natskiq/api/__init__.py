@@ -12,11 +12,10 @@ from natskiq.api.entries import (
     Entry,
     Filter,
     Kind,
-    find,
-    queue_names,
     read_entry,
     timestamp,
 )
+from natskiq.api.listing import find, queue_names
 from natskiq.api.periodic import PeriodicInfo, periodic_jobs, remove_periodic
 from natskiq.api.totals import QueueInfo, Stats, counter, failed_set_size, queue_info, queues, stats
 

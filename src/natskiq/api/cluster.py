@@ -23,7 +23,8 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.errors import Error as JSError
 
 from natskiq.api.changes import delete
-from natskiq.api.entries import Filter, find
+from natskiq.api.entries import Filter
+from natskiq.api.listing import find
 from natskiq.dispatch import shards
 from natskiq.enqueue.client import Client
 from natskiq.errors import NatskiqError, NotFound

@@ -1,35 +1,35 @@
-"""Inspection and operations: queues, scheduled and retry sets, the failed
-set, nodes, the master and cluster-wide stats.
+"""What the inspection API reads back: a job found in a stream, the filter
+that picks entries, and the times an envelope may claim.
 
-Every function takes an open :class:`~natskiq.enqueue.client.Client`. Jobs are
-read straight from their streams (a queue stream holds the ready jobs on
-``<ns>.queue.<q>``, the scheduled ones on ``<ns>.scheduled.<q>.<jid>`` and the
-retries on ``<ns>.retry.<q>.<jid>``; the failed stream holds the dead set),
-and every change keeps DESIGN's invariant: a job is republished and its
-PubAck received *before* the copy it replaces is deleted, so an operation
-interrupted half-way leaves a job twice, never zero times.
+Receives a message a stream stored (:func:`read_entry`) and hands on an
+:class:`Entry`: the job it holds or, for a payload that is not a valid
+envelope, why not and the bytes as received. Anyone who may publish to a
+queue can store anything there, so nothing read back is trusted: a time
+goes through :func:`timestamp` before it is shown, compared or computed
+with, and :meth:`Entry.to_dict` is always JSON-ready. No I/O happens here;
+:mod:`natskiq.api.listing` does the reading.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import attrs
 from nats.js import api as jsapi
-from nats.js.errors import NotFoundError
 
 from natskiq import job as jobs
-from natskiq.enqueue.client import Client
-from natskiq.errors import InvalidJob, NatskiqError, NotFound
+from natskiq.errors import InvalidJob
 from natskiq.run.retry import INVALID_HEADER, REASON_HEADER
-from natskiq.topology import check_name
 
 Kind = Literal["queued", "scheduled", "retry", "failed"]
-EARLIEST = 946_684_800.0  # 2000-01-01T00:00:00Z
-LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a datetime can show
+"""Where an entry was found: a queue's ready jobs, its scheduled jobs, its
+retries, or the failed set."""
+EARLIEST = 946_684_800.0
+"""2000-01-01T00:00:00Z, the earliest time :func:`timestamp` accepts."""
+LATEST = 253_402_300_799.0
+"""9999-12-31T23:59:59Z, the last second a datetime can show: the latest
+time :func:`timestamp` accepts."""
 TIMES = ("created_at", "enqueued_at", "failed_at", "retried_at", "at", "expires_at")
 """The envelope fields that hold epoch seconds."""
 
@@ -67,9 +67,12 @@ def json_safe(value: Any) -> Any:
 class Entry:
     """A job found in a stream.
 
-    ``job`` is None for a payload that was not a valid envelope; then
-    ``reason`` says why, and ``raw`` holds it as received. ``stored_at``
-    is when the server stored the message (its clock, not the envelope's).
+    ``kind``, ``stream``, ``seq`` and ``subject`` say where it was found
+    (the stream sequence is the message that deleting, replaying or running
+    it now acts on), ``queue`` the queue it belongs to. ``job`` is None for
+    a payload that was not a valid envelope; then ``reason`` says why, and
+    ``raw`` holds it as received. ``stored_at`` is when the server stored
+    the message (its clock, not the envelope's).
     """
 
     kind: Kind
@@ -84,6 +87,7 @@ class Entry:
 
     @property
     def jid(self) -> str | None:
+        """The job's id, or None for an entry that is not a valid job."""
         return self.job.jid if self.job else None
 
     @property
@@ -113,7 +117,13 @@ class Entry:
 
 @attrs.frozen(kw_only=True)
 class Filter:
-    """Which entries to act on; every given field must match."""
+    """Which entries to act on; every given field must match.
+
+    ``queue``, ``cls``, ``jid`` and ``error_class`` must equal the entry's;
+    ``since`` and ``until`` (epoch seconds, both inclusive) bound when the
+    job failed, else when it is due, else when it was enqueued. An entry
+    that is not a valid job matches only a filter on its queue, or none.
+    """
 
     queue: str | None = None
     cls: str | None = None
@@ -123,6 +133,7 @@ class Filter:
     until: float | None = None
 
     def matches(self, entry: Entry) -> bool:
+        """Whether ``entry`` passes every field that is set."""
         job = entry.job
         if self.queue is not None and entry.queue != self.queue:
             return False
@@ -144,6 +155,7 @@ class Filter:
 
     @property
     def empty(self) -> bool:
+        """Whether no field is set (the filter matches every entry)."""
         return all(getattr(self, f.name) is None for f in attrs.fields(Filter))
 
 
@@ -154,41 +166,6 @@ def _moment(job: jobs.Job) -> float | None:
         if seconds is not None:
             return seconds
     return None
-
-
-# -- reading streams ---------------------------------------------------------
-
-
-def _queue_prefix(client: Client) -> str:
-    return f"{client.names.namespace.upper()}_Q_"
-
-
-async def queue_names(client: Client) -> list[str]:
-    """Every queue with a stream in the client's namespace.
-
-    Asks JetStream for the names of the streams holding ``<ns>.queue.*``,
-    page by page (a server answers at most 1,024 names at a time).
-    """
-    prefix = _queue_prefix(client)
-    subject = f"{client.names.namespace}.queue.*"
-    found: list[str] = []
-    while True:
-        request = json.dumps({"offset": len(found), "subject": subject}).encode()
-        reply = await client.nc.request("$JS.API.STREAM.NAMES", request, timeout=5)
-        page = json.loads(reply.data)
-        if "error" in page:
-            raise NatskiqError(f"cannot list queues: {page['error'].get('description', page['error'])}")
-        names = page.get("streams") or []
-        found.extend(names)
-        if not names or len(found) >= int(page.get("total", 0)):
-            break
-    return sorted(name[len(prefix) :] for name in found if name.startswith(prefix))
-
-
-async def _check_queue(client: Client, queue: str) -> None:
-    check_name("queue", queue)
-    if queue not in await queue_names(client):
-        raise NotFound(f"no queue named {queue!r} in namespace {client.names.namespace!r}")
 
 
 def read_entry(kind: Kind, stream: str, queue: str, msg: jsapi.RawStreamMsg) -> Entry:
@@ -213,79 +190,8 @@ def read_entry(kind: Kind, stream: str, queue: str, msg: jsapi.RawStreamMsg) -> 
 
 
 def _stored_at(msg: jsapi.RawStreamMsg) -> float | None:
+    """When the server stored ``msg``, if that is a plausible time."""
     try:
         return timestamp(msg.time.timestamp()) if msg.time is not None else None
     except (OverflowError, OSError, ValueError):
         return None
-
-
-async def scan(
-    client: Client, stream: str, subject: str, limit: int | None
-) -> AsyncIterator[jsapi.RawStreamMsg]:
-    """Messages of ``stream`` on ``subject`` (wildcards allowed), oldest first."""
-    seq, found = 1, 0
-    while limit is None or found < limit:
-        try:
-            msg = await client.js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            return
-        found += 1
-        yield msg
-        seq = (msg.seq or seq) + 1
-
-
-async def find_in(
-    client: Client, kind: Kind, queues: Sequence[str], where: Filter, limit: int | None
-) -> list[Entry]:
-    """The entries of one kind in these queues that match ``where``, periodic definitions left out."""
-    names, out = client.names, []
-    for queue in queues:
-        if kind == "failed":
-            stream, subject = names.failed_stream, names.failed_subject(queue)
-        else:
-            stream = names.queue_stream(queue)
-            subject = {
-                "queued": names.ready_filter,
-                "scheduled": f"{names.namespace}.scheduled.{queue}.*",
-                "retry": f"{names.namespace}.retry.{queue}.*",
-            }[kind]
-        try:
-            async for msg in scan(client, stream, subject, None):
-                entry = read_entry(kind, stream, queue, msg)
-                if entry.job is not None and entry.job.periodic is not None:
-                    continue  # a periodic definition, not a job (see periodic_jobs)
-                if where.matches(entry):
-                    out.append(entry)
-                    if limit is not None and len(out) >= limit:
-                        return out
-        except NotFoundError:
-            continue
-    return out
-
-
-async def _failed_queues(client: Client) -> list[str]:
-    try:
-        info = await client.js.stream_info(client.names.failed_stream, subjects_filter=">")
-    except NotFoundError:
-        return []
-    prefix = f"{client.names.namespace}.failed."
-    return sorted(s[len(prefix) :] for s in (info.state.subjects or {}) if s.startswith(prefix))
-
-
-async def find(
-    client: Client, kind: Kind, where: Filter | None = None, *, limit: int | None = None
-) -> list[Entry]:
-    """Jobs of one kind (queued, scheduled, retry or failed) matching ``where``, oldest first.
-
-    Raises:
-        NotFound: ``where.queue`` names a queue that does not exist.
-    """
-    where = where or Filter()
-    if where.queue is not None:
-        check_name("queue", where.queue)
-        if kind != "failed":
-            await _check_queue(client, where.queue)
-        queues = [where.queue]
-    else:
-        queues = await _failed_queues(client) if kind == "failed" else await queue_names(client)
-    return await find_in(client, kind, queues, where, limit)

@@ -15,7 +15,8 @@ from typing import Any
 
 import attrs
 
-from natskiq.api.entries import json_safe, queue_names, read_entry, scan
+from natskiq.api.entries import json_safe, read_entry
+from natskiq.api.listing import queue_names, scan
 from natskiq.enqueue.client import Client
 from natskiq.errors import NotFound
 

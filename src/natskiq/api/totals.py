@@ -22,7 +22,8 @@ import attrs
 from nats.js.errors import Error as JSError
 from nats.js.errors import NotFoundError
 
-from natskiq.api.entries import Filter, find_in, queue_names
+from natskiq.api.entries import Filter
+from natskiq.api.listing import find_in, queue_names
 from natskiq.enqueue.client import Client
 from natskiq.errors import NotFound
 from natskiq.topology import check_name, partitions_of
