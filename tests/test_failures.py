@@ -300,6 +300,23 @@ async def test_cancel_a_queued_and_a_running_job(client: natskiq.Client, ledger:
         await api.cancel(client, long)
 
 
+async def test_cancel_ignores_replies_that_are_not_a_node(client: natskiq.Client) -> None:
+    """Replies to a cancel request that are not ``{"node": "<id>"}`` (bytes, JSON of
+    another shape) are skipped: cancel reports the real node and raises nothing else."""
+
+    async def answer(msg: object) -> None:
+        for junk in (b"\xff\xfe", b"[1, 2]", b'{"node": 7}', b"{}", b'"node"', b'{"node": "real"}'):
+            await client.nc.publish(msg.reply, junk)  # type: ignore[attr-defined]
+
+    sub = await client.nc.subscribe(client.names.cancel_subject, cb=answer)
+    try:
+        later = await Record.perform_in(3600, note="never")
+        result = await api.cancel(client, later)
+    finally:
+        await sub.unsubscribe()
+    assert result == {"deleted": ["scheduled"], "running_on": ["real"]}
+
+
 async def test_queues_are_listed_past_a_page_of_streams(private_server: object) -> None:
     """Queue listing pages through JetStream's stream names (more than one page of 256 streams)."""
     url = private_server.url  # type: ignore[attr-defined]

@@ -109,12 +109,25 @@ async def cancel(client: Client, jid: str, *, wait: float = 0.5) -> dict[str, An
             async for msg in sub.messages:
                 if msg.headers and msg.headers.get("Status"):
                     break  # no responders: no node is listening
-                running.append(json.loads(msg.data)["node"])
+                node = _replying_node(msg.data)
+                if node is not None:
+                    running.append(node)
     finally:
         await sub.unsubscribe()
     if not deleted and not running:
         raise NotFound(f"job {jid} is not queued, scheduled, retrying or running (it may have finished)")
     return {"deleted": deleted, "running_on": running}
+
+
+def _replying_node(data: bytes) -> str | None:
+    """The node id in a reply to a cancel request, or None for a reply that is not
+    ``{"node": "<id>"}`` (anyone who can publish to the inbox can send one)."""
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        return None
+    node = reply.get("node") if isinstance(reply, dict) else None
+    return node if isinstance(node, str) else None
 
 
 async def command(client: Client, node_id: str, verb: Literal["quiet", "stop"]) -> None:
