@@ -35,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 from natskiq import api
 from natskiq.enqueue.client import Client, connect
 from natskiq.errors import ConfigError, NatskiqError, NotConnected, NotFound
-from natskiq.web import pages
+from natskiq.web import listing, pages
 from natskiq.web.actions import apply, entries_at, filter_of, valid_name, where_of
 from natskiq.web.markup import View
 from natskiq.web.security import CSRF_COOKIE, Auth, AuthMiddleware, Csrf, SecurityHeaders, set_cookie
@@ -261,7 +261,7 @@ class Dashboard:
         row_action, _, item = row.partition(":")
         everything = not row and action.endswith("_all")
         action = row_action if row else action.removesuffix("_all")
-        if action not in {a.name for a in pages.ACTIONS[kind]}:
+        if action not in {a.name for a in listing.ACTIONS[kind]}:
             raise HTTPException(400, f"{kind} jobs cannot be {action or 'acted on'!r}")
         if row:
             entries = await entries_at(client, kind, [item])
