@@ -4,7 +4,8 @@ Each function receives the data a page shows (already fetched) and a
 :class:`View` (where the app is mounted, the CSRF token, read-only or not)
 and returns the page's HTML. Nothing here does I/O, and every value from a
 stream goes through :func:`~natskiq.web.markup.tag`, which escapes it.
-In read-only mode no form or button is rendered at all.
+In read-only mode no form or button is rendered at all. The listing of jobs
+that the set pages and a queue's page share is :mod:`natskiq.web.listing`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import attrs
-
 from natskiq import api
+from natskiq.web.listing import filter_form, job_table
 from natskiq.web.markup import (
     Safe,
     View,
@@ -25,34 +25,12 @@ from natskiq.web.markup import (
     esc,
     join,
     layout,
-    long_text,
     number,
     table,
     tag,
     when,
 )
 
-
-@attrs.frozen
-class Action:
-    """A button: what it does to a job, its labels, and whether it asks first."""
-
-    name: str
-    label: str
-    every: str
-    asks: bool = False
-
-
-# The buttons of each kind of job (the last one, delete, is all an invalid payload gets).
-ACTIONS: dict[api.Kind, tuple[Action, ...]] = {
-    "queued": (Action("delete", "Delete", "", asks=True),),  # all of them: "Clear queue"
-    "scheduled": (
-        Action("run_now", "Enqueue now", "Enqueue all"),
-        Action("delete", "Delete", "Delete all", True),
-    ),
-    "retry": (Action("run_now", "Retry now", "Retry all"), Action("delete", "Delete", "Delete all", True)),
-    "failed": (Action("replay", "Replay", "Replay all"), Action("delete", "Delete", "Delete all", True)),
-}
 TITLES: dict[api.Kind, str] = {
     "queued": "Queue",
     "scheduled": "Scheduled jobs",
@@ -311,185 +289,11 @@ def job_set(
     active = path.strip("/")
     body = join(
         [
-            _filter_form(view, kind, path, where, queue_names),
+            filter_form(view, kind, path, where, queue_names),
             job_table(view, kind, entries, path, where, page, more),
         ]
     )
     return layout(view, active, TITLES[kind], body)
-
-
-def _filter_form(
-    view: View, kind: api.Kind, path: str, where: dict[str, str], queue_names: Sequence[str]
-) -> Safe:
-    options = join(
-        tag(
-            '<option value="$q" $sel>$q</option>',
-            q=q,
-            sel=Safe("selected") if where.get("queue") == q else "",
-        )
-        for q in queue_names
-    )
-    error = Safe("")
-    if kind in ("retry", "failed"):
-        error = tag('<input name="error" placeholder="error class" value="$v">', v=where.get("error", ""))
-    return tag(
-        '<form method="get" action="$action" class="filter">'
-        '<select name="queue"><option value="">all queues</option>$options</select>'
-        '<input name="class" placeholder="worker class" value="$cls">'
-        '<input name="jid" placeholder="jid" value="$jid">$error<button class="btn">Filter</button>'
-        '<a href="$action">reset</a></form>',
-        action=view.url(path),
-        options=options,
-        cls=where.get("class", ""),
-        jid=where.get("jid", ""),
-        error=error,
-    )
-
-
-def job_table(
-    view: View,
-    kind: api.Kind,
-    entries: Sequence[api.Entry],
-    path: str,
-    where: dict[str, str],
-    page: int,
-    more: bool,
-) -> Safe:
-    """The jobs of one kind, each with its buttons, and bulk buttons for the selection and the filter."""
-    select_all = tag('<input type="checkbox" data-select-all aria-label="select all">')
-    head: list[str] = [select_all, *_COLUMNS[kind], ""]
-    if view.read_only:
-        head = head[1:-1]
-    rows = [_job_row(view, kind, entry) for entry in entries]
-    listing = table(head, rows, "No jobs here.", "jobs")
-    pager = _pager(view, path, where, page, more)
-    if view.read_only or not entries:
-        return join([listing, pager])
-    hidden = join(tag('<input type="hidden" name="$k" value="$v">', k=k, v=v) for k, v in where.items() if v)
-    bulk = join(
-        tag(
-            '<button class="btn $css" name="action" value="$action" data-confirm="$ask" data-needs-selection>'
-            "$label selected</button>",
-            action=a.name,
-            label=a.label,
-            ask=f"{a.label} the selected jobs?" if a.asks else "",
-            css="danger" if a.asks else "",
-        )
-        for a in ACTIONS[kind]
-    )
-    every = join(
-        tag(
-            '<button class="btn $css" name="action" value="${action}_all" data-confirm="$ask">'
-            "$label$scope</button>",
-            action=a.name,
-            label=a.every,
-            css="danger" if a.asks else "",
-            ask=f"{a.every}{' that match the filter' if where else ''}?",
-            scope=" that match" if where else "",
-        )
-        for a in ACTIONS[kind]
-        if a.every
-    )
-    bar = tag('<div class="bulk">$bulk<span class="gap"></span>$every</div>', bulk=bulk, every=every)
-    return view.form(path, join([hidden, bar, listing, pager]))
-
-
-_COLUMNS: dict[api.Kind, tuple[str, ...]] = {
-    "queued": ("Enqueued", "Job", "Arguments"),
-    "scheduled": ("Runs", "Queue", "Job", "Arguments"),
-    "retry": ("Next retry", "Retries", "Queue", "Job", "Arguments", "Error"),
-    "failed": ("Failed", "Queue", "Job", "Arguments", "Error"),
-}
-
-
-def _job_row(view: View, kind: api.Kind, entry: api.Entry) -> Safe:
-    item = f"{entry.queue}:{entry.seq}"
-    cells = _cells(view, kind, entry)
-    if view.read_only:
-        return tag("<tr>$cells</tr>", cells=join(cells))
-    select = tag('<td><input type="checkbox" name="item" value="$item" aria-label="select"></td>', item=item)
-    allowed = ACTIONS[kind] if entry.job is not None else ACTIONS[kind][-1:]  # invalid: delete only
-    buttons = join(
-        tag(
-            '<button class="btn small $css" name="row" value="$action:$item" data-confirm="$ask">'
-            "$label</button>",
-            action=a.name,
-            item=item,
-            label=a.label,
-            ask=f"{a.label} this job?" if a.asks else "",
-            css="danger" if a.asks else "",
-        )
-        for a in allowed
-    )
-    return tag(
-        '<tr>$select$cells<td class="actions">$buttons</td></tr>',
-        select=select,
-        cells=join(cells),
-        buttons=buttons,
-    )
-
-
-def _cells(view: View, kind: api.Kind, entry: api.Entry) -> list[Safe]:
-    job = entry.job
-    if job is None:
-        reason = tag(
-            '<td colspan="$n"><span class="badge bad">invalid payload</span> $reason<br>$raw</td>',
-            n=len(_COLUMNS[kind]),
-            reason=entry.reason or "",
-            raw=long_text(entry.raw.decode("utf-8", "replace")),
-        )
-        return [reason]
-    ident = tag('<b class="cls">$cls</b><br><small class="jid">$jid</small>', cls=job.cls, jid=job.jid)
-    args = tag("<td>$a</td>", a=arguments(job.args, job.kwargs))
-    queue = tag('<td><a href="$href">$q</a></td>', href=view.url(f"/queues/{entry.queue}"), q=entry.queue)
-    error = tag(
-        "<td><b>$cls</b> $msg</td>", cls=job.error_class or "", msg=long_text(job.error_message or "")
-    )
-    if job.backtrace:
-        error = tag(
-            '<td><b>$cls</b> $msg<details><summary class="more">backtrace</summary>'
-            "<pre>$bt</pre></details></td>",
-            cls=job.error_class or "",
-            msg=long_text(job.error_message or ""),
-            bt="\n".join(job.backtrace),
-        )
-    if kind == "queued":
-        return [tag("<td>$t</td>", t=when(job.enqueued_at, view.now)), tag("<td>$i</td>", i=ident), args]
-    if kind == "scheduled":
-        return [tag("<td>$t</td>", t=when(job.at, view.now)), queue, tag("<td>$i</td>", i=ident), args]
-    if kind == "retry":
-        count = tag('<td class="num">$n</td>', n=job.retry_count if job.retry_count is not None else 0)
-        return [
-            tag("<td>$t</td>", t=when(job.at, view.now)),
-            count,
-            queue,
-            tag("<td>$i</td>", i=ident),
-            args,
-            error,
-        ]
-    return [
-        tag("<td>$t</td>", t=when(job.failed_at, view.now)),
-        queue,
-        tag("<td>$i</td>", i=ident),
-        args,
-        error,
-    ]
-
-
-def _pager(view: View, path: str, where: dict[str, str], page: int, more: bool) -> Safe:
-    if page <= 1 and not more:
-        return Safe("")
-    newer = (
-        tag('<a href="$h">&larr; previous</a>', h=view.url(path, **where, page=page - 1))
-        if page > 1
-        else Safe("")
-    )
-    older = (
-        tag('<a href="$h">next &rarr;</a>', h=view.url(path, **where, page=page + 1)) if more else Safe("")
-    )
-    return tag(
-        '<nav class="pager">$newer <span>page $page</span> $older</nav>', newer=newer, older=older, page=page
-    )
 
 
 # -- periodic ----------------------------------------------------------------------

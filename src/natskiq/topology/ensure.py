@@ -1,232 +1,33 @@
-"""Stage 2, the stream: every NATS name natskiq uses, and their creation.
+"""Stage 2, the stream: creating the streams, consumers and buckets natskiq uses.
 
-This is the only module that builds subject, stream, consumer and bucket
-names. It receives a namespace (``natskiq`` by default) and hands out
-:class:`Names`; its ``ensure_*`` coroutines create streams, consumers and
+It receives a JetStream context and the :class:`~natskiq.topology.names.Names`
+of a namespace, and its ``ensure_*`` coroutines create streams, consumers and
 buckets idempotently. They guarantee that starting against objects that
 already exist (with whatever defaults the server filled in) never fails,
 and that an existing object whose configuration conflicts with natskiq's
 raises :class:`~natskiq.errors.ConfigError` saying what differs.
+:func:`read_partitions` learns a queue's partition count from its stream.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 from typing import Any
 
-import attrs
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from natskiq.errors import ConfigError
-from natskiq.job import NAME_RE
+from natskiq.topology.names import MAX_PARTITIONS, Names, partitions_of
 
 log = logging.getLogger(__name__)
 
-NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
-CONSUMER = "aggregator"
-LEASE_KEY = "aggregator"
 FAILED_MAX_MSGS = 10_000
 FAILED_MAX_AGE = 180 * 24 * 3600.0
 DUPLICATE_WINDOW = 120.0
 DEFAULT_ACK_WAIT = 4.0  # seconds; see the README on recovery and its cost
-MAX_PARTITIONS = 64
-
-
-def check_name(kind: str, value: str) -> str:
-    """Return ``value`` if it is a safe queue/node name, else raise ConfigError.
-
-    A name becomes a subject token and part of a stream name, so it must never
-    be able to inject ``.``, ``*``, ``>`` or white space into a subject.
-    """
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise ConfigError(f"invalid {kind} name {value!r}: use 1-64 letters, digits, '_' or '-'")
-    return value
-
-
-def _check_namespace(_: object, __: object, value: str) -> None:
-    if not isinstance(value, str) or not NAMESPACE_RE.fullmatch(value):
-        raise ConfigError(f"invalid namespace {value!r}: use 1-32 letters, digits, '_' or '-'")
-
-
-MAX_CACHED_SUBJECTS = 1024
-
-
-@attrs.frozen
-class Names:
-    """Subject, stream and bucket names for one namespace."""
-
-    namespace: str = attrs.field(default="natskiq", validator=_check_namespace)
-    # Every enqueue needs its queue's subject: checking the name each time
-    # costs more than a look-up. Only checked names get in.
-    _queue_subjects: dict[str, str] = attrs.field(init=False, factory=dict, eq=False, repr=False)
-    # Partitions per queue, as learned from its stream (see ensure_queue);
-    # a queue not in here has one.
-    _partitions: dict[str, int] = attrs.field(init=False, factory=dict, eq=False, repr=False)
-    _turns: itertools.count[int] = attrs.field(init=False, factory=itertools.count, eq=False, repr=False)
-
-    @property
-    def _stream_prefix(self) -> str:
-        return self.namespace.upper()
-
-    def queue_stream(self, queue: str) -> str:
-        return f"{self._stream_prefix}_Q_{check_name('queue', queue)}"
-
-    def queue_subject(self, queue: str) -> str:
-        subject = self._queue_subjects.get(queue) if type(queue) is str else None
-        if subject is None:
-            subject = f"{self.namespace}.queue.{check_name('queue', queue)}"
-            if len(self._queue_subjects) >= MAX_CACHED_SUBJECTS:
-                self._queue_subjects.clear()
-            self._queue_subjects[queue] = subject
-        return subject
-
-    def partition_subject(self, queue: str, partition: int) -> str:
-        """Where ready jobs of one partition of a queue are stored: partition 0
-        is ``<ns>.queue.<q>``, partition ``p`` is ``<ns>.queue.<q>.<p>``."""
-        base = self.queue_subject(queue)
-        return base if partition == 0 else f"{base}.{int(partition)}"
-
-    def partitions(self, queue: str) -> int:
-        """How many partitions the queue has, as last learned from its stream (1 if unknown)."""
-        return self._partitions.get(queue, 1)
-
-    def learn_partitions(self, queue: str, count: int) -> None:
-        """Remember the queue's partition count (from its stream's subjects)."""
-        self._partitions[check_name("queue", queue)] = max(1, min(MAX_PARTITIONS, count))
-
-    def enqueue_subject(self, queue: str) -> str:
-        """The subject a new ready job of ``queue`` goes to: its partitions in turn."""
-        count = self._partitions.get(queue, 1)
-        if count == 1:
-            return self.queue_subject(queue)
-        return self.partition_subject(queue, next(self._turns) % count)
-
-    def scheduled_subject(self, queue: str, jid: str) -> str:
-        return f"{self.namespace}.scheduled.{check_name('queue', queue)}.{check_name('jid', jid)}"
-
-    def retry_subject(self, queue: str, jid: str) -> str:
-        return f"{self.namespace}.retry.{check_name('queue', queue)}.{check_name('jid', jid)}"
-
-    def queue_subjects(self, queue: str, partitions: int = 1) -> list[str]:
-        """Every subject the queue's stream holds, with ``partitions`` ready subjects."""
-        q = check_name("queue", queue)
-        ns = self.namespace
-        ready = [self.partition_subject(q, p) for p in range(1, partitions)]
-        return [f"{ns}.queue.{q}", *ready, f"{ns}.scheduled.{q}.*", f"{ns}.retry.{q}.*"]
-
-    @property
-    def ready_filter(self) -> str:
-        """A subject filter that, within one queue's stream, matches the ready
-        jobs of every partition (and nothing else the stream holds)."""
-        return f"{self.namespace}.queue.>"
-
-    def is_ready_subject(self, queue: str, subject: str) -> bool:
-        """Whether ``subject`` holds ready jobs of ``queue`` (any partition)."""
-        base = self.queue_subject(queue)
-        if subject == base:
-            return True
-        rest = subject[len(base) + 1 :] if subject.startswith(base + ".") else ""
-        return rest.isdigit() and 0 < int(rest) < MAX_PARTITIONS
-
-    def schedule_filter(self, queue: str) -> str:
-        """One filter for the queue's scheduled and retry subjects: in its stream
-        it matches those two and nothing else (``<ns>.queue.<q>`` has a token less)."""
-        return f"{self.namespace}.*.{check_name('queue', queue)}.*"
-
-    @property
-    def failed_stream(self) -> str:
-        return f"{self._stream_prefix}_FAILED"
-
-    def failed_subject(self, queue: str) -> str:
-        return f"{self.namespace}.failed.{check_name('queue', queue)}"
-
-    @property
-    def failed_subjects(self) -> str:
-        return f"{self.namespace}.failed.*"
-
-    @property
-    def stats_stream(self) -> str:
-        return f"{self._stream_prefix}_STATS"
-
-    def stats_subject(self, name: str, day: str | None = None) -> str:
-        """A counter's subject: ``<ns>.stats.<name>``, or per UTC day ``...<name>.<YYYY-MM-DD>``."""
-        base = f"{self.namespace}.stats.{check_name('stat', name)}"
-        return base if day is None else f"{base}.{check_name('day', day)}"
-
-    @property
-    def lease_bucket(self) -> str:
-        return f"{self.namespace}_leases"
-
-    @property
-    def nodes_bucket(self) -> str:
-        return f"{self.namespace}_nodes"
-
-    @property
-    def unique_bucket(self) -> str:
-        """The KV bucket of unique-job locks."""
-        return f"{self.namespace}_unique"
-
-    def unique_subject(self, key: str) -> str:
-        """The KV subject of a unique-job lock (a create or a release is a publish to it)."""
-        return f"$KV.{self.unique_bucket}.{check_name('unique key', key)}"
-
-    def lease_subject(self, key: str = LEASE_KEY) -> str:
-        """The KV subject of a lease key (used to renew with a TTL)."""
-        return f"$KV.{self.lease_bucket}.{key}"
-
-    @staticmethod
-    def shard_key(shard: int) -> str:
-        """The lease key of a dispatch shard: ``aggregator`` for shard 0, ``aggregator-<n>`` after."""
-        return LEASE_KEY if shard == 0 else f"{LEASE_KEY}-{int(shard)}"
-
-    @staticmethod
-    def shard_of_key(key: str) -> int | None:
-        """The shard a lease key belongs to, or None for a key that is not one."""
-        if key == LEASE_KEY:
-            return 0
-        rest = key[len(LEASE_KEY) + 1 :] if key.startswith(LEASE_KEY + "-") else ""
-        return int(rest) if rest.isdigit() and 0 < int(rest) < MAX_PARTITIONS else None
-
-    @staticmethod
-    def consumer(shard: int) -> str:
-        """The durable pull consumer a shard's master pulls a queue's partition from."""
-        return CONSUMER if shard == 0 else f"{CONSUMER}-{int(shard)}"
-
-    @property
-    def demand_subject(self) -> str:
-        return f"{self.namespace}.ctl.demand"
-
-    @property
-    def master_subject(self) -> str:
-        """Where a newly elected master announces itself."""
-        return f"{self.namespace}.ctl.master"
-
-    def dispatch_subject(self, node_id: str) -> str:
-        return f"{self.namespace}.ctl.dispatch.{check_name('node', node_id)}"
-
-    @property
-    def cancel_subject(self) -> str:
-        """Where cancel requests for running jobs go (every node listens)."""
-        return f"{self.namespace}.ctl.cancel"
-
-    def command_subject(self, node_id: str) -> str:
-        return f"{self.namespace}.ctl.node.{check_name('node', node_id)}"
-
-    def pull_subject(self, queue: str, shard: int = 0) -> str:
-        """The JetStream API subject for pull requests on a queue's consumer for ``shard``."""
-        return f"$JS.API.CONSUMER.MSG.NEXT.{self.queue_stream(queue)}.{self.consumer(shard)}"
-
-
-def partitions_of(names: Names, queue: str, subjects: list[str] | None) -> int:
-    """A queue's partition count, from its stream's subjects (``<ns>.queue.<q>.<p>``)."""
-    return 1 + sum(
-        1 for s in subjects or [] if s != names.queue_subject(queue) and names.is_ready_subject(queue, s)
-    )
 
 
 async def read_partitions(js: JetStreamContext, names: Names, queue: str) -> int:

@@ -1,0 +1,199 @@
+"""Stage 1, the envelope: what a job is and what it may carry.
+
+A job is one JSON object (documented in the README so any language can
+enqueue)::
+
+    {"jid": "...", "class": "app.workers.SendEmail", "args": [42], "kwargs": {},
+     "queue": "emails", "retry": 5, "created_at": 1764280000.123,
+     "enqueued_at": 1764280000.123}
+
+plus, once a job has failed, ``retry_count``, ``error_class``,
+``error_message``, ``failed_at``, ``retried_at`` and optionally
+``backtrace``. Optional fields a producer may set:
+
+* ``headers``: an object of JSON values that client middleware attaches
+  (tenant, trace id...), for server middleware and ``self.job.headers``;
+  never passed to ``perform``;
+* ``expires_at`` (epoch seconds): a node skips the job if it has not started
+  by then (the ``expires_in`` class keyword sets it);
+* ``unique_key``, ``unique_revision``, ``unique_until``: the unique lock
+  this job holds (the key in the ``<ns>_unique`` bucket, the revision that
+  created it, and ``"start"`` or ``"success"``: when a node releases it).
+  See :mod:`natskiq.enqueue.unique`.
+
+This module receives a call's name and arguments and hands on a
+:class:`Job` (:func:`new_job`), with a fresh jid. It guarantees what the
+envelope carries round-trips through JSON: :func:`check_arguments` refuses
+arguments that are not JSON-native (raising :class:`TypeError` that names
+the argument), so nothing can fail to round-trip at run time. Its wire form
+(encode, decode and the validation of what arrives) is :mod:`natskiq.job`,
+which re-exports all of this. No I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import re
+import time
+from typing import Any
+
+import attrs
+
+MAX_DEPTH = 64
+# Queue names, jids and node ids become subject tokens: no '.', '*', '>' or spaces.
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PLAIN = frozenset({str, int, bool, type(None)})  # JSON-native as they are (floats may be inf/nan)
+
+
+def new_jid() -> str:
+    """A random 24-hex-digit job id, like Sidekiq's."""
+    return os.urandom(12).hex()
+
+
+def new_jids(count: int) -> list[str]:
+    """``count`` jids as :func:`new_jid` makes them, from one read of the OS's randomness."""
+    digits = os.urandom(12 * count).hex()
+    return [digits[start : start + 24] for start in range(0, 24 * count, 24)]
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """One job envelope. Change it only with :func:`attrs.evolve`."""
+
+    jid: str
+    cls: str
+    args: list[Any] = attrs.field(factory=list)
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    queue: str = "default"
+    retry: int = 25
+    created_at: float = attrs.field(factory=time.time)
+    enqueued_at: float = attrs.field(factory=time.time)
+    retry_count: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    failed_at: float | None = None
+    retried_at: float | None = None
+    backtrace: list[str] | None = None
+    at: float | None = None
+    periodic: str | None = None
+    headers: dict[str, Any] | None = None
+    expires_at: float | None = None
+    unique_key: str | None = None
+    unique_revision: int | None = None
+    unique_until: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The envelope as a JSON-ready dict (optional fields only when set)."""
+        out: dict[str, Any] = {
+            "jid": self.jid,
+            "class": self.cls,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "queue": self.queue,
+            "retry": self.retry,
+            "created_at": self.created_at,
+            "enqueued_at": self.enqueued_at,
+        }
+        optional = _optional_values(self)
+        if optional != _UNSET:  # most jobs set none of them
+            out.update(
+                (key, value)
+                for key, value in zip(OPTIONAL_FIELDS, optional, strict=True)
+                if value is not None
+            )
+        return out
+
+
+OPTIONAL_FIELDS = (
+    "retry_count",
+    "error_class",
+    "error_message",
+    "failed_at",
+    "retried_at",
+    "backtrace",
+    "at",
+    "periodic",
+    "headers",
+    "expires_at",
+    "unique_key",
+    "unique_revision",
+    "unique_until",
+)
+_optional_values = operator.attrgetter(*OPTIONAL_FIELDS)
+_UNSET = (None,) * len(OPTIONAL_FIELDS)
+
+
+def check_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
+    """Raise TypeError naming the first argument that is not JSON-native.
+
+    JSON-native means str, int, float (finite), bool, None, and lists and
+    dicts with string keys made of those. Tuples, sets, bytes, datetimes and
+    objects are refused, since they would not come back as they went in.
+    """
+    # Scalars other than floats need no look: skip the call (and the name it is given).
+    for index, value in enumerate(args):
+        if type(value) not in _PLAIN:
+            check_value(value, f"argument {index}", 0)
+    for key, value in kwargs.items():
+        if type(value) not in _PLAIN:
+            check_value(value, f"keyword argument {key!r}", 0)
+
+
+def check_job(job: Job) -> None:
+    """Raise TypeError naming the first argument or header of ``job`` that is not JSON-native."""
+    check_arguments(job.args, job.kwargs)
+    for key, value in (job.headers or {}).items():
+        if type(key) is not str:
+            raise TypeError(f"header {key!r} is not a string; JSON keys are strings")
+        check_value(value, f"header {key!r}", 0)
+
+
+def check_value(value: Any, where: str, depth: int) -> None:
+    """Raise TypeError naming ``where`` if ``value``, ``depth`` levels down, is not JSON-native."""
+    kind = type(value)
+    if kind in (str, int, bool, type(None)):
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise TypeError(f"{where} is {value!r}, which JSON cannot carry")
+        return
+    if depth >= MAX_DEPTH:
+        raise TypeError(f"{where} is nested deeper than {MAX_DEPTH} levels")
+    if kind is list:
+        for index, item in enumerate(value):
+            if type(item) not in _PLAIN:
+                check_value(item, f"{where}[{index}]", depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(f"{where} has a non-string key {key!r}; JSON keys are strings")
+            if type(item) not in _PLAIN:
+                check_value(item, f"{where}[{key!r}]", depth + 1)
+        return
+    raise TypeError(
+        f"{where} is a {kind.__name__} ({value!r:.60}), which is not JSON-native: "
+        "pass str, int, float, bool, None, list or dict"
+    )
+
+
+def new_job(
+    name: str,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    *,
+    queue: str,
+    retry: int,
+    at: float | None = None,
+    now: float | None = None,
+    expires_at: float | None = None,
+) -> Job:
+    """A fresh envelope for a call, checking that the arguments are JSON-native."""
+    check_arguments(args, kwargs)
+    now = time.time() if now is None else now
+    return Job(
+        jid=new_jid(), cls=name, args=list(args), kwargs=dict(kwargs), queue=queue, retry=retry,
+        created_at=now, enqueued_at=now, at=at, expires_at=expires_at,
+    )  # fmt: skip

@@ -1,0 +1,54 @@
+"""Stage 2, the stream: every NATS name natskiq uses, and their creation.
+
+Only this package builds subject, stream, consumer and bucket names.
+:mod:`~natskiq.topology.names` hands out the :class:`Names` of a namespace
+(and checks every name that goes into a subject); :mod:`~natskiq.topology.ensure`
+creates the streams, consumers and buckets they name, idempotently. Everything
+is re-exported here: import from ``natskiq.topology``.
+"""
+
+from __future__ import annotations
+
+from natskiq.topology.ensure import (
+    DEFAULT_ACK_WAIT,
+    DUPLICATE_WINDOW,
+    FAILED_MAX_AGE,
+    FAILED_MAX_MSGS,
+    ensure_bucket,
+    ensure_consumer,
+    ensure_failed,
+    ensure_queue,
+    ensure_stats,
+    read_partitions,
+)
+from natskiq.topology.names import (
+    CONSUMER,
+    LEASE_KEY,
+    MAX_CACHED_SUBJECTS,
+    MAX_PARTITIONS,
+    NAMESPACE_RE,
+    Names,
+    check_name,
+    partitions_of,
+)
+
+__all__ = [
+    "CONSUMER",
+    "DEFAULT_ACK_WAIT",
+    "DUPLICATE_WINDOW",
+    "FAILED_MAX_AGE",
+    "FAILED_MAX_MSGS",
+    "LEASE_KEY",
+    "MAX_CACHED_SUBJECTS",
+    "MAX_PARTITIONS",
+    "NAMESPACE_RE",
+    "Names",
+    "check_name",
+    "ensure_bucket",
+    "ensure_consumer",
+    "ensure_failed",
+    "ensure_queue",
+    "ensure_stats",
+    "partitions_of",
+    "read_partitions",
+]
