@@ -58,6 +58,26 @@ def test_custom_namespace_names() -> None:
     assert names.dispatch_subject("n1") == "shop_2.ctl.dispatch.n1"
 
 
+def test_kind_of_a_subject_in_a_queue_stream() -> None:
+    """Each subject a queue's stream (or the failed stream) holds is told apart, every
+    partition's ready subject included; another queue's or a malformed one is None."""
+    names = Names("shop")
+    kinds = {
+        "shop.queue.mail": "queued",
+        "shop.queue.mail.2": "queued",
+        "shop.scheduled.mail.abc": "scheduled",
+        "shop.retry.mail.abc": "retry",
+        "shop.failed.mail": "failed",
+        "shop.queue.mailer": None,
+        "shop.queue.mail.x": None,
+        "shop.retry.mailer.abc": None,
+        "shop.retry.mail": None,
+        "shop.retry.mail.a.b": None,
+        "other.queue.mail": None,
+    }
+    assert {subject: names.kind_of("mail", subject) for subject in kinds} == kinds
+
+
 def test_namespaces_do_not_overlap() -> None:
     """Two namespaces never share a stream, subject or bucket name."""
     a, b = Names("app1"), Names("app2")

@@ -22,7 +22,7 @@ from natskiq import job as jobs
 from natskiq.enqueue import cron
 from natskiq.ops.server import Server
 from natskiq.run import retry
-from natskiq.topology import ensure_failed
+from natskiq.topology import ensure_failed, ensure_queue
 from natskiq.web import create_app, serve
 
 from .sample_workers import Record, Tick
@@ -292,6 +292,23 @@ async def test_queue_delete_and_clear(client: natskiq.Client, web: httpx.AsyncCl
     assert kinds(await api.find(client, "queued")) == sorted(jids[1:])
     cleared = await post(web, "/queues/mail", token, action="clear")
     assert cleared.headers["location"] == "/queues/mail?done=clear&n=2"
+    assert await api.find(client, "queued") == []
+
+
+async def test_a_job_on_another_partition_is_deleted_from_the_queue_page(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """The queue page's delete reaches jobs on every partition, not only partition 0."""
+    await ensure_queue(client.js, client.names, "mail", partitions=3)
+    for i in range(3):
+        await Record.set(queue="mail").perform_async(note=i)
+    stream = client.names.queue_stream("mail")
+    for p in range(3):  # one job on each partition (get_last_msg raises on an empty subject)
+        await client.js.get_last_msg(stream, client.names.partition_subject("mail", p))
+    entries = await api.find(client, "queued")
+    token = await csrf_token(web)
+    for entry in entries:
+        await post(web, "/queues/mail", token, row=f"delete:mail:{entry.seq}")
     assert await api.find(client, "queued") == []
 
 

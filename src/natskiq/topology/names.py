@@ -121,6 +121,23 @@ class Names:
         rest = subject[len(base) + 1 :] if subject.startswith(base + ".") else ""
         return rest.isdigit() and 0 < int(rest) < MAX_PARTITIONS
 
+    def kind_of(self, queue: str, subject: str) -> str | None:
+        """What a message on ``subject`` in ``queue``'s stream (or the failed
+        stream) is: ``"queued"`` (any partition), ``"scheduled"``, ``"retry"``,
+        ``"failed"``, or None for a subject of another queue or of nothing."""
+        if self.is_ready_subject(queue, subject):
+            return "queued"
+        if subject == self.failed_subject(queue):
+            return "failed"
+        kind, _, rest = subject.removeprefix(f"{self.namespace}.").partition(".")
+        if (
+            kind in ("scheduled", "retry")
+            and rest.startswith(f"{queue}.")
+            and "." not in rest[len(queue) + 1 :]
+        ):
+            return kind
+        return None
+
     def schedule_filter(self, queue: str) -> str:
         """One filter for the queue's scheduled and retry subjects: in its stream
         it matches those two and nothing else (``<ns>.queue.<q>`` has a token less)."""

@@ -69,20 +69,13 @@ async def entries_at(client: Client, kind: api.Kind, items: list[str]) -> list[a
 
 
 async def _entry_at(client: Client, kind: api.Kind, queue: str, seq: int) -> api.Entry | None:
-    names, ns = client.names, client.names.namespace
+    names = client.names
     stream = names.failed_stream if kind == "failed" else names.queue_stream(queue)
     try:
         msg = await client.js.get_msg(stream, seq=seq)
     except (JSError, NatsError):
         return None
-    subject = msg.subject or ""
-    expected = {
-        "queued": subject == names.queue_subject(queue),
-        "scheduled": subject.startswith(f"{ns}.scheduled.{queue}."),
-        "retry": subject.startswith(f"{ns}.retry.{queue}."),
-        "failed": subject == names.failed_subject(queue),
-    }
-    if not expected[kind]:
+    if names.kind_of(queue, msg.subject or "") != kind:
         return None
     entry = attrs.evolve(api.read_entry(kind, stream, queue, msg), seq=seq)
     if entry.job is not None and entry.job.periodic is not None:
