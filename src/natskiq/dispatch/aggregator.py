@@ -5,7 +5,8 @@ It runs only in the node holding the lease (see :mod:`natskiq.dispatch.lease`) a
 receives:
 
 * demand from every node on ``<ns>.ctl.demand`` (free capacity, queues and
-  their order), as a heartbeat every second and whenever slots free up;
+  their order), as a heartbeat every second and whenever slots free up,
+  which :class:`~natskiq.dispatch.credit.Peers` keeps as each node's credit;
 * job messages from each queue's durable pull consumer ``aggregator``, for
   which it keeps pull requests open for one job per slot of the nodes
   serving the queue plus a few per free slot (so a slot that frees finds
@@ -29,7 +30,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import attrs
@@ -39,7 +39,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
 
-from natskiq.dispatch.lease import current_token
+from natskiq.dispatch.credit import Peer, Peers
 from natskiq.dispatch.protocol import (
     ACK_HEADER,
     FETCH_HEADER,
@@ -56,97 +56,15 @@ from natskiq.dispatch.protocol import (
 )
 from natskiq.errors import LeaseLost
 from natskiq.job import headers_size
-from natskiq.topology import Names, check_name, ensure_consumer, read_partitions
+from natskiq.topology import Names, ensure_consumer, read_partitions
 
 log = logging.getLogger(__name__)
 
-PEER_TIMEOUT = 3 * HEARTBEAT
 PULL_EXPIRES = 2.0  # short, so a master that stops waits little for its open pulls (_refuse_late)
 MAX_PULL_BATCH = 1024
 PREFETCH = 4
 FETCH_ROOM = 32  # bytes for the fetch header, should the dispatch need it
 UNPARTITIONED_RECHECK = 30.0  # seconds before a shard looks again whether a queue has its partition
-
-
-@attrs.define
-class Peer:
-    """The master's view of one node: its queues, order and credit."""
-
-    node_id: str
-    queues: list[str] = attrs.field(factory=list)
-    weights: list[int] = attrs.field(factory=list)
-    strict: bool = True
-    concurrency: int = 0
-    busy: int = 0
-    received: int = 0
-    sent: int = 0
-    seen_at: float = 0.0
-    choice: str | None = None
-
-    local: LocalNode | None = None
-
-    @property
-    def credit(self) -> int:
-        if self.local is not None:
-            # The node in this process: its own counters, exact and current.
-            return 0 if self.local.quiet else self.local.concurrency - self.local.busy
-        return self.concurrency - self.busy - max(0, self.sent - self.received)
-
-    @property
-    def slots(self) -> int:
-        """How many jobs the node runs at once; 0 while it is quiet."""
-        if self.local is not None:
-            return 0 if self.local.quiet else self.local.concurrency
-        return self.concurrency  # a quiet node reports 0
-
-    def update(self, demand: dict[str, Any], token: int, shard: int = 0) -> None:
-        """Take a demand report; ``received`` counts only this master's dispatches."""
-        pairs = [(check_name("queue", str(q)), int(w)) for q, w in demand.get("queues", [])]
-        self.queues = [q for q, _ in pairs]
-        self.weights = [max(1, w) for _, w in pairs]
-        self.strict = bool(demand.get("strict", True))
-        self.concurrency = 0 if demand.get("quiet") else int(demand.get("concurrency", 0))
-        self.busy = int(demand.get("busy", 0))
-        # Until the node has seen this master's token, every job sent to it
-        # counts as still in transit: credit errs on the low side.
-        same = shard_value(demand, "tokens", shard) == token
-        self.received = shard_value(demand, "received", shard) if same else 0
-        self.seen_at = anyio.current_time()
-
-    def pick(self, buffers: dict[str, deque[tuple[Msg, float]]], pending: dict[str, int]) -> str | None:
-        """The queue to serve next for this node, by its strict or weighted order.
-
-        A queue has jobs if some are buffered or JetStream said more are
-        pending (from the ack subjects). Strict order takes the first such
-        queue; weighted order draws one, weighted, as Sidekiq does. If the
-        chosen queue's next job is still on its way, the node waits for it
-        (None) rather than letting another queue jump ahead.
-        """
-        has_jobs = [
-            (q, w)
-            for q, w in zip(self.queues, self.weights, strict=True)
-            if buffers.get(q) or pending.get(q, 0) > 0
-        ]
-        if not has_jobs:
-            self.choice = None
-            return None
-        if self.choice not in {q for q, _ in has_jobs}:
-            if self.strict:
-                self.choice = has_jobs[0][0]
-            else:
-                self.choice = random.choices([q for q, _ in has_jobs], weights=[w for _, w in has_jobs])[0]
-        if not buffers.get(self.choice):
-            return None
-        chosen, self.choice = self.choice, None
-        return chosen
-
-
-def shard_value(demand: dict[str, Any], key: str, shard: int) -> int:
-    """A node's per-shard count in its demand report (``{"0": n, ...}``); 0 if absent."""
-    values = demand.get(key)
-    if not isinstance(values, dict):
-        return 0
-    return int(values.get(str(shard), 0))
 
 
 @attrs.define
@@ -176,13 +94,17 @@ class Aggregator:
     local: LocalNode | None = None
     ack_wait: float = 4.0
     shard: int = 0
-    _peers: dict[str, Peer] = attrs.field(init=False, factory=dict)
+    _peers: Peers = attrs.field(init=False)
     _buffers: dict[str, deque[tuple[Msg, float]]] = attrs.field(init=False, factory=dict)
     _pulls: dict[str, deque[_Pull]] = attrs.field(init=False, factory=dict)
     _pending: dict[str, int] = attrs.field(init=False, factory=dict)
+    _local_peer: Peer | None = attrs.field(init=False, default=None)
     _changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _pull_changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _tg: TaskGroup | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self._peers = Peers(self.nc, self.names, self.token, self.shard, self.local, self._reported)
 
     def _notify(self) -> None:
         """Capacity or membership changed: both dispatching and pulling may act."""
@@ -195,7 +117,7 @@ class Aggregator:
         jobs goes from one to the next; then let pulling and the other nodes'
         dispatch catch up."""
         assert self.local is not None
-        peer = self._peers.get(self.local.node_id)
+        peer = self._local_peer
         # Refill once the node has nothing waiting, so it gets its free slots
         # in one batch rather than one job per finished job.
         if peer is not None and self.local.queued == 0:
@@ -218,11 +140,11 @@ class Aggregator:
         demand_sub = await self.nc.subscribe(self.names.demand_subject)
         if self.local is not None:
             self.local.capacity_hooks.append(self._local_changed)
-            self._peers[self.local.node_id] = Peer(self.local.node_id, local=self.local)
+            self._local_peer = self._peers.add_local(self.local)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self._read_demand, demand_sub)
+                tg.start_soon(self._peers.read_demand, demand_sub)
                 tg.start_soon(self._housekeeping)
                 announcement = {"token": self.token, "shard": self.shard}
                 await self.nc.publish(self.names.master_subject, json.dumps(announcement).encode())
@@ -238,48 +160,16 @@ class Aggregator:
 
     # -- demand ---------------------------------------------------------
 
-    async def _read_demand(self, sub: Any) -> None:
-        async for msg in sub.messages:
-            try:
-                demand = json.loads(msg.data)
-                node_id = check_name("node", str(demand["node"]))
-                if shard_value(demand, "tokens", self.shard) > self.token:
-                    await self._check_newer_master(node_id)
-                    continue
-                peer = self._peers.get(node_id) or Peer(node_id)
-                peer.update(demand, self.token, self.shard)
-            except LeaseLost:
-                raise
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring a malformed demand report: %s", exc)
-                continue
-            if self.local is None or node_id != self.local.node_id:
-                self._peers[node_id] = peer
-                self._serve(peer.queues)
-                self._notify()
-
-    async def _check_newer_master(self, node_id: str) -> None:
-        """A node reports a newer master: step down if the lease's key agrees.
-
-        Nodes report only tokens they have confirmed, but a report itself can
-        be forged; believing it would make the master step down at once, and
-        again after each election.
-        """
-        try:
-            current = await current_token(self.nc.jetstream(), self.names, self.shard)
-        except (NatsError, JSError, TimeoutError) as exc:
-            log.warning("could not read the lease after node %s reported a newer master: %r", node_id, exc)
-            return
-        if current != self.token:
-            raise LeaseLost(f"node {node_id} has seen a newer master (lease token {current})")
-        log.warning("ignoring a report from %s of a newer master: the lease is still %d", node_id, self.token)
+    def _reported(self, peer: Peer) -> None:
+        """Another node's demand report was taken: serve its queues, and act on its credit."""
+        self._serve(peer.queues)
+        self._notify()
 
     def _refresh_local(self) -> None:
         """Take the local node's queues and order (its credit is read live)."""
-        if self.local is not None:
-            peer = self._peers[self.local.node_id]
-            peer.update(self.local.demand(), self.token, self.shard)
-            self._serve(peer.queues)
+        if self.local is not None and self._local_peer is not None:
+            self._local_peer.update(self.local.demand(), self.token, self.shard)
+            self._serve(self._local_peer.queues)
 
     def _serve(self, queues: list[str]) -> None:
         """Start pulling from queues seen for the first time."""
@@ -292,12 +182,6 @@ class Aggregator:
                 # jobs, so strict order does not serve a later queue first.
                 self._pending[queue] = 1
                 self._tg.start_soon(self._pull, queue, name=f"natskiq pull {queue}")
-
-    def _slots_for(self, queue: str) -> int:
-        return sum(p.slots for p in self._peers.values() if queue in p.queues)
-
-    def _credit_for(self, queue: str) -> int:
-        return sum(max(0, p.credit) for p in self._peers.values() if queue in p.queues)
 
     # -- pulling --------------------------------------------------------
 
@@ -362,7 +246,7 @@ class Aggregator:
             # frees finds its next job already here, plus PREFETCH per free
             # slot; pull in batches of at least a quarter of that, not one
             # by one.
-            target = PREFETCH * self._credit_for(queue) + self._slots_for(queue)
+            target = PREFETCH * self._peers.credit_for(queue) + self._peers.slots_for(queue)
             outstanding = sum(p.remaining for p in pulls)
             want = min(MAX_PULL_BATCH, target - len(self._buffers[queue]) - outstanding)
             if ensured and want > 0 and (not outstanding or want >= max(1, target // 4)):
@@ -481,7 +365,7 @@ class Aggregator:
     async def _dispatch_round(self) -> bool:
         """Hand out as many buffered jobs as nodes have credit for."""
         moved = False
-        peers = list(self._peers.values())
+        peers = list(self._peers.by_id.values())
         random.shuffle(peers)
         for peer in peers:
             if peer.local is not None:
@@ -554,11 +438,7 @@ class Aggregator:
             await anyio.sleep(HEARTBEAT / 2)
             self.check_lease()
             now = anyio.current_time()
-            for node_id, peer in list(self._peers.items()):
-                is_local = self.local is not None and node_id == self.local.node_id
-                if not is_local and now - peer.seen_at > PEER_TIMEOUT:
-                    log.info("node %s went silent; it gets no more jobs", node_id)
-                    del self._peers[node_id]
+            self._peers.drop_silent(now)
             for buffer in self._buffers.values():
                 for index, (msg, held_since) in enumerate(buffer):
                     if now - held_since > self.ack_wait / 3:
