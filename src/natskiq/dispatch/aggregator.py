@@ -1,158 +1,59 @@
 """Stage 4, the aggregator: the master pulls from the queue streams and
 hands jobs to nodes that have free slots.
 
-It runs only in the node holding the lease (see :mod:`natskiq.dispatch.lease`) and
-receives:
+It runs only in the node holding the lease (see :mod:`natskiq.dispatch.lease`),
+and wires two collaborators to its dispatch loop:
 
-* demand from every node on ``<ns>.ctl.demand`` (free capacity, queues and
-  their order), as a heartbeat every second and whenever slots free up;
-* job messages from each queue's durable pull consumer ``aggregator``, for
-  which it keeps pull requests open for one job per slot of the nodes
-  serving the queue plus a few per free slot (so a slot that frees finds
-  its next job already here, and the master never holds much more than
-  the cluster can run);
+* :class:`~natskiq.dispatch.credit.Peers` takes the demand every node
+  reports on ``<ns>.ctl.demand`` (free capacity, queues and their order),
+  as a heartbeat every second and whenever slots free up, and keeps each
+  node's credit;
+* :class:`~natskiq.dispatch.pulls.Puller` keeps pull requests open on each
+  served queue's durable consumer ``aggregator``, sized by that credit, and
+  holds the jobs that arrive until they are dispatched.
 
-and hands on :class:`Delivery` objects: in-process to its own node (a
-batch per call, and at once whenever that node has nothing left waiting),
-and as a core publish on ``<ns>.ctl.dispatch.<node>`` to the others, each
-carrying the JetStream ack subject and the lease's fencing token. Nodes
-ack JetStream themselves. Before every hand-off it checks that the lease
-is still held; when the lease is lost it stops at once and NAKs what it
-still holds, so those jobs are redelivered to the next master right away.
+Whenever either changes, a dispatch round picks, for each node with
+credit, the queue its order serves next, and hands on :class:`Delivery`
+objects: in-process to its own node (a batch per call, and at once
+whenever that node has nothing left waiting), and as a core publish on
+``<ns>.ctl.dispatch.<node>`` to the others, each carrying the JetStream
+ack subject and the lease's fencing token. Nodes ack JetStream themselves.
+Before every hand-off it checks that the lease is still held; when the
+lease is lost it stops at once and NAKs what it still holds, so those jobs
+are redelivered to the next master right away.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.js.errors import Error as JSError
 
-from natskiq.dispatch.lease import current_token
+from natskiq.dispatch.credit import Peer, Peers
 from natskiq.dispatch.protocol import (
     ACK_HEADER,
     FETCH_HEADER,
     HEARTBEAT,
     KEPT_HEADER,
     SHARD_HEADER,
-    STALE_MARGIN,
     TOKEN_HEADER,
     Delivery,
-    Inbox,
     LocalNode,
-    ack_field,
-    nak,
 )
+from natskiq.dispatch.pulls import Puller
 from natskiq.errors import LeaseLost
 from natskiq.job import headers_size
-from natskiq.topology import Names, check_name, ensure_consumer, read_partitions
+from natskiq.topology import Names
 
-log = logging.getLogger(__name__)
-
-PEER_TIMEOUT = 3 * HEARTBEAT
-PULL_EXPIRES = 2.0  # short, so a master that stops waits little for its open pulls (_refuse_late)
-MAX_PULL_BATCH = 1024
-PREFETCH = 4
 FETCH_ROOM = 32  # bytes for the fetch header, should the dispatch need it
-UNPARTITIONED_RECHECK = 30.0  # seconds before a shard looks again whether a queue has its partition
-
-
-@attrs.define
-class Peer:
-    """The master's view of one node: its queues, order and credit."""
-
-    node_id: str
-    queues: list[str] = attrs.field(factory=list)
-    weights: list[int] = attrs.field(factory=list)
-    strict: bool = True
-    concurrency: int = 0
-    busy: int = 0
-    received: int = 0
-    sent: int = 0
-    seen_at: float = 0.0
-    choice: str | None = None
-
-    local: LocalNode | None = None
-
-    @property
-    def credit(self) -> int:
-        if self.local is not None:
-            # The node in this process: its own counters, exact and current.
-            return 0 if self.local.quiet else self.local.concurrency - self.local.busy
-        return self.concurrency - self.busy - max(0, self.sent - self.received)
-
-    @property
-    def slots(self) -> int:
-        """How many jobs the node runs at once; 0 while it is quiet."""
-        if self.local is not None:
-            return 0 if self.local.quiet else self.local.concurrency
-        return self.concurrency  # a quiet node reports 0
-
-    def update(self, demand: dict[str, Any], token: int, shard: int = 0) -> None:
-        """Take a demand report; ``received`` counts only this master's dispatches."""
-        pairs = [(check_name("queue", str(q)), int(w)) for q, w in demand.get("queues", [])]
-        self.queues = [q for q, _ in pairs]
-        self.weights = [max(1, w) for _, w in pairs]
-        self.strict = bool(demand.get("strict", True))
-        self.concurrency = 0 if demand.get("quiet") else int(demand.get("concurrency", 0))
-        self.busy = int(demand.get("busy", 0))
-        # Until the node has seen this master's token, every job sent to it
-        # counts as still in transit: credit errs on the low side.
-        same = shard_value(demand, "tokens", shard) == token
-        self.received = shard_value(demand, "received", shard) if same else 0
-        self.seen_at = anyio.current_time()
-
-    def pick(self, buffers: dict[str, deque[tuple[Msg, float]]], pending: dict[str, int]) -> str | None:
-        """The queue to serve next for this node, by its strict or weighted order.
-
-        A queue has jobs if some are buffered or JetStream said more are
-        pending (from the ack subjects). Strict order takes the first such
-        queue; weighted order draws one, weighted, as Sidekiq does. If the
-        chosen queue's next job is still on its way, the node waits for it
-        (None) rather than letting another queue jump ahead.
-        """
-        has_jobs = [
-            (q, w)
-            for q, w in zip(self.queues, self.weights, strict=True)
-            if buffers.get(q) or pending.get(q, 0) > 0
-        ]
-        if not has_jobs:
-            self.choice = None
-            return None
-        if self.choice not in {q for q, _ in has_jobs}:
-            if self.strict:
-                self.choice = has_jobs[0][0]
-            else:
-                self.choice = random.choices([q for q, _ in has_jobs], weights=[w for _, w in has_jobs])[0]
-        if not buffers.get(self.choice):
-            return None
-        chosen, self.choice = self.choice, None
-        return chosen
-
-
-def shard_value(demand: dict[str, Any], key: str, shard: int) -> int:
-    """A node's per-shard count in its demand report (``{"0": n, ...}``); 0 if absent."""
-    values = demand.get(key)
-    if not isinstance(values, dict):
-        return 0
-    return int(values.get(str(shard), 0))
-
-
-@attrs.define
-class _Pull:
-    remaining: int
-    expires_at: float
 
 
 @attrs.define
@@ -176,18 +77,26 @@ class Aggregator:
     local: LocalNode | None = None
     ack_wait: float = 4.0
     shard: int = 0
-    _peers: dict[str, Peer] = attrs.field(init=False, factory=dict)
-    _buffers: dict[str, deque[tuple[Msg, float]]] = attrs.field(init=False, factory=dict)
-    _pulls: dict[str, deque[_Pull]] = attrs.field(init=False, factory=dict)
-    _pending: dict[str, int] = attrs.field(init=False, factory=dict)
+    _peers: Peers = attrs.field(init=False)
+    _puller: Puller = attrs.field(init=False)
+    # The puller's holdings, read on every hand-off.
+    _buffers: dict[str, deque[tuple[Msg, float]]] = attrs.field(init=False)
+    _pending: dict[str, int] = attrs.field(init=False)
+    _local_peer: Peer | None = attrs.field(init=False, default=None)
     _changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
-    _pull_changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _tg: TaskGroup | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self._peers = Peers(self.nc, self.names, self.token, self.shard, self.local, self._reported)
+        self._puller = Puller(
+            self.nc, self.names, self.shard, self.ack_wait, self.check_lease, self._peers, self._wake_dispatch
+        )
+        self._buffers, self._pending = self._puller.buffers, self._puller.pending
 
     def _notify(self) -> None:
         """Capacity or membership changed: both dispatching and pulling may act."""
         self._wake_dispatch()
-        self._wake_pull()
+        self._puller.wake()
 
     def _local_changed(self) -> None:
         """The node in this process freed slots: refill them from the buffers at
@@ -195,7 +104,7 @@ class Aggregator:
         jobs goes from one to the next; then let pulling and the other nodes'
         dispatch catch up."""
         assert self.local is not None
-        peer = self._peers.get(self.local.node_id)
+        peer = self._local_peer
         # Refill once the node has nothing waiting, so it gets its free slots
         # in one batch rather than one job per finished job.
         if peer is not None and self.local.queued == 0:
@@ -205,24 +114,21 @@ class Aggregator:
                 pass  # the dispatch loop finds out too, and stops this aggregator
         self._notify()
 
-    # A wake-up only sets an event; each loop makes its next event itself when
+    # A wake-up only sets an event; the loop makes its next event itself when
     # it wakes, so a burst of notifications costs one event, not one each.
     def _wake_dispatch(self) -> None:
         self._changed.set()
-
-    def _wake_pull(self) -> None:
-        self._pull_changed.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Pull and dispatch until cancelled or the lease is lost."""
         demand_sub = await self.nc.subscribe(self.names.demand_subject)
         if self.local is not None:
             self.local.capacity_hooks.append(self._local_changed)
-            self._peers[self.local.node_id] = Peer(self.local.node_id, local=self.local)
+            self._local_peer = self._peers.add_local(self.local)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self._read_demand, demand_sub)
+                tg.start_soon(self._peers.read_demand, demand_sub)
                 tg.start_soon(self._housekeeping)
                 announcement = {"token": self.token, "shard": self.shard}
                 await self.nc.publish(self.names.master_subject, json.dumps(announcement).encode())
@@ -233,242 +139,24 @@ class Aggregator:
             if self.local is not None and self._local_changed in self.local.capacity_hooks:
                 self.local.capacity_hooks.remove(self._local_changed)
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._release_held()
+                await self._puller.release()
                 await demand_sub.unsubscribe()
 
-    # -- demand ---------------------------------------------------------
-
-    async def _read_demand(self, sub: Any) -> None:
-        async for msg in sub.messages:
-            try:
-                demand = json.loads(msg.data)
-                node_id = check_name("node", str(demand["node"]))
-                if shard_value(demand, "tokens", self.shard) > self.token:
-                    await self._check_newer_master(node_id)
-                    continue
-                peer = self._peers.get(node_id) or Peer(node_id)
-                peer.update(demand, self.token, self.shard)
-            except LeaseLost:
-                raise
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring a malformed demand report: %s", exc)
-                continue
-            if self.local is None or node_id != self.local.node_id:
-                self._peers[node_id] = peer
-                self._serve(peer.queues)
-                self._notify()
-
-    async def _check_newer_master(self, node_id: str) -> None:
-        """A node reports a newer master: step down if the lease's key agrees.
-
-        Nodes report only tokens they have confirmed, but a report itself can
-        be forged; believing it would make the master step down at once, and
-        again after each election.
-        """
-        try:
-            current = await current_token(self.nc.jetstream(), self.names, self.shard)
-        except (NatsError, JSError, TimeoutError) as exc:
-            log.warning("could not read the lease after node %s reported a newer master: %r", node_id, exc)
-            return
-        if current != self.token:
-            raise LeaseLost(f"node {node_id} has seen a newer master (lease token {current})")
-        log.warning("ignoring a report from %s of a newer master: the lease is still %d", node_id, self.token)
+    def _reported(self, peer: Peer) -> None:
+        """Another node's demand report was taken: serve its queues, and act on its credit."""
+        self._serve(peer.queues)
+        self._notify()
 
     def _refresh_local(self) -> None:
         """Take the local node's queues and order (its credit is read live)."""
-        if self.local is not None:
-            peer = self._peers[self.local.node_id]
-            peer.update(self.local.demand(), self.token, self.shard)
-            self._serve(peer.queues)
+        if self.local is not None and self._local_peer is not None:
+            self._local_peer.update(self.local.demand(), self.token, self.shard)
+            self._serve(self._local_peer.queues)
 
     def _serve(self, queues: list[str]) -> None:
         """Start pulling from queues seen for the first time."""
         assert self._tg is not None
-        for queue in queues:
-            if queue not in self._buffers:
-                self._buffers[queue] = deque()
-                self._pulls[queue] = deque()
-                # Until the queue's consumer has been looked at, assume it has
-                # jobs, so strict order does not serve a later queue first.
-                self._pending[queue] = 1
-                self._tg.start_soon(self._pull, queue, name=f"natskiq pull {queue}")
-
-    def _slots_for(self, queue: str) -> int:
-        return sum(p.slots for p in self._peers.values() if queue in p.queues)
-
-    def _credit_for(self, queue: str) -> int:
-        return sum(max(0, p.credit) for p in self._peers.values() if queue in p.queues)
-
-    # -- pulling --------------------------------------------------------
-
-    async def _pull(self, queue: str) -> None:
-        """Keep pull requests open for a job per slot plus PREFETCH per free slot."""
-        subject = self.nc.new_inbox()
-        inbox = await Inbox.subscribe(self.nc, subject)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_pulled, queue, inbox)
-                await self._request_loop(queue, subject)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._refuse_late(queue, inbox)
-            await inbox.close()
-
-    async def _refuse_late(self, queue: str, inbox: Inbox) -> None:
-        """NAK the jobs that still arrive for this master's open pull requests once it lost its lease.
-
-        JetStream keeps serving a pull request until it expires, whoever
-        asked: a master that was paused past its lease finds jobs arriving
-        for the requests it had open, and one delivered to an inbox nobody
-        reads waits out the whole ack wait. Listening until the requests
-        have ended (at most :data:`PULL_EXPIRES`) hands each straight back,
-        with a NAK delayed until they have ended: a plain NAK makes the job
-        the next one the server sends, to these same requests, and a job
-        handed back and forth that way up to a batch's size of times
-        reaches ``--max-deliveries`` without ever running (a lease handed
-        over to balance the shards, or lost to a slow server, leaves
-        requests open for up to :data:`PULL_EXPIRES`).
-        """
-        pulls = self._pulls[queue]
-        if self._holds_lease():
-            # A graceful stop: no other master can be pulling yet, and the
-            # server drops a pull request once nobody listens on its inbox.
-            pulls.clear()
-            return
-        open_pulls = len(pulls)
-        now = anyio.current_time()
-        until = now + self._until_pulls_end(queue)
-        pulls.clear()
-        with anyio.move_on_after(max(0.0, until - now)):
-            while open_pulls > 0:
-                for msg in await inbox.get():
-                    if msg.reply:
-                        await self._hand_back(msg.reply, delay=until - anyio.current_time())
-                    elif (msg.headers or {}).get("Status") in ("408", "409"):
-                        open_pulls -= 1
-
-    async def _request_loop(self, queue: str, inbox: str) -> None:
-        pulls = self._pulls[queue]
-        subject = self.names.pull_subject(queue, self.shard)
-        ensured = False
-        while True:
-            changed = self._pull_changed = anyio.Event()
-            now = anyio.current_time()
-            while pulls and pulls[0].expires_at < now:
-                pulls.popleft()
-            if not ensured:
-                ensured = await self._ensure_consumer(queue)
-            # Hold a job for every slot that serves the queue, so a slot that
-            # frees finds its next job already here, plus PREFETCH per free
-            # slot; pull in batches of at least a quarter of that, not one
-            # by one.
-            target = PREFETCH * self._credit_for(queue) + self._slots_for(queue)
-            outstanding = sum(p.remaining for p in pulls)
-            want = min(MAX_PULL_BATCH, target - len(self._buffers[queue]) - outstanding)
-            if ensured and want > 0 and (not outstanding or want >= max(1, target // 4)):
-                # A master that was paused past its lease must not pull when
-                # it wakes: what it pulled would never be handed out.
-                self.check_lease()
-                request = {"batch": want, "expires": int(PULL_EXPIRES * 1e9)}
-                pulls.append(_Pull(want, now + PULL_EXPIRES + 0.5))
-                await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
-                continue
-            with anyio.move_on_after(1.0):
-                await changed.wait()
-
-    async def _ensure_consumer(self, queue: str) -> bool:
-        js = self.nc.jetstream()
-        try:
-            if self.shard and not await self._partitioned(queue):
-                return False
-            info = await ensure_consumer(js, self.names, queue, ack_wait=self.ack_wait, shard=self.shard)
-        except (NatsError, JSError, TimeoutError) as exc:
-            log.warning("cannot reach queue %s yet: %r", queue, exc)
-            self._pending[queue] = 0  # unknown: let the other queues be served meanwhile
-            self._wake_dispatch()
-            await anyio.sleep(0.5)
-            return False
-        # The jobs waiting there, until pulled messages tell a newer count.
-        self._pending[queue] = info.num_pending or 0
-        self._wake_dispatch()
-        return True
-
-    async def _partitioned(self, queue: str) -> bool:
-        """Whether the queue has this shard's partition (read from its stream's
-        subjects); if not, nothing to pull: look again in a while."""
-        if await read_partitions(self.nc.jetstream(), self.names, queue) > self.shard:
-            return True
-        self._pending[queue] = 0
-        self._wake_dispatch()
-        await anyio.sleep(UNPARTITIONED_RECHECK)
-        return False
-
-    async def _read_pulled(self, queue: str, inbox: Inbox) -> None:
-        buffer, pulls = self._buffers[queue], self._pulls[queue]
-        while True:
-            msgs = await inbox.get()
-            now = anyio.current_time()
-            last_reply = ""
-            ended = False
-            held = self._holds_lease()
-            for msg in msgs:
-                # A stored message always has its ack subject; JetStream's
-                # status messages have none. (A producer may store a "Status"
-                # header of its own: it is a job all the same.)
-                status = None if msg.reply else (msg.headers or {}).get("Status")
-                if msg.reply and not held:
-                    # Pulled under a lease since lost: back, once the open pulls have ended.
-                    await self._hand_back(msg.reply, delay=self._until_pulls_end(queue))
-                elif msg.reply:
-                    buffer.append((msg, now))
-                    last_reply = msg.reply
-                    if pulls:
-                        pulls[0].remaining -= 1
-                        if pulls[0].remaining <= 0:
-                            pulls.popleft()
-                elif status in ("408", "409"):
-                    if pulls:
-                        pulls.popleft()
-                    if status == "408":
-                        self._pending[queue] = 0  # the request expired: nothing was left
-                    else:
-                        log.debug("pull on %s ended: %s", queue, msg.headers)
-                    ended = True
-            if not held:
-                self.check_lease()  # stop now: _refuse_late takes what still comes
-            if last_reply:
-                # JetStream's count of jobs left in the queue, as of the newest one.
-                self._pending[queue] = ack_field(last_reply, "pending")
-                self._wake_dispatch()
-            if ended:
-                self._notify()
-
-    def _until_pulls_end(self, queue: str) -> float:
-        """Seconds until every pull request open on ``queue`` has surely ended
-        (a little past the latest expiry), the delay of a NAK that must not
-        come back to them (see :meth:`_refuse_late`)."""
-        now = anyio.current_time()
-        return max((pull.expires_at for pull in self._pulls[queue]), default=now) - now + 0.1
-
-    async def _hand_back(self, reply: str, delay: float = 0.0) -> None:
-        """NAK a job that arrived too late to dispatch (redelivered after
-        ``delay`` seconds), unless JetStream may have redelivered it.
-
-        After a pause the arrival is late by the whole pause: the ack
-        subject's delivery time (the server's clock) says how old it really is.
-        """
-        age = time.time() - ack_field(reply, "ts") / 1e9
-        if age < self.ack_wait - STALE_MARGIN:
-            await self.nc.publish(reply, nak(delay))
-        else:
-            log.info("not handing back a job delivered %.1fs ago: JetStream has given it out again", age)
-
-    def _holds_lease(self) -> bool:
-        try:
-            self.check_lease()
-        except LeaseLost:
-            return False
-        return True
+        self._puller.serve(self._tg, queues)
 
     # -- dispatch -------------------------------------------------------
 
@@ -481,7 +169,7 @@ class Aggregator:
     async def _dispatch_round(self) -> bool:
         """Hand out as many buffered jobs as nodes have credit for."""
         moved = False
-        peers = list(self._peers.values())
+        peers = list(self._peers.by_id.values())
         random.shuffle(peers)
         for peer in peers:
             if peer.local is not None:
@@ -495,7 +183,7 @@ class Aggregator:
                 await self._hand_off(peer, msg, held_since)
                 moved = True
         if moved:
-            self._wake_pull()  # buffers shrank: pull more
+            self._puller.wake()  # buffers shrank: pull more
         return moved
 
     def _hand_off_local(self, peer: Peer, local: LocalNode) -> bool:
@@ -554,31 +242,6 @@ class Aggregator:
             await anyio.sleep(HEARTBEAT / 2)
             self.check_lease()
             now = anyio.current_time()
-            for node_id, peer in list(self._peers.items()):
-                is_local = self.local is not None and node_id == self.local.node_id
-                if not is_local and now - peer.seen_at > PEER_TIMEOUT:
-                    log.info("node %s went silent; it gets no more jobs", node_id)
-                    del self._peers[node_id]
-            for buffer in self._buffers.values():
-                for index, (msg, held_since) in enumerate(buffer):
-                    if now - held_since > self.ack_wait / 3:
-                        await self.nc.publish(msg.reply, b"+WPI")
-                        buffer[index] = (msg, now)
+            self._peers.drop_silent(now)
+            await self._puller.keep_alive(now)
             self._notify()
-
-    async def _release_held(self) -> None:
-        """NAK every job still buffered, so the next master gets it at once."""
-        now = anyio.current_time()
-        for buffer in self._buffers.values():
-            while buffer:
-                msg, held_since = buffer.popleft()
-                if now - held_since > self.ack_wait - STALE_MARGIN:
-                    continue  # not kept alive in time (a pause): JetStream has given it out again
-                try:
-                    await self.nc.publish(msg.reply, b"-NAK")
-                except NatsError:
-                    return
-        try:
-            await self.nc.flush(timeout=1)
-        except (NatsError, TimeoutError):
-            pass
