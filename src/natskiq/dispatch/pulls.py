@@ -78,14 +78,19 @@ class Puller:
     """Each queue's held jobs, with when (``anyio.current_time()``) each was last kept alive."""
     pending: dict[str, int] = attrs.field(init=False, factory=dict)
     """Each queue's jobs left in JetStream, as last told."""
+    recheck: float = 1.0
+    """Seconds a request loop waits, without a wake-up, before it looks again."""
     _pulls: dict[str, deque[_Pull]] = attrs.field(init=False, factory=dict)
-    _changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _changed: dict[str, anyio.Event] = attrs.field(init=False, factory=dict)
 
-    # A wake-up only sets an event; the request loops make their next event
-    # themselves when they wake, so a burst of notifications costs one event.
+    # A wake-up only sets the events; each queue's request loop makes its next
+    # event itself when it wakes, so a burst of notifications costs one event
+    # per queue. (One event shared by every queue's loop reached only the loop
+    # that made it last: the others waited out ``recheck``.)
     def wake(self) -> None:
         """Credit or buffers changed: the request loops may pull more."""
-        self._changed.set()
+        for changed in self._changed.values():
+            changed.set()
 
     def serve(self, tg: TaskGroup, queues: list[str]) -> None:
         """Start pulling, in ``tg``, from queues seen for the first time."""
@@ -149,7 +154,7 @@ class Puller:
         subject = self.names.pull_subject(queue, self.shard)
         ensured = False
         while True:
-            changed = self._changed = anyio.Event()
+            changed = self._changed[queue] = anyio.Event()
             now = anyio.current_time()
             while pulls and pulls[0].expires_at < now:
                 pulls.popleft()
@@ -170,7 +175,7 @@ class Puller:
                 pulls.append(_Pull(want, now + PULL_EXPIRES + 0.5))
                 await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
                 continue
-            with anyio.move_on_after(1.0):
+            with anyio.move_on_after(self.recheck):
                 await changed.wait()
 
     async def _ensure_consumer(self, queue: str) -> bool:
