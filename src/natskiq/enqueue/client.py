@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import ssl
 import time
 from collections.abc import Generator, Iterable, Sequence
 from datetime import UTC, datetime
@@ -29,7 +28,6 @@ from typing import Any, cast
 
 import anyio
 import attrs
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.errors import Error as NatsError
@@ -42,6 +40,7 @@ from natskiq import middleware
 from natskiq.enqueue import bulk, unique
 from natskiq.enqueue.auth import env_auth, redact_url
 from natskiq.enqueue.bulk import BULK_WINDOW
+from natskiq.enqueue.connection import Connector, nats_defaults, split_urls
 from natskiq.errors import ConfigError, EnqueueError, NotConnected
 from natskiq.middleware import ClientMiddleware
 from natskiq.topology import Names, ensure_bucket, ensure_queue
@@ -49,14 +48,9 @@ from natskiq.worker import Options, Worker, open_clients
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
 MAX_JOB_BYTES = 1024 * 1024
-CONNECT_ATTEMPTS = 3
 PUBLISH_TIMEOUT = 5.0  # seconds one publish waits for its PubAck (nats-py's JetStream default)
 REENSURE = 60.0  # seconds before a client looks at a queue's stream again (new partitions)
-
-# Errors that say a connect failed but not why (the server closed on us, or ran out of tries).
-_VAGUE = (nats.errors.NoServersError, nats.errors.UnexpectedEOF, nats.errors.ConnectionClosedError)
 
 
 def current_client() -> Client:
@@ -70,29 +64,9 @@ def current_client() -> Client:
     return cast(Client, open_clients[-1])
 
 
-def split_urls(url: str | None) -> list[str]:
-    """One URL or a comma-separated list, defaulting to ``$NATSKIQ_URL``."""
-    raw = url or os.environ.get("NATSKIQ_URL") or DEFAULT_URL
-    urls = [part.strip() for part in raw.split(",") if part.strip()]
-    if not urls:
-        raise ConfigError(f"no NATS URL in {redact_url(raw)!r}")
-    return urls
-
-
 def rfc3339(epoch: float) -> str:
     """An epoch time as the RFC 3339 UTC form ``Nats-Schedule`` wants."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def nats_defaults() -> dict[str, Any]:
-    """Connection options for processes that must outlive a server restart."""
-    return {
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.25,
-        "ping_interval": 5,
-        "max_outstanding_pings": 3,
-        "connect_timeout": 3,
-    }
 
 
 @attrs.define
@@ -120,8 +94,6 @@ class Client:
     """Queues ensured, with when to look at their stream again (partitions may be added)."""
     _max_bytes: int = attrs.field(init=False, default=MAX_JOB_BYTES)
     _unique_ready: bool = attrs.field(init=False, default=False)
-    _opening: anyio.CancelScope | None = attrs.field(init=False, default=None, repr=False)
-    _connect_errors: list[Exception] = attrs.field(init=False, factory=list, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.names = Names(self.namespace)
@@ -145,116 +117,16 @@ class Client:
     async def open(self) -> Client:
         """Connect, and become the default client."""
         urls = split_urls(self.url)
-        options = {**nats_defaults(), **self._callbacks(redact_url(",".join(urls))), **self.nats_options}
+        connector = Connector(urls, lambda: self._nc)
+        options = {**nats_defaults(), **connector.callbacks(), **self.nats_options}
         options.update(env_auth(self.nats_options, urls))
-        self._nc = await self._connect(urls, options)
+        self._nc = await connector.connect(options)
         self._js = self._nc.jetstream()
         # Room for what natskiq adds on the way: enqueue, dispatch and retry
         # headers, a failure's error fields (the server's limit counts headers).
         self._max_bytes = min(MAX_JOB_BYTES, self._nc.max_payload or MAX_JOB_BYTES) - jobs.MAX_OVERHEAD
         open_clients.append(self)
         return self
-
-    async def _connect(self, urls: list[str], options: dict[str, Any]) -> NATS:
-        """The first connection, or a ConfigError that says why not (without secrets)."""
-        # nats-py retries a first connect as often as it reconnects later: with
-        # "forever" a wrong URL would hang. Try a few rounds, then say so;
-        # once connected, reconnect as configured (forever by default).
-        reconnects = options.pop("max_reconnect_attempts")
-        where = redact_url(",".join(urls))
-        self._opening, self._connect_errors = anyio.CancelScope(), []
-        nc: NATS | None = None
-        try:
-            with self._opening:
-                nc = await nats.connect(servers=urls, max_reconnect_attempts=CONNECT_ATTEMPTS, **options)
-        except (OSError, NatsError, TimeoutError) as exc:
-            raise ConfigError(f"cannot connect to NATS at {where}: {self._connect_failure(exc)}") from exc
-        finally:
-            self._opening = None
-        if nc is None:  # given up after a TLS failure: see _callbacks
-            raise ConfigError(f"cannot connect to NATS at {where}: {self._connect_failure(None)}")
-        nc.options["max_reconnect_attempts"] = reconnects
-        return nc
-
-    def _connect_failure(self, exc: BaseException | None) -> str:
-        """Why a first connect failed: what the server or TLS said, rather than "no servers"."""
-        errors: list[BaseException] = list(self._connect_errors)
-        telling = [e for e in errors if isinstance(e, ssl.SSLError | NatsError) and not isinstance(e, _VAGUE)]
-        if exc is not None and not isinstance(exc, _VAGUE):
-            errors.append(exc)
-        cause = (telling or errors or [exc])[-1]
-        text = str(cause) or type(cause).__name__
-        if isinstance(cause, TimeoutError):
-            text = "timed out"
-        elif isinstance(cause, ConnectionRefusedError):
-            text = "connection refused (is a nats-server listening there?)"
-        if "authorization violation" in text.lower():
-            text += " (the server refused these credentials, or needs some)"
-        elif isinstance(cause, ssl.SSLCertVerificationError):
-            text += " (trust the CA that signed the server's certificate: tls_ca, $NATSKIQ_TLS_CA)"
-        elif "CERTIFICATE_REQUIRED" in text:
-            text += " (the server wants a client certificate: tls_cert and tls_key)"
-        return text
-
-    def _callbacks(self, where: str) -> dict[str, Any]:
-        """nats-py's connection callbacks, logging through ``natskiq.enqueue.client``.
-
-        Without them nats-py logs every failed attempt itself ("nats:
-        encountered error", with a traceback). While the first connect is
-        tried, and while a lost connection is being re-established (every
-        ``reconnect_time_wait``, forever by default), each failed attempt is
-        logged at DEBUG only: a first connect that fails raises a ConfigError
-        saying why, and an outage is logged once at WARNING when the
-        connection drops and once when it is back (or, at ERROR, when nats-py
-        gives up on it).
-        """
-        down_since: float | None = None  # when the connection dropped, while it is down
-
-        async def error(exc: Exception) -> None:
-            if self._opening is not None:
-                log.debug("connecting to NATS at %s: %s", where, exc)
-                self._connect_errors.append(exc)
-                if isinstance(exc, ssl.SSLError):
-                    # nats-py hangs closing a connection whose TLS handshake failed
-                    # (nats.py issue 718), and no retry fixes a certificate: give up.
-                    self._opening.cancel()
-            elif (
-                down_since is not None
-                or isinstance(exc, nats.errors.UnexpectedEOF)
-                or (self._nc is not None and self._nc.is_reconnecting)
-            ):
-                # A failed reconnect attempt, or the drop disconnected() reports.
-                log.debug("NATS connection error: %s", exc)
-            else:
-                log.warning("NATS connection error: %s", str(exc) or type(exc).__name__)
-
-        async def disconnected() -> None:
-            nonlocal down_since
-            nc = self._nc
-            if nc is not None and not (nc.is_closed or nc.is_draining) and down_since is None:
-                down_since = time.monotonic()
-                log.warning("lost the connection to NATS at %s; reconnecting", where)
-
-        async def reconnected() -> None:
-            nonlocal down_since
-            url = self._nc.connected_url if self._nc is not None else None
-            since, down_since = down_since, None
-            log.warning(
-                "reconnected to NATS at %s after %.1f s",
-                redact_url(url.geturl()) if url else where,
-                time.monotonic() - (since or time.monotonic()),
-            )
-
-        async def closed() -> None:
-            if self._nc is not None and down_since is not None:
-                log.error("gave up reconnecting to NATS at %s: the connection is closed", where)
-
-        return {
-            "error_cb": error,
-            "disconnected_cb": disconnected,
-            "reconnected_cb": reconnected,
-            "closed_cb": closed,
-        }
 
     async def close(self) -> None:
         """Flush and disconnect; stop being the default client."""
