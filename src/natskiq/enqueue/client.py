@@ -18,7 +18,6 @@ message: URLs are shown with their ``user:password@`` part redacted.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -29,10 +28,8 @@ from typing import Any, cast
 import anyio
 import attrs
 from nats.aio.client import Client as NATS
-from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import Error as JSError
 
 from natskiq import job as jobs
@@ -41,6 +38,7 @@ from natskiq.enqueue import bulk, unique
 from natskiq.enqueue.auth import env_auth, redact_url
 from natskiq.enqueue.bulk import BULK_WINDOW
 from natskiq.enqueue.connection import Connector, nats_defaults, split_urls
+from natskiq.enqueue.publish import retryable, store, store_retrying
 from natskiq.errors import ConfigError, EnqueueError, NotConnected
 from natskiq.middleware import ClientMiddleware
 from natskiq.topology import Names, ensure_bucket, ensure_queue
@@ -49,7 +47,6 @@ from natskiq.worker import Options, Worker, open_clients
 log = logging.getLogger(__name__)
 
 MAX_JOB_BYTES = 1024 * 1024
-PUBLISH_TIMEOUT = 5.0  # seconds one publish waits for its PubAck (nats-py's JetStream default)
 REENSURE = 60.0  # seconds before a client looks at a queue's stream again (new partitions)
 
 
@@ -296,7 +293,7 @@ class Client:
                 locked, holder = await unique.acquire(self.js, self.names, job, ttl=ttl, until=until)
                 break
             except (NatsError, JSError, TimeoutError) as exc:
-                if not _retryable(exc) or anyio.current_time() + pause > deadline:
+                if not retryable(exc) or anyio.current_time() + pause > deadline:
                     raise EnqueueError(f"job {job.jid}: cannot take its unique lock: {exc!r}") from exc
             await anyio.sleep(pause)
             pause = min(1.0, pause * 2)
@@ -368,49 +365,9 @@ class Client:
             headers["Nats-Schedule-Target"] = subject
             subject = self.names.scheduled_subject(queue, jid)
         try:
-            await self._store(subject, payload, headers)
+            await store(self.nc, subject, payload, headers)
         except (NatsError, JSError, TimeoutError) as exc:
-            await self._publish_retrying(jid, subject, payload, headers, exc)
-
-    async def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        """``js.publish`` without building the PubAck, which natskiq never reads.
-
-        Raises the errors ``js.publish`` raises: NoStreamResponseError when no
-        stream listens, APIError when JetStream refuses the message.
-        """
-        try:
-            msg = await self.nc.request(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
-        except NoRespondersError:
-            raise NoStreamResponseError from None
-        if b'"error"' in msg.data:
-            error = json.loads(msg.data).get("error")
-            if error is not None:
-                raise APIError.from_error(error)
-
-    async def _publish_retrying(
-        self, jid: str, subject: str, payload: bytes, headers: dict[str, str], failure: Exception
-    ) -> None:
-        """Publish again until JetStream acknowledges, riding out a failover.
-
-        While a server restarts or a stream elects a new leader, publishes
-        time out or find no responders; the same ``Nats-Msg-Id`` is sent
-        again (the duplicate window makes that safe) for up to
-        ``publish_timeout`` seconds after the first failure.
-        """
-        deadline = anyio.current_time() + self.publish_timeout
-        pause = 0.05
-        while True:
-            if not _retryable(failure) or anyio.current_time() + pause > deadline:
-                raise EnqueueError(f"job {jid} was not stored: {failure!r}") from failure
-            log.debug("publish of %s failed (%r); retrying", jid, failure)
-            await anyio.sleep(pause)
-            pause = min(1.0, pause * 2)
-            try:
-                # A copy each time: nats-py adds headers to the dict it is given.
-                await self._store(subject, payload, dict(headers))
-                return
-            except (NatsError, JSError, TimeoutError) as exc:
-                failure = exc
+            await store_retrying(self, jid, subject, payload, headers, exc)
 
 
 def _check_worker(worker: object) -> None:
@@ -421,15 +378,6 @@ def _check_worker(worker: object) -> None:
 def _expires_at(options: Options, at: float | None, now: float) -> float | None:
     """When a job must have started by: ``expires_in`` after it is due."""
     return None if options.expires_in is None else (at or now) + options.expires_in
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Errors of a server or stream leader that is briefly away, not of a bad request."""
-    if isinstance(
-        exc, TimeoutError | NoRespondersError | ConnectionReconnectingError | NoStreamResponseError
-    ):
-        return True
-    return isinstance(exc, APIError) and exc.code in (503, 504)
 
 
 def connect(
