@@ -10,6 +10,13 @@ its own subject ``<ns>.scheduled.<queue>.<jid>``, which the server moves to
 the queue's subject when it is due; natskiq runs no poller for it. Bulk enqueue
 (``perform_bulk``, pipelined) lives in :mod:`natskiq.enqueue.bulk`.
 
+The client is the front its collaborators stand behind:
+:mod:`natskiq.enqueue.connection` opens the connection (saying why it
+cannot) and logs its outages, :mod:`natskiq.enqueue.publish` stores one
+envelope and rides out a failover, and :mod:`natskiq.enqueue.unique_locks`
+takes a unique worker's lock before its job is stored. They log as
+``natskiq.enqueue.client``, as the client itself does.
+
 Authentication and TLS live in :mod:`natskiq.enqueue.auth`: a client whose options
 carry no credentials (or no TLS) takes them from the ``NATSKIQ_*``
 environment when it opens. Secrets never reach a log line or an error
@@ -21,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Coroutine, Generator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -34,14 +41,15 @@ from nats.js.errors import Error as JSError
 
 from natskiq import job as jobs
 from natskiq import middleware
-from natskiq.enqueue import bulk, unique
+from natskiq.enqueue import bulk
 from natskiq.enqueue.auth import env_auth, redact_url
 from natskiq.enqueue.bulk import BULK_WINDOW
 from natskiq.enqueue.connection import Connector, nats_defaults, split_urls
-from natskiq.enqueue.publish import retryable, store, store_retrying
+from natskiq.enqueue.publish import store, store_retrying
+from natskiq.enqueue.unique_locks import UniqueLocks
 from natskiq.errors import ConfigError, EnqueueError, NotConnected
 from natskiq.middleware import ClientMiddleware
-from natskiq.topology import Names, ensure_bucket, ensure_queue
+from natskiq.topology import Names, ensure_queue
 from natskiq.worker import Options, Worker, open_clients
 
 log = logging.getLogger(__name__)
@@ -90,7 +98,7 @@ class Client:
     _ensured: dict[str, float] = attrs.field(init=False, factory=dict)
     """Queues ensured, with when to look at their stream again (partitions may be added)."""
     _max_bytes: int = attrs.field(init=False, default=MAX_JOB_BYTES)
-    _unique_ready: bool = attrs.field(init=False, default=False)
+    _locks: UniqueLocks = attrs.field(init=False, default=attrs.Factory(UniqueLocks, takes_self=True))
 
     def __attrs_post_init__(self) -> None:
         self.names = Names(self.namespace)
@@ -223,7 +231,7 @@ class Client:
             )
         if options.unique_for is not None:
             job = self.build(worker, args, kwargs, options=options, at=at)
-            return (await self._store_unique(job, options))[1]
+            return (await self._locks.store(job, options))[1]
         # The plain enqueue, the hot path: its envelope encoded straight from the call.
         _check_worker(worker)
         jobs.check_arguments(args, kwargs)
@@ -244,7 +252,7 @@ class Client:
             if current is not job:
                 jobs.check_job(current)
             if options.unique_for is not None:
-                stored, jid = await self._store_unique(current, options)
+                stored, jid = await self._locks.store(current, options)
             else:
                 await self.publish(current)
                 stored, jid = current, current.jid
@@ -256,56 +264,6 @@ class Client:
             log.info("jid=%s class=%s queue=%s vetoed by client middleware", job.jid, job.cls, job.queue)
             return ""
         return outcome[-1]
-
-    async def _store_unique(self, job: jobs.Job, options: Options) -> tuple[jobs.Job | None, str]:
-        """Store a unique worker's job if its lock is free: ``(stored job or None, jid that will run)``."""
-        assert options.unique_for is not None
-        locked, holder = await self._lock(job, options.unique_for, options.unique_until)
-        if holder != job.jid:
-            return None, holder
-        stored = False
-        try:
-            await self.publish(locked)
-            stored = True
-        finally:
-            if not stored:
-                # Not stored (or not known to be): free the call for a retry
-                # rather than lock it out for unique_for seconds.
-                with anyio.CancelScope(shield=True):
-                    await unique.release(self.js, self.names, locked)
-        return locked, holder
-
-    async def _lock(self, job: jobs.Job, unique_for: float, until: str) -> tuple[jobs.Job, str]:
-        """:func:`natskiq.enqueue.unique.acquire`, creating the bucket first and riding out a failover."""
-        if not self._unique_ready:
-            try:
-                await ensure_bucket(
-                    self.js, self.names.unique_bucket, replicas=self.replicas, marker_ttl=unique.MARKER_TTL
-                )
-            except (NatsError, JSError, TimeoutError) as exc:
-                raise EnqueueError(f"cannot create the unique-jobs bucket: {exc!r}") from exc
-            self._unique_ready = True
-        ttl = unique.lock_ttl(unique_for, job.at, time.time())
-        deadline = anyio.current_time() + self.publish_timeout
-        pause = 0.05
-        while True:
-            try:
-                locked, holder = await unique.acquire(self.js, self.names, job, ttl=ttl, until=until)
-                break
-            except (NatsError, JSError, TimeoutError) as exc:
-                if not retryable(exc) or anyio.current_time() + pause > deadline:
-                    raise EnqueueError(f"job {job.jid}: cannot take its unique lock: {exc!r}") from exc
-            await anyio.sleep(pause)
-            pause = min(1.0, pause * 2)
-        if holder != job.jid:
-            log.info(
-                "jid=%s class=%s queue=%s not enqueued: jid=%s holds its unique lock",
-                job.jid,
-                job.cls,
-                job.queue,
-                holder,
-            )
-        return locked, holder
 
     async def push_many(
         self,
@@ -368,6 +326,13 @@ class Client:
             await store(self.nc, subject, payload, headers)
         except (NatsError, JSError, TimeoutError) as exc:
             await store_retrying(self, jid, subject, payload, headers, exc)
+
+    def _lock(
+        self, job: jobs.Job, unique_for: float, until: str
+    ) -> Coroutine[Any, Any, tuple[jobs.Job, str]]:
+        """:meth:`UniqueLocks.take <natskiq.enqueue.unique_locks.UniqueLocks.take>`, for
+        :mod:`natskiq.enqueue.bulk` (its coroutine, handed on without an await of its own)."""
+        return self._locks.take(job, unique_for, until)
 
 
 def _check_worker(worker: object) -> None:
