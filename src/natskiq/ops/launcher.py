@@ -31,21 +31,15 @@ from natskiq import api
 from natskiq.dispatch.aggregator import Aggregator
 from natskiq.dispatch.lease import Lease
 from natskiq.dispatch.shards import Shards
-from natskiq.enqueue import cron
 from natskiq.enqueue.client import Client
 from natskiq.errors import ConfigError
 from natskiq.ops.metrics import Metrics
 from natskiq.ops.metrics import serve as serve_metrics
+from natskiq.ops.provision import provision
 from natskiq.ops.settings import EVENT_LOOPS, Settings, import_app
 from natskiq.run import sweep
 from natskiq.run.node import Node
-from natskiq.topology import (
-    ensure_bucket,
-    ensure_failed,
-    ensure_queue,
-    ensure_stats,
-    read_partitions,
-)
+from natskiq.topology import read_partitions
 
 __all__ = ["EVENT_LOOPS", "Launcher", "Settings", "import_app"]
 
@@ -56,7 +50,6 @@ PARTITIONS_RECHECK = 10.0  # seconds between looks at the queues' partition coun
 NODE_TTL = 15.0
 NODE_BEAT = 2.0  # how often a node refreshes its entry (busy counts, running jobs)
 FAILED_CHECK = 10.0
-SETUP_TIMEOUT = 30.0
 
 
 @attrs.define
@@ -67,7 +60,6 @@ class Launcher:
     client: Client = attrs.field(init=False)
     node: Node = attrs.field(init=False)
     shards: Shards = attrs.field(init=False)
-    _shard_count: int = attrs.field(init=False, default=1)
     started_at: float = attrs.field(init=False, factory=time.time)
     _scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _elect_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
@@ -93,23 +85,12 @@ class Launcher:
         )
         await self.client.open()
         order, strict = s.queue_order
-        # Several nodes starting together on a cluster create the same R3
-        # streams at once, and a stream's first leader election can time an
-        # API request out: retry what is transient, for a while.
-        deadline = anyio.current_time() + SETUP_TIMEOUT
-        while True:
-            try:
-                await self._create_topology(order)
-                break
-            except (NatsError, JSError, TimeoutError) as exc:
-                if anyio.current_time() > deadline:
-                    await self.client.close()
-                    raise ConfigError(f"cannot set up streams and buckets: {exc!r}") from exc
-                log.info("setting up streams and buckets: %r; trying again", exc)
-                await anyio.sleep(0.5)
-            except ConfigError:
-                await self.client.close()
-                raise
+        try:
+            provisioned = await provision(self.client, s)
+        except ConfigError:
+            await self.client.close()
+            raise
+        self._nodes_kv = provisioned.nodes_kv
         self.node = Node(
             self.client.nc,
             self.client.names,
@@ -119,39 +100,14 @@ class Launcher:
             concurrency=s.concurrency,
             ack_wait=s.ack_wait,
             max_deliveries=s.max_deliveries,
-            shards=self._shard_count,
+            shards=provisioned.shards,
         )
         if s.metrics_port is not None:
             self.metrics = Metrics(outcomes=self.node.outcomes)
             self.node.middleware.append(self.metrics)
         self.shards = Shards(
-            self.client.nc, self.client.names, s.node_id, self._shard_count, self._lead, ttl=s.lease_ttl
+            self.client.nc, self.client.names, s.node_id, provisioned.shards, self._lead, ttl=s.lease_ttl
         )
-
-    async def _create_topology(self, order: list[tuple[str, int]]) -> None:
-        s, js, names = self.settings, self.client.js, self.client.names
-        counts = [
-            await ensure_queue(
-                js, names, queue, replicas=s.replicas, ack_wait=s.ack_wait, partitions=s.partitions
-            )
-            for queue, _ in order
-        ]
-        self._shard_count = max(counts)
-        max_age = s.failed_max_days * 86400 if s.failed_max_days else None
-        await ensure_failed(js, names, replicas=s.replicas, max_jobs=s.failed_max_jobs, max_age=max_age)
-        await ensure_stats(js, names, replicas=s.replicas)
-        await self._register_periodic()
-        await ensure_bucket(js, names.lease_bucket, replicas=s.replicas)
-        self._nodes_kv = await ensure_bucket(js, names.nodes_bucket, replicas=s.replicas)
-
-    async def _register_periodic(self) -> None:
-        """Store this app's periodic job definitions (unchanged ones are left alone)."""
-        definitions = cron.registered()
-        for queue in sorted({d.queue for d in definitions}):
-            await self.client.ensure_queue(queue)
-        written = await cron.register(self.client.js, self.client.names, definitions)
-        if definitions:
-            log.info("periodic jobs: %d defined, %d stored anew", len(definitions), written)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the node until :meth:`stop` (or a signal, via :meth:`serve`)."""
