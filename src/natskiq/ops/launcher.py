@@ -13,11 +13,8 @@ running jobs, then cancel them, which NAKs them so they run elsewhere).
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import signal
-import socket
 import time
 
 import anyio
@@ -25,7 +22,6 @@ import attrs
 from anyio.abc import TaskStatus
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JSError
-from nats.js.kv import KeyValue
 
 from natskiq import api
 from natskiq.dispatch.aggregator import Aggregator
@@ -33,6 +29,7 @@ from natskiq.dispatch.lease import Lease
 from natskiq.dispatch.shards import Shards
 from natskiq.enqueue.client import Client
 from natskiq.errors import ConfigError
+from natskiq.ops.heartbeat import Heartbeat
 from natskiq.ops.metrics import Metrics
 from natskiq.ops.metrics import serve as serve_metrics
 from natskiq.ops.provision import provision
@@ -46,9 +43,6 @@ __all__ = ["EVENT_LOOPS", "Launcher", "Settings", "import_app"]
 log = logging.getLogger(__name__)
 
 PARTITIONS_RECHECK = 10.0  # seconds between looks at the queues' partition counts
-
-NODE_TTL = 15.0
-NODE_BEAT = 2.0  # how often a node refreshes its entry (busy counts, running jobs)
 FAILED_CHECK = 10.0
 
 
@@ -64,7 +58,7 @@ class Launcher:
     _scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _elect_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _stopping: anyio.Event | None = attrs.field(init=False, default=None)
-    _nodes_kv: KeyValue | None = attrs.field(init=False, default=None)
+    _heartbeat: Heartbeat = attrs.field(init=False)
     metrics: Metrics | None = attrs.field(init=False, default=None)
     metrics_address: int | None = attrs.field(init=False, default=None)
 
@@ -90,7 +84,6 @@ class Launcher:
         except ConfigError:
             await self.client.close()
             raise
-        self._nodes_kv = provisioned.nodes_kv
         self.node = Node(
             self.client.nc,
             self.client.names,
@@ -108,6 +101,9 @@ class Launcher:
         self.shards = Shards(
             self.client.nc, self.client.names, s.node_id, provisioned.shards, self._lead, ttl=s.lease_ttl
         )
+        self._heartbeat = Heartbeat(
+            s, self.client, self.node, self.shards, provisioned.nodes_kv, started_at=self.started_at
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the node until :meth:`stop` (or a signal, via :meth:`serve`)."""
@@ -119,7 +115,7 @@ class Launcher:
                 self._scope = tg.cancel_scope
                 await tg.start(self.node.run)
                 tg.start_soon(self._elect)
-                tg.start_soon(self._heartbeat)
+                tg.start_soon(self._heartbeat.run)
                 tg.start_soon(self._read_commands)
                 tg.start_soon(self._watch_failed)
                 if self.metrics is not None and self.settings.metrics_port is not None:
@@ -138,7 +134,7 @@ class Launcher:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(3):
-                await self._forget()
+                await self._heartbeat.forget()
                 await self.client.close()
             log.info("node %s stopped", self.settings.node_id)
 
@@ -216,37 +212,6 @@ class Launcher:
                 "%d job(s) still running after %.0fs: they go back to the queue", self.node.busy, timeout
             )
 
-    def _info(self) -> bytes:
-        s = self.settings
-        return json.dumps(
-            {
-                "node": s.node_id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "queues": list(s.queues),
-                "concurrency": s.concurrency,
-                "busy": self.node.busy,
-                "started": self.started_at,
-                "master": self.is_master,
-                "shards": self.shards.led(),
-                "quiet": self.node.quiet,
-                "processed": self.node.processed,
-                "failed": self.node.failed,
-                "running": self.node.running_jobs(),
-                "at": time.time(),
-            }
-        ).encode()
-
-    async def _heartbeat(self) -> None:
-        """Keep this node's entry in the nodes bucket fresh (it expires if we die)."""
-        js, subject = self.client.js, f"$KV.{self.client.names.nodes_bucket}.{self.settings.node_id}"
-        while True:
-            try:
-                await js.publish(subject, self._info(), headers={"Nats-TTL": f"{int(NODE_TTL)}s"})
-            except (NatsError, JSError, TimeoutError) as exc:
-                log.debug("node heartbeat not stored: %r", exc)
-            await anyio.sleep(NODE_BEAT)
-
     async def _read_commands(self) -> None:
         """Obey ``quiet`` and ``stop`` sent to this node (``natskiq.api.command``)."""
         sub = await self.client.nc.subscribe(self.client.names.command_subject(self.settings.node_id))
@@ -284,14 +249,6 @@ class Launcher:
                     trimmed - seen, trimmed,
                 )  # fmt: skip
             seen = trimmed
-
-    async def _forget(self) -> None:
-        if self._nodes_kv is None:
-            return
-        try:
-            await self._nodes_kv.delete(self.settings.node_id)
-        except (NatsError, JSError, TimeoutError):
-            pass
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT (graceful stop) with SIGTSTP as quiet."""
