@@ -8,6 +8,15 @@ keeps the node's entry in the nodes bucket fresh, and shuts down in
 Sidekiq's two steps: ``quiet`` (take no new work, give up the lease so
 another node takes over at once) and ``stop`` (wait up to ``timeout`` for
 running jobs, then cancel them, which NAKs them so they run elsewhere).
+
+It receives :class:`~natskiq.ops.settings.Settings` (re-exported here, with
+:func:`~natskiq.ops.settings.import_app` and :data:`EVENT_LOOPS`) and hands
+the parts to its collaborators: :func:`~natskiq.ops.provision.provision`
+creates the streams and buckets, a :class:`~natskiq.ops.heartbeat.Heartbeat`
+keeps the node's entry, and :mod:`natskiq.ops.watches` reads the commands
+sent to the node and looks at the partitions and the failed set. The
+launcher itself keeps the election, what a shard's master runs, and the
+two steps of a shutdown (by command or by signal).
 """
 
 from __future__ import annotations
@@ -20,8 +29,6 @@ import time
 import anyio
 import attrs
 from anyio.abc import TaskStatus
-from nats.errors import Error as NatsError
-from nats.js.errors import Error as JSError
 
 from natskiq import api
 from natskiq.dispatch.aggregator import Aggregator
@@ -34,16 +41,16 @@ from natskiq.ops.metrics import Metrics
 from natskiq.ops.metrics import serve as serve_metrics
 from natskiq.ops.provision import provision
 from natskiq.ops.settings import EVENT_LOOPS, Settings, import_app
+from natskiq.ops.watches import read_commands, watch_failed, watch_partitions
 from natskiq.run import sweep
 from natskiq.run.node import Node
-from natskiq.topology import read_partitions
 
 __all__ = ["EVENT_LOOPS", "Launcher", "Settings", "import_app"]
 
 log = logging.getLogger(__name__)
 
 PARTITIONS_RECHECK = 10.0  # seconds between looks at the queues' partition counts
-FAILED_CHECK = 10.0
+FAILED_CHECK = 10.0  # seconds between looks at the failed set's trim count
 
 
 @attrs.define
@@ -116,8 +123,8 @@ class Launcher:
                 await tg.start(self.node.run)
                 tg.start_soon(self._elect)
                 tg.start_soon(self._heartbeat.run)
-                tg.start_soon(self._read_commands)
-                tg.start_soon(self._watch_failed)
+                tg.start_soon(read_commands, self.client, self.settings.node_id, self.quiet, self.stop)
+                tg.start_soon(watch_failed, self.client, self.lease, FAILED_CHECK)
                 if self.metrics is not None and self.settings.metrics_port is not None:
                     self.metrics_address = await tg.start(
                         serve_metrics, self.metrics, self.client, self.settings.metrics_port
@@ -142,26 +149,18 @@ class Launcher:
         assert self._elect_scope is not None
         with self._elect_scope:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_partitions, name="natskiq partitions")
+                queues = [queue for queue, _ in self.settings.queue_order[0]]
+                tg.start_soon(
+                    watch_partitions,
+                    self.client,
+                    queues,
+                    self.node,
+                    self.shards,
+                    PARTITIONS_RECHECK,
+                    name="natskiq partitions",
+                )
                 await self.shards.run()
                 tg.cancel_scope.cancel()
-
-    async def _watch_partitions(self) -> None:
-        """Every :data:`PARTITIONS_RECHECK` seconds, read the queues' partition
-        counts from their streams: when another node has raised them, take
-        part in the new shards' elections (no restart needed)."""
-        js, names = self.client.js, self.client.names
-        queues = [queue for queue, _ in self.settings.queue_order[0]]
-        while True:
-            await anyio.sleep(PARTITIONS_RECHECK)
-            try:
-                count = max([await read_partitions(js, names, queue) for queue in queues], default=1)
-            except (NatsError, JSError, TimeoutError) as exc:
-                log.debug("cannot read the queues' partitions: %r", exc)
-                continue
-            if count > self.shards.count:
-                self.node.shards = count
-                self.shards.grow(count)
 
     async def _lead(self, shard: int, token: int) -> None:
         aggregator = Aggregator(
@@ -211,44 +210,6 @@ class Launcher:
             log.warning(
                 "%d job(s) still running after %.0fs: they go back to the queue", self.node.busy, timeout
             )
-
-    async def _read_commands(self) -> None:
-        """Obey ``quiet`` and ``stop`` sent to this node (``natskiq.api.command``)."""
-        sub = await self.client.nc.subscribe(self.client.names.command_subject(self.settings.node_id))
-        try:
-            async for msg in sub.messages:
-                verb = msg.data.decode(errors="replace").strip()
-                if verb == "quiet":
-                    self.quiet()
-                elif verb == "stop":
-                    self.stop()
-                if msg.reply:
-                    answer = "ok" if verb in ("quiet", "stop") else f"unknown command {verb[:40]!r}"
-                    await self.client.nc.publish(msg.reply, answer.encode())
-                log.info("command %r received", verb[:40])
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await sub.unsubscribe()
-
-    async def _watch_failed(self) -> None:
-        """Log when the failed set's limits push jobs out (the master says it, once)."""
-        seen: int | None = None
-        while True:
-            await anyio.sleep(FAILED_CHECK)
-            if not self.lease.held:
-                seen = None
-                continue
-            try:
-                _, trimmed = await api.failed_set_size(self.client)
-            except (NatsError, JSError, TimeoutError):
-                continue
-            if seen is not None and trimmed > seen:
-                log.warning(
-                    "the failed set is full: %d failed job(s) were dropped by its limits (%d in all); "
-                    "raise --failed-max-jobs / --failed-max-days or replay/delete failed jobs",
-                    trimmed - seen, trimmed,
-                )  # fmt: skip
-            seen = trimmed
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT (graceful stop) with SIGTSTP as quiet."""
