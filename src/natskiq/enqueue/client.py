@@ -10,6 +10,13 @@ its own subject ``<ns>.scheduled.<queue>.<jid>``, which the server moves to
 the queue's subject when it is due; natskiq runs no poller for it. Bulk enqueue
 (``perform_bulk``, pipelined) lives in :mod:`natskiq.enqueue.bulk`.
 
+The client is the front its collaborators stand behind:
+:mod:`natskiq.enqueue.connection` opens the connection (saying why it
+cannot) and logs its outages, :mod:`natskiq.enqueue.publish` stores one
+envelope and rides out a failover, and :mod:`natskiq.enqueue.unique_locks`
+takes a unique worker's lock before its job is stored. They log as
+``natskiq.enqueue.client``, as the client itself does.
+
 Authentication and TLS live in :mod:`natskiq.enqueue.auth`: a client whose options
 carry no credentials (or no TLS) takes them from the ``NATSKIQ_*``
 environment when it opens. Secrets never reach a log line or an error
@@ -18,45 +25,37 @@ message: URLs are shown with their ``user:password@`` part redacted.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import ssl
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Coroutine, Generator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import anyio
 import attrs
-import nats
 from nats.aio.client import Client as NATS
-from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import Error as JSError
 
 from natskiq import job as jobs
 from natskiq import middleware
-from natskiq.enqueue import bulk, unique
+from natskiq.enqueue import bulk
 from natskiq.enqueue.auth import env_auth, redact_url
 from natskiq.enqueue.bulk import BULK_WINDOW
+from natskiq.enqueue.connection import Connector, nats_defaults, split_urls
+from natskiq.enqueue.publish import store, store_retrying
+from natskiq.enqueue.unique_locks import UniqueLocks
 from natskiq.errors import ConfigError, EnqueueError, NotConnected
 from natskiq.middleware import ClientMiddleware
-from natskiq.topology import Names, ensure_bucket, ensure_queue
+from natskiq.topology import Names, ensure_queue
 from natskiq.worker import Options, Worker, open_clients
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
 MAX_JOB_BYTES = 1024 * 1024
-CONNECT_ATTEMPTS = 3
-PUBLISH_TIMEOUT = 5.0  # seconds one publish waits for its PubAck (nats-py's JetStream default)
 REENSURE = 60.0  # seconds before a client looks at a queue's stream again (new partitions)
-
-# Errors that say a connect failed but not why (the server closed on us, or ran out of tries).
-_VAGUE = (nats.errors.NoServersError, nats.errors.UnexpectedEOF, nats.errors.ConnectionClosedError)
 
 
 def current_client() -> Client:
@@ -70,29 +69,9 @@ def current_client() -> Client:
     return cast(Client, open_clients[-1])
 
 
-def split_urls(url: str | None) -> list[str]:
-    """One URL or a comma-separated list, defaulting to ``$NATSKIQ_URL``."""
-    raw = url or os.environ.get("NATSKIQ_URL") or DEFAULT_URL
-    urls = [part.strip() for part in raw.split(",") if part.strip()]
-    if not urls:
-        raise ConfigError(f"no NATS URL in {redact_url(raw)!r}")
-    return urls
-
-
 def rfc3339(epoch: float) -> str:
     """An epoch time as the RFC 3339 UTC form ``Nats-Schedule`` wants."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def nats_defaults() -> dict[str, Any]:
-    """Connection options for processes that must outlive a server restart."""
-    return {
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.25,
-        "ping_interval": 5,
-        "max_outstanding_pings": 3,
-        "connect_timeout": 3,
-    }
 
 
 @attrs.define
@@ -119,9 +98,7 @@ class Client:
     _ensured: dict[str, float] = attrs.field(init=False, factory=dict)
     """Queues ensured, with when to look at their stream again (partitions may be added)."""
     _max_bytes: int = attrs.field(init=False, default=MAX_JOB_BYTES)
-    _unique_ready: bool = attrs.field(init=False, default=False)
-    _opening: anyio.CancelScope | None = attrs.field(init=False, default=None, repr=False)
-    _connect_errors: list[Exception] = attrs.field(init=False, factory=list, repr=False)
+    _locks: UniqueLocks = attrs.field(init=False, default=attrs.Factory(UniqueLocks, takes_self=True))
 
     def __attrs_post_init__(self) -> None:
         self.names = Names(self.namespace)
@@ -145,116 +122,16 @@ class Client:
     async def open(self) -> Client:
         """Connect, and become the default client."""
         urls = split_urls(self.url)
-        options = {**nats_defaults(), **self._callbacks(redact_url(",".join(urls))), **self.nats_options}
+        connector = Connector(urls, lambda: self._nc)
+        options = {**nats_defaults(), **connector.callbacks(), **self.nats_options}
         options.update(env_auth(self.nats_options, urls))
-        self._nc = await self._connect(urls, options)
+        self._nc = await connector.connect(options)
         self._js = self._nc.jetstream()
         # Room for what natskiq adds on the way: enqueue, dispatch and retry
         # headers, a failure's error fields (the server's limit counts headers).
         self._max_bytes = min(MAX_JOB_BYTES, self._nc.max_payload or MAX_JOB_BYTES) - jobs.MAX_OVERHEAD
         open_clients.append(self)
         return self
-
-    async def _connect(self, urls: list[str], options: dict[str, Any]) -> NATS:
-        """The first connection, or a ConfigError that says why not (without secrets)."""
-        # nats-py retries a first connect as often as it reconnects later: with
-        # "forever" a wrong URL would hang. Try a few rounds, then say so;
-        # once connected, reconnect as configured (forever by default).
-        reconnects = options.pop("max_reconnect_attempts")
-        where = redact_url(",".join(urls))
-        self._opening, self._connect_errors = anyio.CancelScope(), []
-        nc: NATS | None = None
-        try:
-            with self._opening:
-                nc = await nats.connect(servers=urls, max_reconnect_attempts=CONNECT_ATTEMPTS, **options)
-        except (OSError, NatsError, TimeoutError) as exc:
-            raise ConfigError(f"cannot connect to NATS at {where}: {self._connect_failure(exc)}") from exc
-        finally:
-            self._opening = None
-        if nc is None:  # given up after a TLS failure: see _callbacks
-            raise ConfigError(f"cannot connect to NATS at {where}: {self._connect_failure(None)}")
-        nc.options["max_reconnect_attempts"] = reconnects
-        return nc
-
-    def _connect_failure(self, exc: BaseException | None) -> str:
-        """Why a first connect failed: what the server or TLS said, rather than "no servers"."""
-        errors: list[BaseException] = list(self._connect_errors)
-        telling = [e for e in errors if isinstance(e, ssl.SSLError | NatsError) and not isinstance(e, _VAGUE)]
-        if exc is not None and not isinstance(exc, _VAGUE):
-            errors.append(exc)
-        cause = (telling or errors or [exc])[-1]
-        text = str(cause) or type(cause).__name__
-        if isinstance(cause, TimeoutError):
-            text = "timed out"
-        elif isinstance(cause, ConnectionRefusedError):
-            text = "connection refused (is a nats-server listening there?)"
-        if "authorization violation" in text.lower():
-            text += " (the server refused these credentials, or needs some)"
-        elif isinstance(cause, ssl.SSLCertVerificationError):
-            text += " (trust the CA that signed the server's certificate: tls_ca, $NATSKIQ_TLS_CA)"
-        elif "CERTIFICATE_REQUIRED" in text:
-            text += " (the server wants a client certificate: tls_cert and tls_key)"
-        return text
-
-    def _callbacks(self, where: str) -> dict[str, Any]:
-        """nats-py's connection callbacks, logging through ``natskiq.enqueue.client``.
-
-        Without them nats-py logs every failed attempt itself ("nats:
-        encountered error", with a traceback). While the first connect is
-        tried, and while a lost connection is being re-established (every
-        ``reconnect_time_wait``, forever by default), each failed attempt is
-        logged at DEBUG only: a first connect that fails raises a ConfigError
-        saying why, and an outage is logged once at WARNING when the
-        connection drops and once when it is back (or, at ERROR, when nats-py
-        gives up on it).
-        """
-        down_since: float | None = None  # when the connection dropped, while it is down
-
-        async def error(exc: Exception) -> None:
-            if self._opening is not None:
-                log.debug("connecting to NATS at %s: %s", where, exc)
-                self._connect_errors.append(exc)
-                if isinstance(exc, ssl.SSLError):
-                    # nats-py hangs closing a connection whose TLS handshake failed
-                    # (nats.py issue 718), and no retry fixes a certificate: give up.
-                    self._opening.cancel()
-            elif (
-                down_since is not None
-                or isinstance(exc, nats.errors.UnexpectedEOF)
-                or (self._nc is not None and self._nc.is_reconnecting)
-            ):
-                # A failed reconnect attempt, or the drop disconnected() reports.
-                log.debug("NATS connection error: %s", exc)
-            else:
-                log.warning("NATS connection error: %s", str(exc) or type(exc).__name__)
-
-        async def disconnected() -> None:
-            nonlocal down_since
-            nc = self._nc
-            if nc is not None and not (nc.is_closed or nc.is_draining) and down_since is None:
-                down_since = time.monotonic()
-                log.warning("lost the connection to NATS at %s; reconnecting", where)
-
-        async def reconnected() -> None:
-            nonlocal down_since
-            url = self._nc.connected_url if self._nc is not None else None
-            since, down_since = down_since, None
-            log.warning(
-                "reconnected to NATS at %s after %.1f s",
-                redact_url(url.geturl()) if url else where,
-                time.monotonic() - (since or time.monotonic()),
-            )
-
-        async def closed() -> None:
-            if self._nc is not None and down_since is not None:
-                log.error("gave up reconnecting to NATS at %s: the connection is closed", where)
-
-        return {
-            "error_cb": error,
-            "disconnected_cb": disconnected,
-            "reconnected_cb": reconnected,
-            "closed_cb": closed,
-        }
 
     async def close(self) -> None:
         """Flush and disconnect; stop being the default client."""
@@ -354,7 +231,7 @@ class Client:
             )
         if options.unique_for is not None:
             job = self.build(worker, args, kwargs, options=options, at=at)
-            return (await self._store_unique(job, options))[1]
+            return (await self._locks.store(job, options))[1]
         # The plain enqueue, the hot path: its envelope encoded straight from the call.
         _check_worker(worker)
         jobs.check_arguments(args, kwargs)
@@ -375,7 +252,7 @@ class Client:
             if current is not job:
                 jobs.check_job(current)
             if options.unique_for is not None:
-                stored, jid = await self._store_unique(current, options)
+                stored, jid = await self._locks.store(current, options)
             else:
                 await self.publish(current)
                 stored, jid = current, current.jid
@@ -387,56 +264,6 @@ class Client:
             log.info("jid=%s class=%s queue=%s vetoed by client middleware", job.jid, job.cls, job.queue)
             return ""
         return outcome[-1]
-
-    async def _store_unique(self, job: jobs.Job, options: Options) -> tuple[jobs.Job | None, str]:
-        """Store a unique worker's job if its lock is free: ``(stored job or None, jid that will run)``."""
-        assert options.unique_for is not None
-        locked, holder = await self._lock(job, options.unique_for, options.unique_until)
-        if holder != job.jid:
-            return None, holder
-        stored = False
-        try:
-            await self.publish(locked)
-            stored = True
-        finally:
-            if not stored:
-                # Not stored (or not known to be): free the call for a retry
-                # rather than lock it out for unique_for seconds.
-                with anyio.CancelScope(shield=True):
-                    await unique.release(self.js, self.names, locked)
-        return locked, holder
-
-    async def _lock(self, job: jobs.Job, unique_for: float, until: str) -> tuple[jobs.Job, str]:
-        """:func:`natskiq.enqueue.unique.acquire`, creating the bucket first and riding out a failover."""
-        if not self._unique_ready:
-            try:
-                await ensure_bucket(
-                    self.js, self.names.unique_bucket, replicas=self.replicas, marker_ttl=unique.MARKER_TTL
-                )
-            except (NatsError, JSError, TimeoutError) as exc:
-                raise EnqueueError(f"cannot create the unique-jobs bucket: {exc!r}") from exc
-            self._unique_ready = True
-        ttl = unique.lock_ttl(unique_for, job.at, time.time())
-        deadline = anyio.current_time() + self.publish_timeout
-        pause = 0.05
-        while True:
-            try:
-                locked, holder = await unique.acquire(self.js, self.names, job, ttl=ttl, until=until)
-                break
-            except (NatsError, JSError, TimeoutError) as exc:
-                if not _retryable(exc) or anyio.current_time() + pause > deadline:
-                    raise EnqueueError(f"job {job.jid}: cannot take its unique lock: {exc!r}") from exc
-            await anyio.sleep(pause)
-            pause = min(1.0, pause * 2)
-        if holder != job.jid:
-            log.info(
-                "jid=%s class=%s queue=%s not enqueued: jid=%s holds its unique lock",
-                job.jid,
-                job.cls,
-                job.queue,
-                holder,
-            )
-        return locked, holder
 
     async def push_many(
         self,
@@ -496,49 +323,16 @@ class Client:
             headers["Nats-Schedule-Target"] = subject
             subject = self.names.scheduled_subject(queue, jid)
         try:
-            await self._store(subject, payload, headers)
+            await store(self.nc, subject, payload, headers)
         except (NatsError, JSError, TimeoutError) as exc:
-            await self._publish_retrying(jid, subject, payload, headers, exc)
+            await store_retrying(self, jid, subject, payload, headers, exc)
 
-    async def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        """``js.publish`` without building the PubAck, which natskiq never reads.
-
-        Raises the errors ``js.publish`` raises: NoStreamResponseError when no
-        stream listens, APIError when JetStream refuses the message.
-        """
-        try:
-            msg = await self.nc.request(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
-        except NoRespondersError:
-            raise NoStreamResponseError from None
-        if b'"error"' in msg.data:
-            error = json.loads(msg.data).get("error")
-            if error is not None:
-                raise APIError.from_error(error)
-
-    async def _publish_retrying(
-        self, jid: str, subject: str, payload: bytes, headers: dict[str, str], failure: Exception
-    ) -> None:
-        """Publish again until JetStream acknowledges, riding out a failover.
-
-        While a server restarts or a stream elects a new leader, publishes
-        time out or find no responders; the same ``Nats-Msg-Id`` is sent
-        again (the duplicate window makes that safe) for up to
-        ``publish_timeout`` seconds after the first failure.
-        """
-        deadline = anyio.current_time() + self.publish_timeout
-        pause = 0.05
-        while True:
-            if not _retryable(failure) or anyio.current_time() + pause > deadline:
-                raise EnqueueError(f"job {jid} was not stored: {failure!r}") from failure
-            log.debug("publish of %s failed (%r); retrying", jid, failure)
-            await anyio.sleep(pause)
-            pause = min(1.0, pause * 2)
-            try:
-                # A copy each time: nats-py adds headers to the dict it is given.
-                await self._store(subject, payload, dict(headers))
-                return
-            except (NatsError, JSError, TimeoutError) as exc:
-                failure = exc
+    def _lock(
+        self, job: jobs.Job, unique_for: float, until: str
+    ) -> Coroutine[Any, Any, tuple[jobs.Job, str]]:
+        """:meth:`UniqueLocks.take <natskiq.enqueue.unique_locks.UniqueLocks.take>`, for
+        :mod:`natskiq.enqueue.bulk` (its coroutine, handed on without an await of its own)."""
+        return self._locks.take(job, unique_for, until)
 
 
 def _check_worker(worker: object) -> None:
@@ -549,15 +343,6 @@ def _check_worker(worker: object) -> None:
 def _expires_at(options: Options, at: float | None, now: float) -> float | None:
     """When a job must have started by: ``expires_in`` after it is due."""
     return None if options.expires_in is None else (at or now) + options.expires_in
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Errors of a server or stream leader that is briefly away, not of a bad request."""
-    if isinstance(
-        exc, TimeoutError | NoRespondersError | ConnectionReconnectingError | NoStreamResponseError
-    ):
-        return True
-    return isinstance(exc, APIError) and exc.code in (503, 504)
 
 
 def connect(

@@ -8,169 +8,49 @@ keeps the node's entry in the nodes bucket fresh, and shuts down in
 Sidekiq's two steps: ``quiet`` (take no new work, give up the lease so
 another node takes over at once) and ``stop`` (wait up to ``timeout`` for
 running jobs, then cancel them, which NAKs them so they run elsewhere).
+
+It receives :class:`~natskiq.ops.settings.Settings` (re-exported here, with
+:func:`~natskiq.ops.settings.import_app` and :data:`EVENT_LOOPS`) and hands
+the parts to its collaborators: :func:`~natskiq.ops.provision.provision`
+creates the streams and buckets, a :class:`~natskiq.ops.heartbeat.Heartbeat`
+keeps the node's entry, and :mod:`natskiq.ops.watches` reads the commands
+sent to the node and looks at the partitions and the failed set. The
+launcher itself keeps the election, what a shard's master runs, and the
+two steps of a shutdown (by command or by signal).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
-import json
 import logging
-import os
 import signal
-import socket
-import sys
 import time
-from typing import Any
 
 import anyio
 import attrs
 from anyio.abc import TaskStatus
-from nats.errors import Error as NatsError
-from nats.js.errors import Error as JSError
-from nats.js.kv import KeyValue
 
 from natskiq import api
 from natskiq.dispatch.aggregator import Aggregator
 from natskiq.dispatch.lease import Lease
 from natskiq.dispatch.shards import Shards
-from natskiq.enqueue import cron
-from natskiq.enqueue.auth import redact_url
 from natskiq.enqueue.client import Client
 from natskiq.errors import ConfigError
+from natskiq.ops.heartbeat import Heartbeat
 from natskiq.ops.metrics import Metrics
 from natskiq.ops.metrics import serve as serve_metrics
+from natskiq.ops.provision import provision
+from natskiq.ops.settings import EVENT_LOOPS, Settings, import_app
+from natskiq.ops.watches import read_commands, watch_failed, watch_partitions
 from natskiq.run import sweep
 from natskiq.run.node import Node
-from natskiq.topology import (
-    MAX_PARTITIONS,
-    Names,
-    check_name,
-    ensure_bucket,
-    ensure_failed,
-    ensure_queue,
-    ensure_stats,
-    read_partitions,
-)
+
+__all__ = ["EVENT_LOOPS", "Launcher", "Settings", "import_app"]
 
 log = logging.getLogger(__name__)
 
 PARTITIONS_RECHECK = 10.0  # seconds between looks at the queues' partition counts
-
-NODE_TTL = 15.0
-NODE_BEAT = 2.0  # how often a node refreshes its entry (busy counts, running jobs)
-FAILED_CHECK = 10.0
-SETUP_TIMEOUT = 30.0
-EVENT_LOOPS = ("asyncio", "uvloop")
-
-
-def _default_node_id() -> str:
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
-    return f"{host or 'node'}-{os.getpid()}-{os.urandom(2).hex()}"
-
-
-def parse_queue(spec: str) -> tuple[str, int | None]:
-    """``name`` or ``name:weight`` (``name,weight`` as in Sidekiq works too)."""
-    name, sep, weight = spec.replace(",", ":").partition(":")
-    check_name("queue", name)
-    if not sep:
-        return name, None
-    try:
-        value = int(weight)
-    except ValueError:
-        raise ConfigError(f"queue weight in {spec!r} must be a whole number") from None
-    if value < 1:
-        raise ConfigError(f"queue weight in {spec!r} must be at least 1")
-    return name, value
-
-
-@attrs.frozen(kw_only=True)
-class Settings:
-    """Everything one worker process is configured with."""
-
-    url: str | None = attrs.field(default=None, repr=lambda url: repr(url and redact_url(url)))
-    namespace: str = "natskiq"
-    app: tuple[str, ...] = ()
-    queues: tuple[str, ...] = ("default",)
-    concurrency: int = 10
-    timeout: float = 25.0
-    replicas: int | None = None
-    lease_ttl: float = 5.0
-    ack_wait: float = 4.0
-    max_deliveries: int = 25
-    partitions: int | None = None
-    """Partitions per queue, hence dispatch shards (each with its own master);
-    None keeps what the streams have (1 for a new queue). Never lowered."""
-    metrics_port: int | None = None
-    failed_max_jobs: int | None = None
-    failed_max_days: float | None = None
-    node_id: str = attrs.field(factory=_default_node_id)
-    event_loop: str = "asyncio"
-    """``"asyncio"`` or ``"uvloop"``: the loop ``natskiq worker`` runs the launcher on."""
-    # Credentials and TLS (see natskiq.enqueue.auth.auth_options): kept out of repr.
-    nats_options: dict[str, Any] = attrs.field(factory=dict, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        check_name("node", self.node_id)
-        Names(self.namespace)  # validates it
-        if self.url is not None and not isinstance(self.url, str):
-            raise ConfigError(f"url must be a string, not {self.url!r}")
-        if self.partitions is not None and (
-            type(self.partitions) is not int or not 1 <= self.partitions <= MAX_PARTITIONS
-        ):
-            raise ConfigError(
-                f"partitions must be a whole number from 1 to {MAX_PARTITIONS}, not {self.partitions!r}"
-            )
-        for key in ("concurrency", "max_deliveries"):
-            if type(getattr(self, key)) is not int:
-                raise ConfigError(f"{key} must be a whole number, not {getattr(self, key)!r}")
-        for key in ("timeout", "lease_ttl", "ack_wait"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"{key} must be a number of seconds >= 0, not {value!r}")
-        if self.event_loop not in EVENT_LOOPS:
-            raise ConfigError(f"event loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
-        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-            raise ConfigError("event loop uvloop is not installed: pip install 'natskiq[uvloop]'")
-        if self.concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
-        if self.lease_ttl < 1:
-            raise ConfigError(f"lease TTL must be at least 1 s, not {self.lease_ttl}")
-        if self.max_deliveries < 1:
-            raise ConfigError(f"max deliveries must be at least 1, not {self.max_deliveries}")
-        if self.ack_wait < 1:
-            raise ConfigError(f"ack wait must be at least 1 s, not {self.ack_wait}")
-        if self.replicas not in (None, 1, 3, 5):
-            raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas!r}")
-        if not self.queues:
-            raise ConfigError("at least one queue is needed")
-        parsed = [parse_queue(q) for q in self.queues]
-        if len({q for q, _ in parsed}) != len(parsed):
-            raise ConfigError(f"a queue is listed twice in {list(self.queues)}")
-
-    @property
-    def queue_order(self) -> tuple[list[tuple[str, int]], bool]:
-        """``(queue, weight)`` pairs, and whether the order is strict (no weights)."""
-        parsed = [parse_queue(q) for q in self.queues]
-        strict = all(w is None for _, w in parsed)
-        return [(q, w or 1) for q, w in parsed], strict
-
-
-def import_app(modules: tuple[str, ...]) -> None:
-    """Import the modules that define the workers (``path/to/file.py`` works too)."""
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for module in modules:
-        name = module
-        if module.endswith(".py"):
-            directory, _, file = os.path.abspath(module).rpartition(os.sep)
-            sys.path.insert(0, directory)
-            name = file[:-3]
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import app module {module!r}: {exc}") from exc
+FAILED_CHECK = 10.0  # seconds between looks at the failed set's trim count
 
 
 @attrs.define
@@ -181,12 +61,11 @@ class Launcher:
     client: Client = attrs.field(init=False)
     node: Node = attrs.field(init=False)
     shards: Shards = attrs.field(init=False)
-    _shard_count: int = attrs.field(init=False, default=1)
     started_at: float = attrs.field(init=False, factory=time.time)
     _scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _elect_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _stopping: anyio.Event | None = attrs.field(init=False, default=None)
-    _nodes_kv: KeyValue | None = attrs.field(init=False, default=None)
+    _heartbeat: Heartbeat = attrs.field(init=False)
     metrics: Metrics | None = attrs.field(init=False, default=None)
     metrics_address: int | None = attrs.field(init=False, default=None)
 
@@ -207,23 +86,11 @@ class Launcher:
         )
         await self.client.open()
         order, strict = s.queue_order
-        # Several nodes starting together on a cluster create the same R3
-        # streams at once, and a stream's first leader election can time an
-        # API request out: retry what is transient, for a while.
-        deadline = anyio.current_time() + SETUP_TIMEOUT
-        while True:
-            try:
-                await self._create_topology(order)
-                break
-            except (NatsError, JSError, TimeoutError) as exc:
-                if anyio.current_time() > deadline:
-                    await self.client.close()
-                    raise ConfigError(f"cannot set up streams and buckets: {exc!r}") from exc
-                log.info("setting up streams and buckets: %r; trying again", exc)
-                await anyio.sleep(0.5)
-            except ConfigError:
-                await self.client.close()
-                raise
+        try:
+            provisioned = await provision(self.client, s)
+        except ConfigError:
+            await self.client.close()
+            raise
         self.node = Node(
             self.client.nc,
             self.client.names,
@@ -233,39 +100,17 @@ class Launcher:
             concurrency=s.concurrency,
             ack_wait=s.ack_wait,
             max_deliveries=s.max_deliveries,
-            shards=self._shard_count,
+            shards=provisioned.shards,
         )
         if s.metrics_port is not None:
             self.metrics = Metrics(outcomes=self.node.outcomes)
             self.node.middleware.append(self.metrics)
         self.shards = Shards(
-            self.client.nc, self.client.names, s.node_id, self._shard_count, self._lead, ttl=s.lease_ttl
+            self.client.nc, self.client.names, s.node_id, provisioned.shards, self._lead, ttl=s.lease_ttl
         )
-
-    async def _create_topology(self, order: list[tuple[str, int]]) -> None:
-        s, js, names = self.settings, self.client.js, self.client.names
-        counts = [
-            await ensure_queue(
-                js, names, queue, replicas=s.replicas, ack_wait=s.ack_wait, partitions=s.partitions
-            )
-            for queue, _ in order
-        ]
-        self._shard_count = max(counts)
-        max_age = s.failed_max_days * 86400 if s.failed_max_days else None
-        await ensure_failed(js, names, replicas=s.replicas, max_jobs=s.failed_max_jobs, max_age=max_age)
-        await ensure_stats(js, names, replicas=s.replicas)
-        await self._register_periodic()
-        await ensure_bucket(js, names.lease_bucket, replicas=s.replicas)
-        self._nodes_kv = await ensure_bucket(js, names.nodes_bucket, replicas=s.replicas)
-
-    async def _register_periodic(self) -> None:
-        """Store this app's periodic job definitions (unchanged ones are left alone)."""
-        definitions = cron.registered()
-        for queue in sorted({d.queue for d in definitions}):
-            await self.client.ensure_queue(queue)
-        written = await cron.register(self.client.js, self.client.names, definitions)
-        if definitions:
-            log.info("periodic jobs: %d defined, %d stored anew", len(definitions), written)
+        self._heartbeat = Heartbeat(
+            s, self.client, self.node, self.shards, provisioned.nodes_kv, started_at=self.started_at
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the node until :meth:`stop` (or a signal, via :meth:`serve`)."""
@@ -277,9 +122,9 @@ class Launcher:
                 self._scope = tg.cancel_scope
                 await tg.start(self.node.run)
                 tg.start_soon(self._elect)
-                tg.start_soon(self._heartbeat)
-                tg.start_soon(self._read_commands)
-                tg.start_soon(self._watch_failed)
+                tg.start_soon(self._heartbeat.run)
+                tg.start_soon(read_commands, self.client, self.settings.node_id, self.quiet, self.stop)
+                tg.start_soon(watch_failed, self.client, self.lease, FAILED_CHECK)
                 if self.metrics is not None and self.settings.metrics_port is not None:
                     self.metrics_address = await tg.start(
                         serve_metrics, self.metrics, self.client, self.settings.metrics_port
@@ -296,7 +141,7 @@ class Launcher:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(3):
-                await self._forget()
+                await self._heartbeat.forget()
                 await self.client.close()
             log.info("node %s stopped", self.settings.node_id)
 
@@ -304,26 +149,18 @@ class Launcher:
         assert self._elect_scope is not None
         with self._elect_scope:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_partitions, name="natskiq partitions")
+                queues = [queue for queue, _ in self.settings.queue_order[0]]
+                tg.start_soon(
+                    watch_partitions,
+                    self.client,
+                    queues,
+                    self.node,
+                    self.shards,
+                    PARTITIONS_RECHECK,
+                    name="natskiq partitions",
+                )
                 await self.shards.run()
                 tg.cancel_scope.cancel()
-
-    async def _watch_partitions(self) -> None:
-        """Every :data:`PARTITIONS_RECHECK` seconds, read the queues' partition
-        counts from their streams: when another node has raised them, take
-        part in the new shards' elections (no restart needed)."""
-        js, names = self.client.js, self.client.names
-        queues = [queue for queue, _ in self.settings.queue_order[0]]
-        while True:
-            await anyio.sleep(PARTITIONS_RECHECK)
-            try:
-                count = max([await read_partitions(js, names, queue) for queue in queues], default=1)
-            except (NatsError, JSError, TimeoutError) as exc:
-                log.debug("cannot read the queues' partitions: %r", exc)
-                continue
-            if count > self.shards.count:
-                self.node.shards = count
-                self.shards.grow(count)
 
     async def _lead(self, shard: int, token: int) -> None:
         aggregator = Aggregator(
@@ -373,83 +210,6 @@ class Launcher:
             log.warning(
                 "%d job(s) still running after %.0fs: they go back to the queue", self.node.busy, timeout
             )
-
-    def _info(self) -> bytes:
-        s = self.settings
-        return json.dumps(
-            {
-                "node": s.node_id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "queues": list(s.queues),
-                "concurrency": s.concurrency,
-                "busy": self.node.busy,
-                "started": self.started_at,
-                "master": self.is_master,
-                "shards": self.shards.led(),
-                "quiet": self.node.quiet,
-                "processed": self.node.processed,
-                "failed": self.node.failed,
-                "running": self.node.running_jobs(),
-                "at": time.time(),
-            }
-        ).encode()
-
-    async def _heartbeat(self) -> None:
-        """Keep this node's entry in the nodes bucket fresh (it expires if we die)."""
-        js, subject = self.client.js, f"$KV.{self.client.names.nodes_bucket}.{self.settings.node_id}"
-        while True:
-            try:
-                await js.publish(subject, self._info(), headers={"Nats-TTL": f"{int(NODE_TTL)}s"})
-            except (NatsError, JSError, TimeoutError) as exc:
-                log.debug("node heartbeat not stored: %r", exc)
-            await anyio.sleep(NODE_BEAT)
-
-    async def _read_commands(self) -> None:
-        """Obey ``quiet`` and ``stop`` sent to this node (``natskiq.api.command``)."""
-        sub = await self.client.nc.subscribe(self.client.names.command_subject(self.settings.node_id))
-        try:
-            async for msg in sub.messages:
-                verb = msg.data.decode(errors="replace").strip()
-                if verb == "quiet":
-                    self.quiet()
-                elif verb == "stop":
-                    self.stop()
-                if msg.reply:
-                    answer = "ok" if verb in ("quiet", "stop") else f"unknown command {verb[:40]!r}"
-                    await self.client.nc.publish(msg.reply, answer.encode())
-                log.info("command %r received", verb[:40])
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await sub.unsubscribe()
-
-    async def _watch_failed(self) -> None:
-        """Log when the failed set's limits push jobs out (the master says it, once)."""
-        seen: int | None = None
-        while True:
-            await anyio.sleep(FAILED_CHECK)
-            if not self.lease.held:
-                seen = None
-                continue
-            try:
-                _, trimmed = await api.failed_set_size(self.client)
-            except (NatsError, JSError, TimeoutError):
-                continue
-            if seen is not None and trimmed > seen:
-                log.warning(
-                    "the failed set is full: %d failed job(s) were dropped by its limits (%d in all); "
-                    "raise --failed-max-jobs / --failed-max-days or replay/delete failed jobs",
-                    trimmed - seen, trimmed,
-                )  # fmt: skip
-            seen = trimmed
-
-    async def _forget(self) -> None:
-        if self._nodes_kv is None:
-            return
-        try:
-            await self._nodes_kv.delete(self.settings.node_id)
-        except (NatsError, JSError, TimeoutError):
-            pass
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT (graceful stop) with SIGTSTP as quiet."""
