@@ -25,11 +25,6 @@ from natskiq.errors import NatskiqError, NotFound
 from natskiq.topology import check_name
 
 
-def _queue_prefix(client: Client) -> str:
-    """How the names of the namespace's queue streams begin."""
-    return f"{client.names.namespace.upper()}_Q_"
-
-
 async def queue_names(client: Client) -> list[str]:
     """Every queue with a stream in the client's namespace.
 
@@ -39,8 +34,8 @@ async def queue_names(client: Client) -> list[str]:
     Raises:
         NatskiqError: the server refused the request.
     """
-    prefix = _queue_prefix(client)
-    subject = f"{client.names.namespace}.queue.*"
+    prefix = client.names.queue_stream_prefix
+    subject = client.names.any_queue_subject
     found: list[str] = []
     while True:
         request = json.dumps({"offset": len(found), "subject": subject}).encode()
@@ -89,8 +84,8 @@ async def find_in(
             stream = names.queue_stream(queue)
             subject = {
                 "queued": names.ready_filter,
-                "scheduled": f"{names.namespace}.scheduled.{queue}.*",
-                "retry": f"{names.namespace}.retry.{queue}.*",
+                "scheduled": names.scheduled_filter(queue),
+                "retry": names.retry_filter(queue),
             }[kind]
         try:
             async for msg in scan(client, stream, subject, None):
@@ -112,8 +107,8 @@ async def _failed_queues(client: Client) -> list[str]:
         info = await client.js.stream_info(client.names.failed_stream, subjects_filter=">")
     except NotFoundError:
         return []
-    prefix = f"{client.names.namespace}.failed."
-    return sorted(s[len(prefix) :] for s in (info.state.subjects or {}) if s.startswith(prefix))
+    queues = (client.names.queue_of_failed(s) for s in info.state.subjects or {})
+    return sorted(q for q in queues if q is not None)
 
 
 async def find(

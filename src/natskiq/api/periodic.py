@@ -51,7 +51,7 @@ async def periodic_jobs(client: Client) -> list[PeriodicInfo]:
     out = []
     for queue in await queue_names(client):
         stream = client.names.queue_stream(queue)
-        async for msg in scan(client, stream, f"{client.names.namespace}.scheduled.{queue}.*", None):
+        async for msg in scan(client, stream, client.names.scheduled_filter(queue), None):
             entry = read_entry("scheduled", stream, queue, msg)
             headers = msg.headers or {}
             if entry.job is None or entry.job.periodic is None:
@@ -81,6 +81,6 @@ async def remove_periodic(client: Client, name: str) -> int:
     if not found:
         raise NotFound(f"no periodic job named {name!r}")
     for definition in found:
-        subject = f"{client.names.namespace}.scheduled.{definition.queue}.periodic-{name}"
+        subject = client.names.periodic_subject(definition.queue, name)
         await client.js.purge_stream(client.names.queue_stream(definition.queue), subject=subject)
     return len(found)

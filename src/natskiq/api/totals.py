@@ -67,7 +67,7 @@ async def queue_info(client: Client, queue: str) -> QueueInfo:
     names = client.names
     stream = names.queue_stream(check_name("queue", queue))
     try:
-        info = await client.js.stream_info(stream, subjects_filter=f"{names.namespace}.*.{queue}.>")
+        info = await client.js.stream_info(stream, subjects_filter=names.schedule_filter(queue))
         consumers = [
             await client.js.consumer_info(stream, names.consumer(shard))
             for shard in range(partitions_of(names, queue, info.config.subjects))
@@ -75,8 +75,8 @@ async def queue_info(client: Client, queue: str) -> QueueInfo:
     except NotFoundError:
         raise NotFound(f"no queue named {queue!r} in namespace {names.namespace!r}") from None
     subjects = info.state.subjects or {}
-    scheduled = sum(n for s, n in subjects.items() if s.startswith(f"{names.namespace}.scheduled."))
-    retries = sum(n for s, n in subjects.items() if s.startswith(f"{names.namespace}.retry."))
+    scheduled = sum(n for s, n in subjects.items() if names.kind_of(queue, s) == "scheduled")
+    retries = sum(n for s, n in subjects.items() if names.kind_of(queue, s) == "retry")
     latency = 0.0
     oldest = await find_in(client, "queued", [queue], Filter(), 1)
     since = oldest[0].enqueued_at if oldest else None

@@ -214,7 +214,7 @@ async def _last(js: JetStreamContext, names: Names, shard: int = 0) -> jsapi.Raw
     """The lease key's newest message (a write, a delete or an expiry marker), if any."""
     try:
         return await js.get_msg(
-            f"KV_{names.lease_bucket}", subject=names.lease_subject(names.shard_key(shard))
+            names.kv_stream(names.lease_bucket), subject=names.lease_subject(names.shard_key(shard))
         )
     except NotFoundError:
         return None

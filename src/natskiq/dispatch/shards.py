@@ -175,12 +175,11 @@ class Shards:
 async def latest(js: JetStreamContext, bucket: str) -> dict[str, dict[str, Any]]:
     """Every live key of a KV bucket with its JSON value and ``revision``
     (keys deleted or expired, and values not JSON objects, left out)."""
-    stream = f"KV_{bucket}"
+    stream = Names.kv_stream(bucket)
     try:
         info = await js.stream_info(stream, subjects_filter=">")
     except NotFoundError:
         return {}
-    prefix = f"$KV.{bucket}."
     out = {}
     for subject in info.state.subjects or {}:
         try:
@@ -193,8 +192,9 @@ async def latest(js: JetStreamContext, bucket: str) -> dict[str, dict[str, Any]]
             value = json.loads(msg.data)
         except ValueError:
             continue
-        if isinstance(value, dict):
-            out[subject.removeprefix(prefix)] = {**value, "revision": msg.seq}
+        key = Names.kv_key(bucket, subject)
+        if isinstance(value, dict) and key is not None:
+            out[key] = {**value, "revision": msg.seq}
     return out
 
 

@@ -26,10 +26,10 @@ from nats.js.errors import NotFoundError
 
 from natskiq import job as jobs
 from natskiq.errors import ConfigError
-from natskiq.topology import Names, check_name
+from natskiq.topology import PERIODIC_PREFIX, Names, check_name
 from natskiq.worker import Worker
 
-PREFIX = "periodic-"
+PREFIX = PERIODIC_PREFIX
 _EVERY = re.compile(r"@every (\d+(?:\.\d+)?)(ms|s|m|h)")
 _ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
@@ -137,7 +137,7 @@ def registered() -> list[Periodic]:
 
 
 def subject(names: Names, definition: Periodic) -> str:
-    return f"{names.namespace}.scheduled.{definition.queue}.{PREFIX}{definition.name}"
+    return names.periodic_subject(definition.queue, definition.name)
 
 
 async def register(js: JetStreamContext, names: Names, definitions: list[Periodic]) -> int:

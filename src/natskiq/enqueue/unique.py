@@ -87,7 +87,7 @@ def _is_tombstone(msg: jsapi.RawStreamMsg) -> bool:
 
 async def _last(js: JetStreamContext, names: Names, key: str) -> jsapi.RawStreamMsg | None:
     try:
-        return await js.get_msg(f"KV_{names.unique_bucket}", subject=names.unique_subject(key))
+        return await js.get_msg(names.kv_stream(names.unique_bucket), subject=names.unique_subject(key))
     except NotFoundError:
         return None
 

@@ -50,7 +50,7 @@ class Heartbeat:
 
     async def run(self) -> None:
         """Keep this node's entry in the nodes bucket fresh (it expires if we die)."""
-        js, subject = self.client.js, f"$KV.{self.client.names.nodes_bucket}.{self.settings.node_id}"
+        js, subject = self.client.js, self.client.names.node_subject(self.settings.node_id)
         while True:
             try:
                 await js.publish(subject, self._info(), headers={"Nats-TTL": f"{int(NODE_TTL)}s"})

@@ -208,7 +208,7 @@ async def ensure_stats(js: JetStreamContext, names: Names, *, replicas: int | No
     """Create the counter stream holding cluster-wide totals (ADR-49 counters)."""
     config = jsapi.StreamConfig(
         name=names.stats_stream,
-        subjects=[f"{names.namespace}.stats.>"],
+        subjects=[names.stats_subjects],
         retention=jsapi.RetentionPolicy.LIMITS,
         storage=jsapi.StorageType.FILE,
         num_replicas=replicas or 1,
@@ -240,7 +240,7 @@ async def ensure_bucket(
         except APIError:
             # Another process created it first.
             kv = await js.key_value(bucket)
-    info = await js.stream_info(f"KV_{bucket}")
+    info = await js.stream_info(Names.kv_stream(bucket))
     if not info.config.allow_msg_ttl:
         raise ConfigError(f"KV bucket {bucket} exists without per-key TTLs (allow_msg_ttl)")
     if replicas and info.config.num_replicas != replicas:

@@ -25,6 +25,9 @@ LEASE_KEY = "aggregator"
 MAX_PARTITIONS = 64
 
 
+PERIODIC_PREFIX = "periodic-"  # a periodic definition's schedule subject ends periodic-<name>
+
+
 def check_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a safe queue/node name, else raise ConfigError.
 
@@ -62,7 +65,18 @@ class Names:
         return self.namespace.upper()
 
     def queue_stream(self, queue: str) -> str:
-        return f"{self._stream_prefix}_Q_{check_name('queue', queue)}"
+        return f"{self.queue_stream_prefix}{check_name('queue', queue)}"
+
+    @property
+    def queue_stream_prefix(self) -> str:
+        """How the names of the namespace's queue streams begin (``<NS>_Q_``)."""
+        return f"{self._stream_prefix}_Q_"
+
+    @property
+    def any_queue_subject(self) -> str:
+        """A filter matching partition 0's ready subject of every queue (``<ns>.queue.*``):
+        a stream holding it is a queue's."""
+        return f"{self.namespace}.queue.*"
 
     def queue_subject(self, queue: str) -> str:
         subject = self._queue_subjects.get(queue) if type(queue) is str else None
@@ -138,6 +152,18 @@ class Names:
             return kind
         return None
 
+    def scheduled_filter(self, queue: str) -> str:
+        """The queue's scheduled jobs (and periodic definitions), within its stream."""
+        return f"{self.namespace}.scheduled.{check_name('queue', queue)}.*"
+
+    def retry_filter(self, queue: str) -> str:
+        """The queue's jobs waiting for a retry, within its stream."""
+        return f"{self.namespace}.retry.{check_name('queue', queue)}.*"
+
+    def periodic_subject(self, queue: str, name: str) -> str:
+        """The repeating schedule of periodic job ``name`` (``periodic-<name>``), in its queue's stream."""
+        return f"{self.namespace}.scheduled.{check_name('queue', queue)}.{PERIODIC_PREFIX}{name}"
+
     def schedule_filter(self, queue: str) -> str:
         """One filter for the queue's scheduled and retry subjects: in its stream
         it matches those two and nothing else (``<ns>.queue.<q>`` has a token less)."""
@@ -154,9 +180,19 @@ class Names:
     def failed_subjects(self) -> str:
         return f"{self.namespace}.failed.*"
 
+    def queue_of_failed(self, subject: str) -> str | None:
+        """The queue whose failed jobs ``subject`` holds, or None for another subject."""
+        prefix = f"{self.namespace}.failed."
+        return subject[len(prefix) :] if subject.startswith(prefix) else None
+
     @property
     def stats_stream(self) -> str:
         return f"{self._stream_prefix}_STATS"
+
+    @property
+    def stats_subjects(self) -> str:
+        """Every counter's subject: what the stats stream holds."""
+        return f"{self.namespace}.stats.>"
 
     def stats_subject(self, name: str, day: str | None = None) -> str:
         """A counter's subject: ``<ns>.stats.<name>``, or per UTC day ``...<name>.<YYYY-MM-DD>``."""
@@ -178,11 +214,31 @@ class Names:
 
     def unique_subject(self, key: str) -> str:
         """The KV subject of a unique-job lock (a create or a release is a publish to it)."""
-        return f"$KV.{self.unique_bucket}.{check_name('unique key', key)}"
+        return self.kv_subject(self.unique_bucket, check_name("unique key", key))
 
     def lease_subject(self, key: str = LEASE_KEY) -> str:
         """The KV subject of a lease key (used to renew with a TTL)."""
-        return f"$KV.{self.lease_bucket}.{key}"
+        return self.kv_subject(self.lease_bucket, key)
+
+    def node_subject(self, node_id: str) -> str:
+        """The KV subject of a node's heartbeat entry in the nodes bucket."""
+        return self.kv_subject(self.nodes_bucket, node_id)
+
+    @staticmethod
+    def kv_stream(bucket: str) -> str:
+        """The stream behind a KV bucket."""
+        return f"KV_{bucket}"
+
+    @staticmethod
+    def kv_subject(bucket: str, key: str) -> str:
+        """The subject a KV bucket stores ``key`` on (``$KV.<bucket>.<key>``)."""
+        return f"$KV.{bucket}.{key}"
+
+    @staticmethod
+    def kv_key(bucket: str, subject: str) -> str | None:
+        """The key a KV bucket's ``subject`` stores, or None for another subject."""
+        prefix = f"$KV.{bucket}."
+        return subject[len(prefix) :] if subject.startswith(prefix) else None
 
     @staticmethod
     def shard_key(shard: int) -> str:
