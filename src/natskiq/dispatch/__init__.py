@@ -1,4 +1,4 @@
-"""Stage 2, dispatch: one master per shard pulls ready jobs and hands them to nodes.
+"""Stages 3 and 4, election and dispatch: one master per shard pulls ready jobs and hands them to nodes.
 
 ``lease`` is the compare-and-set election with its fencing token, ``shards``
 runs one election per dispatch shard and balances them between nodes, and

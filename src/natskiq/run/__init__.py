@@ -1,4 +1,4 @@
-"""Stage 3, run and settle: a node fences, runs and acknowledges the jobs it is handed.
+"""Stages 5 and 6, run and settle: a node fences, runs and acknowledges the jobs it is handed.
 
 ``node`` receives dispatches and runs them, ``retry`` settles a failed run
 (backoff to the retry subject, or the failed set once retries run out), and
