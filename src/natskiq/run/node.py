@@ -61,6 +61,7 @@ from natskiq.dispatch.protocol import (
 from natskiq.enqueue import unique
 from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
 from natskiq.run import retry
+from natskiq.run.stats import Stats
 from natskiq.topology import MAX_PARTITIONS, Names
 from natskiq.worker import Worker, is_async, lookup
 
@@ -70,7 +71,6 @@ SETTLE_TIMEOUT = 5.0
 SETTLE_ATTEMPTS = 5
 ACK_LINGER = 0.001
 RUN_SLICE = 0.005  # seconds a runner may run jobs back to back before it yields
-STATS_INTERVAL = 1.0
 MAX_DELIVERIES = 25
 UNCONFIRMED_DELAY = 1.0  # seconds before a dispatch whose token could not be confirmed comes back
 CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
@@ -103,8 +103,6 @@ class Node:
     shards: int = 1
     capacity_hooks: list[Callable[[], None]] = attrs.field(factory=list)
     """The masters in this process (one per shard it leads), told at once when slots free up."""
-    processed: int = attrs.field(init=False, default=0)
-    failed: int = attrs.field(init=False, default=0)
     _busy: int = attrs.field(init=False, default=0)
     _max_token: dict[int, int] = attrs.field(init=False, factory=dict)
     """Per shard, the newest master token seen (and confirmed): older ones are fenced out."""
@@ -114,11 +112,6 @@ class Node:
     _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
     _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
     _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
-    _unflushed: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    _stat_pending: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    _stat_inflight: dict[str, tuple[str, int]] = attrs.field(init=False, factory=dict)
-    _stat_ids: int = attrs.field(init=False, default=0)
-    _started: str = attrs.field(init=False, factory=lambda: f"{time.time():.6f}")
     outcomes: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     """Where this node's failed runs went: ``retry``, ``failed`` or ``discarded``."""
     _threads: anyio.CapacityLimiter = attrs.field(init=False)
@@ -133,11 +126,13 @@ class Node:
     _js: JetStreamContext | None = attrs.field(init=False, default=None)
     _acks: list[str] = attrs.field(init=False, factory=list)
     _acks_ready: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _stats: Stats = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._threads = anyio.CapacityLimiter(self.concurrency)
         self._send, self._recv = anyio.create_memory_object_stream[Delivery](math.inf)
         self._idle.set()
+        self._stats = Stats(self._jetstream(), self.names, self.node_id)
 
     @property
     def busy(self) -> int:
@@ -153,6 +148,16 @@ class Node:
     def quiet(self) -> bool:
         """Whether the node takes no new jobs (told to be quiet, or not running)."""
         return self._quiet or self._tg is None
+
+    @property
+    def processed(self) -> int:
+        """Runs this node finished (Sidekiq's processed)."""
+        return self._stats.processed
+
+    @property
+    def failed(self) -> int:
+        """Runs this node finished that failed."""
+        return self._stats.failed
 
     def running_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The jobs running here now (jid, class, queue, started), oldest first."""
@@ -227,7 +232,7 @@ class Node:
                 tg.start_soon(self._read_cancels, cancel_sub)
                 tg.start_soon(self._report_demand)
                 tg.start_soon(self._keep_alive)
-                tg.start_soon(self._keep_stats)
+                tg.start_soon(self._stats.run)
                 tg.start_soon(self._ack_batches)
                 self._tg = tg
                 task_status.started()
@@ -507,7 +512,7 @@ class Node:
                 log.exception("error after a job from %s was settled", delivery.reply)
                 return
             log.exception("could not handle a job from %s; keeping it in the failed set", delivery.reply)
-            self._count(failed=True)
+            self._stats.count(failed=True)
             reason = f"natskiq could not handle this job: {type(exc).__qualname__}: {retry.describe(exc)}"
             await self._settle_with(
                 retry.fail_invalid, delivery.data, reason, queue=_origin(delivery.reply)[0],
@@ -522,7 +527,7 @@ class Node:
         try:
             job = jobs.decode(delivery.data)
         except InvalidJob as exc:
-            self._count(failed=True)
+            self._stats.count(failed=True)
             await self._settle_with(retry.fail_invalid, delivery.data, exc.reason, queue=queue, **where)
             return
         if job.queue != queue:
@@ -536,14 +541,14 @@ class Node:
         if delivered > self.max_deliveries:
             # Delivered again and again, never settled: it likely kills the
             # process that runs it. Keep it in the failed set, don't run it.
-            self._count(failed=True)
+            self._stats.count(failed=True)
             limit = DeliveryLimit(delivered)
             await self._settle_with(retry.route, job, limit, worker=None, kill=True, **where)
             return
         try:
             worker: type[Worker] | None = lookup(job.cls)
         except UnknownWorker as exc:
-            self._count(failed=True)
+            self._stats.count(failed=True)
             await self._settle_with(retry.route, job, exc, worker=None, **where)
             return
         assert worker is not None
@@ -586,13 +591,13 @@ class Node:
                     await ack()
             raise
         except Exception as exc:
-            self._count(failed=True)
+            self._stats.count(failed=True)
             await self._settle_with(retry.route, job, exc, worker=worker, **where)
             return
         finally:
             self._running.pop(job.jid, None)
             self._running_info.pop(job.jid, None)
-        self._count(failed=False)
+        self._stats.count(failed=False)
         if locked:
             await unique.on_success(js, self.names, job)
         await ack()
@@ -602,50 +607,6 @@ class Node:
         if self._js is None:
             self._js = self.nc.jetstream()
         return self._js
-
-    def _count(self, *, failed: bool) -> None:
-        """Sidekiq's stats: every finished run is processed; failures also failed."""
-        self.processed += 1
-        self._unflushed["processed"] += 1
-        if failed:
-            self.failed += 1
-            self._unflushed["failed"] += 1
-
-    async def _flush_stats(self) -> None:
-        """Add this node's counts to the cluster-wide counters (a JetStream counter stream).
-
-        Each subject has at most one increment in flight, sent again with the
-        same ``Nats-Msg-Id`` until it is acknowledged: an increment stored
-        whose PubAck was lost is not added twice.
-        """
-        js = self._jetstream()
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        for name in ("processed", "failed"):
-            count, self._unflushed[name] = self._unflushed[name], 0
-            if count:
-                for subject in (self.names.stats_subject(name), self.names.stats_subject(name, day)):
-                    self._stat_pending[subject] += count
-        for subject, count in list(self._stat_pending.items()):
-            if subject not in self._stat_inflight and count:
-                self._stat_ids += 1
-                self._stat_inflight[subject] = (f"{self.node_id}:{self._started}:{self._stat_ids}", count)
-                del self._stat_pending[subject]
-        for subject, (msg_id, count) in list(self._stat_inflight.items()):
-            try:
-                await js.publish(subject, b"", headers={"Nats-Incr": f"+{count}", "Nats-Msg-Id": msg_id})
-            except (NatsError, JSError, TimeoutError) as exc:
-                log.debug("stats not flushed yet: %r", exc)
-                return
-            del self._stat_inflight[subject]
-
-    async def _keep_stats(self) -> None:
-        try:
-            while True:
-                await anyio.sleep(STATS_INTERVAL)
-                await self._flush_stats()
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._flush_stats()
 
     async def _perform(self, worker: type[Worker], job: jobs.Job, delivery: Delivery) -> None:
         instance = worker()
