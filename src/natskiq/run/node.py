@@ -61,15 +61,13 @@ from natskiq.dispatch.protocol import (
 from natskiq.enqueue import unique
 from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
 from natskiq.run import retry
+from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
 from natskiq.topology import MAX_PARTITIONS, Names
 from natskiq.worker import Worker, is_async, lookup
 
 log = logging.getLogger(__name__)
 
-SETTLE_TIMEOUT = 5.0
-SETTLE_ATTEMPTS = 5
-ACK_LINGER = 0.001
 RUN_SLICE = 0.005  # seconds a runner may run jobs back to back before it yields
 MAX_DELIVERIES = 25
 UNCONFIRMED_DELAY = 1.0  # seconds before a dispatch whose token could not be confirmed comes back
@@ -108,12 +106,11 @@ class Node:
     """Per shard, the newest master token seen (and confirmed): older ones are fenced out."""
     _received: dict[int, int] = attrs.field(init=False, factory=dict)
     _quiet: bool = attrs.field(init=False, default=False)
-    _inflight: set[Delivery] = attrs.field(init=False, factory=set)
+    _held: set[Delivery] = attrs.field(init=False, factory=set)
+    """Deliveries received and not yet settled (the settler's and the executor's too)."""
     _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
     _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
     _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
-    outcomes: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    """Where this node's failed runs went: ``retry``, ``failed`` or ``discarded``."""
     _threads: anyio.CapacityLimiter = attrs.field(init=False)
     _send: MemoryObjectSendStream[Delivery] = attrs.field(init=False)
     _recv: MemoryObjectReceiveStream[Delivery] = attrs.field(init=False)
@@ -124,14 +121,14 @@ class Node:
     _waiting: int = attrs.field(init=False, default=0)
     _queued: int = attrs.field(init=False, default=0)
     _js: JetStreamContext | None = attrs.field(init=False, default=None)
-    _acks: list[str] = attrs.field(init=False, factory=list)
-    _acks_ready: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _settler: Settler = attrs.field(init=False)
     _stats: Stats = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._threads = anyio.CapacityLimiter(self.concurrency)
         self._send, self._recv = anyio.create_memory_object_stream[Delivery](math.inf)
         self._idle.set()
+        self._settler = Settler(self.nc, self._jetstream(), self.names, self._held, self.ack_wait)
         self._stats = Stats(self._jetstream(), self.names, self.node_id)
 
     @property
@@ -158,6 +155,11 @@ class Node:
     def failed(self) -> int:
         """Runs this node finished that failed."""
         return self._stats.failed
+
+    @property
+    def outcomes(self) -> collections.Counter[str]:
+        """Where this node's failed runs went: ``retry``, ``failed`` or ``discarded``."""
+        return self._settler.outcomes
 
     def running_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The jobs running here now (jid, class, queue, started), oldest first."""
@@ -196,7 +198,7 @@ class Node:
                 self._max_token[shard], self._received[shard] = delivery.token, 0
             if delivery.token >= newest:
                 self._received[shard] = self._received.get(shard, 0) + 1
-            self._inflight.add(delivery)
+            self._held.add(delivery)
             self._send.send_nowait(delivery)
         self._busy += len(deliveries)
         self._queued += len(deliveries)
@@ -225,26 +227,24 @@ class Node:
         dispatch_inbox = await Inbox.subscribe(self.nc, self.names.dispatch_subject(self.node_id))
         master_sub = await self.nc.subscribe(self.names.master_subject)
         cancel_sub = await self.nc.subscribe(self.names.cancel_subject)
+        settler = self._settler
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_dispatches, dispatch_inbox)
                 tg.start_soon(self._read_masters, master_sub)
                 tg.start_soon(self._read_cancels, cancel_sub)
                 tg.start_soon(self._report_demand)
-                tg.start_soon(self._keep_alive)
+                tg.start_soon(settler.keep_alive)
                 tg.start_soon(self._stats.run)
-                tg.start_soon(self._ack_batches)
-                self._tg = tg
+                tg.start_soon(settler.send_acks)
+                self._tg, settler.batching = tg, True
                 task_status.started()
         finally:
-            self._tg = None
+            self._tg, settler.batching = None, False
             self._send.close()
             self._recv.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
-                await self._flush_acks()
-                for delivery in list(self._inflight):
-                    # Received but never started: back to the queue at once.
-                    await self._settle(delivery, b"-NAK")
+                await settler.hand_back()
             await dispatch_inbox.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await master_sub.unsubscribe()
@@ -338,7 +338,7 @@ class Node:
         kept = [d for d in batch if d.token <= self._max_token.get(d.shard, 0)]
         for delivery in batch:
             if delivery.token > self._max_token.get(delivery.shard, 0):
-                await self._settle(delivery, nak(UNCONFIRMED_DELAY))
+                await self._settler.settle(delivery, nak(UNCONFIRMED_DELAY))
         return kept
 
     async def _fetch(self, reply: str) -> bytes:
@@ -398,38 +398,10 @@ class Node:
                 await changed.wait()
             await anyio.sleep(0.002)  # coalesce a burst of freed slots into one report
 
-    async def _keep_alive(self) -> None:
-        """In-progress acks for every job held, so none is redelivered mid-run.
-
-        Only for jobs still this node's: one whose ack wait has lapsed (the
-        node was paused, or a job blocked the event loop) may be running
-        elsewhere already, and must not be made to look fresh.
-        """
-        last = anyio.current_time()
-        while True:
-            await anyio.sleep(self.ack_wait / 3)
-            now = anyio.current_time()
-            if now - last > self.ack_wait * 0.75:
-                log.warning(
-                    "this node could not keep its jobs alive for %.1fs (paused, or a job blocked the "
-                    "event loop): jobs held past the %.0fs ack wait may run elsewhere too",
-                    now - last, self.ack_wait,
-                )  # fmt: skip
-            last = now
-            for delivery in list(self._inflight):
-                if delivery.stale(now):
-                    continue
-                try:
-                    await self.nc.publish(delivery.reply, b"+WPI")
-                except NatsError as exc:
-                    log.debug("in-progress ack not sent: %r", exc)
-                    continue
-                delivery.expires = now + self.ack_wait
-
     # -- running --------------------------------------------------------
 
     def _done(self, delivery: Delivery) -> None:
-        self._inflight.discard(delivery)
+        self._held.discard(delivery)
         self._busy -= 1
         if self._busy == 0:
             self._idle.set()
@@ -450,6 +422,7 @@ class Node:
                     return  # no more deliveries: the node is stopping
 
     async def _run_jobs(self, scope: anyio.CancelScope) -> None:
+        settle = self._settler.settle  # looked up once per runner rather than once per job
         slice_ends = time.perf_counter() + RUN_SLICE
         while not scope.cancel_called:
             try:
@@ -472,20 +445,20 @@ class Node:
                     # job to another node (fencing per delivery). Neither run
                     # nor NAK it; if it was not redelivered, it is once its
                     # ack wait ends.
-                    self._inflight.discard(delivery)
+                    self._held.discard(delivery)
                     log.warning("not starting a job held past its ack wait: %s", delivery.reply)
                 elif self._quiet or delivery.token < self._max_token.get(delivery.shard, 0):
                     # Quiet means no new job starts here, and a job handed out
                     # by a master that has since been replaced does not start
                     # either (fencing): back to the queue, to run at once.
-                    await self._settle(delivery, b"-NAK")
+                    await settle(delivery, b"-NAK")
                 else:
                     await self._process(delivery, scope)
             except anyio.get_cancelled_exc_class():
-                if delivery in self._inflight:
+                if delivery in self._held:
                     # Shut down while running: hand the job back at once.
                     with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
-                        await self._settle(delivery, b"-NAK")
+                        await settle(delivery, b"-NAK")
                 raise
             finally:
                 self._done(delivery)
@@ -508,27 +481,27 @@ class Node:
         try:
             await self._handle(delivery, scope)
         except Exception as exc:
-            if delivery not in self._inflight:
+            if delivery not in self._held:
                 log.exception("error after a job from %s was settled", delivery.reply)
                 return
             log.exception("could not handle a job from %s; keeping it in the failed set", delivery.reply)
             self._stats.count(failed=True)
             reason = f"natskiq could not handle this job: {type(exc).__qualname__}: {retry.describe(exc)}"
-            await self._settle_with(
+            await self._settler.store(
                 retry.fail_invalid, delivery.data, reason, queue=_origin(delivery.reply)[0],
-                ack=functools.partial(self._settle, delivery, b"+ACK"), seq=delivery.seq,
+                ack=functools.partial(self._settler.settle, delivery, b"+ACK"), seq=delivery.seq,
                 max_payload=self.nc.max_payload,
             )  # fmt: skip
 
     async def _handle(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
-        ack = functools.partial(self._settle, delivery, b"+ACK")
+        ack = functools.partial(self._settler.settle, delivery, b"+ACK")
         queue, delivered = _origin(delivery.reply)
         where = {"ack": ack, "seq": delivery.seq, "max_payload": self.nc.max_payload}
         try:
             job = jobs.decode(delivery.data)
         except InvalidJob as exc:
             self._stats.count(failed=True)
-            await self._settle_with(retry.fail_invalid, delivery.data, exc.reason, queue=queue, **where)
+            await self._settler.store(retry.fail_invalid, delivery.data, exc.reason, queue=queue, **where)
             return
         if job.queue != queue:
             # Trust the stream the job came from, not what its producer wrote.
@@ -543,13 +516,13 @@ class Node:
             # process that runs it. Keep it in the failed set, don't run it.
             self._stats.count(failed=True)
             limit = DeliveryLimit(delivered)
-            await self._settle_with(retry.route, job, limit, worker=None, kill=True, **where)
+            await self._settler.store(retry.route, job, limit, worker=None, kill=True, **where)
             return
         try:
             worker: type[Worker] | None = lookup(job.cls)
         except UnknownWorker as exc:
             self._stats.count(failed=True)
-            await self._settle_with(retry.route, job, exc, worker=None, **where)
+            await self._settler.store(retry.route, job, exc, worker=None, **where)
             return
         assert worker is not None
         await self._execute(worker, job, where, delivery, scope)
@@ -592,7 +565,7 @@ class Node:
             raise
         except Exception as exc:
             self._stats.count(failed=True)
-            await self._settle_with(retry.route, job, exc, worker=worker, **where)
+            await self._settler.store(retry.route, job, exc, worker=worker, **where)
             return
         finally:
             self._running.pop(job.jid, None)
@@ -627,58 +600,6 @@ class Node:
                 return await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
 
         await middleware.run_server(self.middleware, instance, job, perform)
-
-    async def _settle_with(self, route: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Store a successor, retrying while NATS is unreachable; returns the route's outcome.
-
-        If it still fails, the job is left unacked and JetStream redelivers
-        it after the ack wait: it runs again rather than being lost.
-        """
-        js = self._jetstream()
-        for attempt in range(SETTLE_ATTEMPTS):
-            try:
-                with anyio.fail_after(SETTLE_TIMEOUT):
-                    outcome = await route(js, self.names, *args, **kwargs)
-                if outcome is not None:
-                    self.outcomes[outcome] += 1
-                return outcome
-            except (NatsError, JSError, TimeoutError) as exc:
-                log.warning("could not store a retry/failed record (attempt %d): %r", attempt + 1, exc)
-                await anyio.sleep(0.2 * (attempt + 1))
-        return None
-
-    async def _settle(self, delivery: Delivery, verdict: bytes) -> None:
-        self._inflight.discard(delivery)
-        if verdict.startswith(b"-NAK") and delivery.stale(anyio.current_time()):
-            return  # it may be another node's by now: a NAK would hand back that delivery
-        if verdict == b"+ACK" and self._tg is not None:
-            # Acks go out in batches (see _ack_batches): one socket write for
-            # many jobs instead of one each.
-            self._acks.append(delivery.reply)
-            self._acks_ready.set()
-            return
-        try:
-            await self.nc.publish(delivery.reply, verdict)
-        except NatsError as exc:
-            log.warning("could not send %s: %r", verdict.decode(), exc)
-
-    async def _ack_batches(self) -> None:
-        """Send queued acks after a short linger, so they share socket writes."""
-        while True:
-            await self._acks_ready.wait()
-            await anyio.sleep(ACK_LINGER)
-            self._acks_ready = anyio.Event()
-            await self._flush_acks()
-
-    async def _flush_acks(self) -> None:
-        acks, self._acks = self._acks, []
-        for index, reply in enumerate(acks):
-            try:
-                await self.nc.publish(reply, b"+ACK")
-            except NatsError as exc:
-                # Not acked: JetStream redelivers these after the ack wait (at least once).
-                log.warning("could not send %d ack(s): %r", len(acks) - index, exc)
-                return
 
 
 def _origin(reply: str) -> tuple[str, int]:
