@@ -40,27 +40,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
-from nats.js.errors import Error as JSError
 
 from natskiq import job as jobs
 from natskiq import middleware
-from natskiq.dispatch.lease import current_token
-from natskiq.dispatch.protocol import (
-    ACK_HEADER,
-    FETCH_HEADER,
-    HEARTBEAT,
-    KEPT_HEADER,
-    SHARD_HEADER,
-    TOKEN_HEADER,
-    Delivery,
-    Inbox,
-    ack_field,
-    ack_tokens,
-    nak,
-)
+from natskiq.dispatch.protocol import HEARTBEAT, Delivery, Inbox, ack_tokens
 from natskiq.enqueue import unique
 from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
 from natskiq.run import retry
+from natskiq.run.fence import Fence
+from natskiq.run.intake import Intake
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
 from natskiq.topology import MAX_PARTITIONS, Names
@@ -70,7 +58,6 @@ log = logging.getLogger(__name__)
 
 RUN_SLICE = 0.005  # seconds a runner may run jobs back to back before it yields
 MAX_DELIVERIES = 25
-UNCONFIRMED_DELAY = 1.0  # seconds before a dispatch whose token could not be confirmed comes back
 CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
 
 
@@ -102,9 +89,6 @@ class Node:
     capacity_hooks: list[Callable[[], None]] = attrs.field(factory=list)
     """The masters in this process (one per shard it leads), told at once when slots free up."""
     _busy: int = attrs.field(init=False, default=0)
-    _max_token: dict[int, int] = attrs.field(init=False, factory=dict)
-    """Per shard, the newest master token seen (and confirmed): older ones are fenced out."""
-    _received: dict[int, int] = attrs.field(init=False, factory=dict)
     _quiet: bool = attrs.field(init=False, default=False)
     _held: set[Delivery] = attrs.field(init=False, factory=set)
     """Deliveries received and not yet settled (the settler's and the executor's too)."""
@@ -121,15 +105,20 @@ class Node:
     _waiting: int = attrs.field(init=False, default=0)
     _queued: int = attrs.field(init=False, default=0)
     _js: JetStreamContext | None = attrs.field(init=False, default=None)
+    _fence: Fence = attrs.field(init=False)
     _settler: Settler = attrs.field(init=False)
     _stats: Stats = attrs.field(init=False)
+    _intake: Intake = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._threads = anyio.CapacityLimiter(self.concurrency)
         self._send, self._recv = anyio.create_memory_object_stream[Delivery](math.inf)
         self._idle.set()
-        self._settler = Settler(self.nc, self._jetstream(), self.names, self._held, self.ack_wait)
-        self._stats = Stats(self._jetstream(), self.names, self.node_id)
+        js = self._jetstream()
+        self._fence = Fence(js, self.names)
+        self._settler = Settler(self.nc, js, self.names, self._held, self.ack_wait)
+        self._stats = Stats(js, self.names, self.node_id)
+        self._intake = Intake(self.nc, js, self._fence, self._settler, self.ack_wait, self.deliver_many)
 
     @property
     def busy(self) -> int:
@@ -167,14 +156,15 @@ class Node:
 
     def demand(self) -> dict[str, Any]:
         """This node's capacity report, as sent to the master."""
+        tokens, received = self._fence.report()
         return {
             "node": self.node_id,
             "concurrency": self.concurrency,
             "busy": self._busy,
             "queues": self.queues,
             "strict": self.strict,
-            "tokens": {str(shard): token for shard, token in self._max_token.items()},
-            "received": {str(shard): count for shard, count in self._received.items()},
+            "tokens": tokens,
+            "received": received,
             "quiet": self._quiet,
         }
 
@@ -191,13 +181,15 @@ class Node:
 
     def deliver_many(self, deliveries: list[Delivery]) -> None:
         """Accept jobs from the master (never blocks; refusals happen in the runner)."""
+        # The fence's tables, kept here rather than through a call to it: this runs for every job.
+        tokens, received = self._fence.newest, self._fence.received
         for delivery in deliveries:
             shard = delivery.shard
-            newest = self._max_token.get(shard, 0)
+            newest = tokens.get(shard, 0)
             if delivery.token > newest:
-                self._max_token[shard], self._received[shard] = delivery.token, 0
+                tokens[shard], received[shard] = delivery.token, 0
             if delivery.token >= newest:
-                self._received[shard] = self._received.get(shard, 0) + 1
+                received[shard] = received.get(shard, 0) + 1
             self._held.add(delivery)
             self._send.send_nowait(delivery)
         self._busy += len(deliveries)
@@ -230,7 +222,7 @@ class Node:
         settler = self._settler
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_dispatches, dispatch_inbox)
+                tg.start_soon(self._intake.read, dispatch_inbox)
                 tg.start_soon(self._read_masters, master_sub)
                 tg.start_soon(self._read_cancels, cancel_sub)
                 tg.start_soon(self._report_demand)
@@ -250,111 +242,6 @@ class Node:
                 await master_sub.unsubscribe()
                 await cancel_sub.unsubscribe()
 
-    # -- inputs ---------------------------------------------------------
-
-    async def _read_dispatches(self, inbox: Inbox) -> None:
-        while True:
-            batch = []
-            for msg in await inbox.get():
-                headers = msg.headers or {}
-                try:
-                    token = int(headers[TOKEN_HEADER])
-                    reply = headers[ACK_HEADER]
-                except (KeyError, ValueError):
-                    log.warning("ignoring a dispatch without token or ack subject")
-                    continue
-                try:
-                    shard = int(headers.get(SHARD_HEADER, 0))
-                except ValueError:
-                    shard = -1
-                if not 0 <= shard < MAX_PARTITIONS:
-                    log.warning("ignoring a dispatch for shard %r", headers.get(SHARD_HEADER))
-                    continue
-                data = msg.data
-                if headers.get(FETCH_HEADER) and not (data := await self._fetch(reply)):
-                    continue
-                batch.append(Delivery(data, reply, token, expires=self._expires(headers, reply), shard=shard))
-            newest: dict[int, int] = {}
-            for delivery in batch:
-                newest[delivery.shard] = max(newest.get(delivery.shard, 0), delivery.token)
-            unconfirmed = False
-            for shard, token in newest.items():
-                if token > self._max_token.get(shard, 0):
-                    await self._confirm(token, shard)
-                    unconfirmed = True
-            if unconfirmed:
-                batch = await self._drop_unconfirmed(batch)
-            if batch:
-                self.deliver_many(batch)
-
-    def _expires(self, headers: dict[str, str], reply: str) -> float:
-        """When JetStream may redeliver a dispatched job: an ack wait after the
-        master last kept it alive (or after JetStream delivered it).
-
-        Wall-clock times, from the master and the server, turned into this
-        node's clock once on arrival: a dispatch that sat in the socket while
-        this node was paused arrives already stale.
-        """
-        try:
-            kept = float(headers[KEPT_HEADER])
-        except (KeyError, ValueError):
-            kept = ack_field(reply, "ts") / 1e9
-        age = max(0.0, time.time() - kept) if math.isfinite(kept) else self.ack_wait
-        return anyio.current_time() + self.ack_wait - age
-
-    async def _confirm(self, token: int, shard: int = 0) -> bool:
-        """Whether ``token`` is at most the shard's lease's (read from its KV key), now this node's newest.
-
-        Tokens that arrive in messages are never believed as they are: a
-        forged one would fence out every real master (every node NAKing
-        every dispatch). A higher token is taken only once the lease's own
-        key confirms it.
-        """
-        try:
-            with anyio.fail_after(SETTLE_TIMEOUT):
-                current = await current_token(self._jetstream(), self.names, shard)
-        except (NatsError, JSError, TimeoutError) as exc:
-            log.warning("could not read the lease to confirm master token %d: %r", token, exc)
-            return False
-        if current > self._max_token.get(shard, 0):
-            self._max_token[shard], self._received[shard] = current, 0
-        if token > current:
-            log.warning(
-                "ignoring master token %d of shard %d: the lease's is %d (forged or garbled)",
-                token,
-                shard,
-                current,
-            )
-        return token <= current
-
-    async def _drop_unconfirmed(self, batch: list[Delivery]) -> list[Delivery]:
-        """Deliveries whose token the lease did not confirm go back and do not run.
-
-        The NAK is delayed by :data:`UNCONFIRMED_DELAY`: when the lease
-        cannot be read (a server restarting), a plain NAK would have the
-        master send the job straight back, and every round trip would count
-        a delivery towards ``max_deliveries``.
-        """
-        kept = [d for d in batch if d.token <= self._max_token.get(d.shard, 0)]
-        for delivery in batch:
-            if delivery.token > self._max_token.get(delivery.shard, 0):
-                await self._settler.settle(delivery, nak(UNCONFIRMED_DELAY))
-        return kept
-
-    async def _fetch(self, reply: str) -> bytes:
-        """The payload of a job too large to forward with its dispatch headers, read from its stream."""
-        tokens, offset = ack_tokens(reply)
-        try:
-            msg = await self._jetstream().get_msg(tokens[offset], seq=ack_field(reply, "sseq"))
-        except (NatsError, JSError, TimeoutError, IndexError) as exc:
-            log.warning("could not read a large job from its stream: %r", exc)
-            try:
-                await self.nc.publish(reply, b"-NAK")
-            except NatsError:
-                pass
-            return b""
-        return msg.data or b""
-
     async def _read_masters(self, sub: Any) -> None:
         async for msg in sub.messages:
             try:
@@ -364,8 +251,8 @@ class Node:
                 continue
             if not 0 <= shard < MAX_PARTITIONS:
                 continue
-            if token > self._max_token.get(shard, 0):
-                await self._confirm(token, shard)
+            if token > self._fence.newest.get(shard, 0):
+                await self._fence.confirm(token, shard)
             self._demand_changed.set()
 
     async def _read_cancels(self, sub: Any) -> None:
@@ -422,7 +309,8 @@ class Node:
                     return  # no more deliveries: the node is stopping
 
     async def _run_jobs(self, scope: anyio.CancelScope) -> None:
-        settle = self._settler.settle  # looked up once per runner rather than once per job
+        # The parts every job goes to, looked up once per runner rather than once per job.
+        newest, settle = self._fence.newest, self._settler.settle
         slice_ends = time.perf_counter() + RUN_SLICE
         while not scope.cancel_called:
             try:
@@ -447,7 +335,7 @@ class Node:
                     # ack wait ends.
                     self._held.discard(delivery)
                     log.warning("not starting a job held past its ack wait: %s", delivery.reply)
-                elif self._quiet or delivery.token < self._max_token.get(delivery.shard, 0):
+                elif self._quiet or delivery.token < newest.get(delivery.shard, 0):
                     # Quiet means no new job starts here, and a job handed out
                     # by a master that has since been replaced does not start
                     # either (fencing): back to the queue, to run at once.
