@@ -38,20 +38,20 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client as NATS
-from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from natskiq import job as jobs
 from natskiq import middleware
-from natskiq.dispatch.protocol import HEARTBEAT, Delivery, Inbox, ack_tokens
+from natskiq.dispatch.protocol import Delivery, Inbox, ack_tokens
 from natskiq.enqueue import unique
 from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
 from natskiq.run import retry
+from natskiq.run.demand import Demand
 from natskiq.run.fence import Fence
 from natskiq.run.intake import Intake
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
-from natskiq.topology import MAX_PARTITIONS, Names
+from natskiq.topology import Names
 from natskiq.worker import Worker, is_async, lookup
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,6 @@ class Node:
     _threads: anyio.CapacityLimiter = attrs.field(init=False)
     _send: MemoryObjectSendStream[Delivery] = attrs.field(init=False)
     _recv: MemoryObjectReceiveStream[Delivery] = attrs.field(init=False)
-    _demand_changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _idle: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _tg: TaskGroup | None = attrs.field(init=False, default=None)
     _runners: int = attrs.field(init=False, default=0)
@@ -109,6 +108,7 @@ class Node:
     _settler: Settler = attrs.field(init=False)
     _stats: Stats = attrs.field(init=False)
     _intake: Intake = attrs.field(init=False)
+    _demand: Demand = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._threads = anyio.CapacityLimiter(self.concurrency)
@@ -119,6 +119,7 @@ class Node:
         self._settler = Settler(self.nc, js, self.names, self._held, self.ack_wait)
         self._stats = Stats(js, self.names, self.node_id)
         self._intake = Intake(self.nc, js, self._fence, self._settler, self.ack_wait, self.deliver_many)
+        self._demand = Demand(self.nc, self.names, self._fence, self.demand)
 
     @property
     def busy(self) -> int:
@@ -171,7 +172,7 @@ class Node:
     def _changed(self) -> None:
         hooks = self.capacity_hooks
         if len(hooks) < self.shards:
-            self._demand_changed.set()  # a master elsewhere: report soon
+            self._demand.changed.set()  # a master elsewhere: report soon
         if len(hooks) > 1:
             # Several shards led here: each in turn gets the first go at the
             # free slots, so no partition waits behind another.
@@ -223,9 +224,9 @@ class Node:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._intake.read, dispatch_inbox)
-                tg.start_soon(self._read_masters, master_sub)
+                tg.start_soon(self._demand.answer, master_sub)
                 tg.start_soon(self._read_cancels, cancel_sub)
-                tg.start_soon(self._report_demand)
+                tg.start_soon(self._demand.run)
                 tg.start_soon(settler.keep_alive)
                 tg.start_soon(self._stats.run)
                 tg.start_soon(settler.send_acks)
@@ -241,19 +242,6 @@ class Node:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await master_sub.unsubscribe()
                 await cancel_sub.unsubscribe()
-
-    async def _read_masters(self, sub: Any) -> None:
-        async for msg in sub.messages:
-            try:
-                announcement = json.loads(msg.data)
-                token, shard = int(announcement["token"]), int(announcement.get("shard", 0))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
-            if not 0 <= shard < MAX_PARTITIONS:
-                continue
-            if token > self._fence.newest.get(shard, 0):
-                await self._fence.confirm(token, shard)
-            self._demand_changed.set()
 
     async def _read_cancels(self, sub: Any) -> None:
         """Cancel a job on request: at once if running here, else when it would start."""
@@ -271,19 +259,6 @@ class Node:
             scope.cancel()
             if msg.reply:
                 await self.nc.publish(msg.reply, json.dumps({"node": self.node_id, "jid": jid}).encode())
-
-    async def _report_demand(self) -> None:
-        """Publish capacity every heartbeat and soon after it changes."""
-        subject = self.names.demand_subject
-        while True:
-            changed = self._demand_changed = anyio.Event()
-            try:
-                await self.nc.publish(subject, json.dumps(self.demand()).encode())
-            except NatsError as exc:
-                log.debug("demand not sent: %r", exc)
-            with anyio.move_on_after(HEARTBEAT):
-                await changed.wait()
-            await anyio.sleep(0.002)  # coalesce a burst of freed slots into one report
 
     # -- running --------------------------------------------------------
 
