@@ -1,32 +1,42 @@
-"""Stage 5, the node: runs the jobs the master hands it, then settles them.
+"""Stage 5, the node: runs the jobs the masters hand it, then settles them.
 
 Every ``natskiq worker`` process is one node. It receives :class:`Delivery`
-objects (in-process from its own aggregator when it is master, otherwise on
-``<ns>.ctl.dispatch.<node>``), and for each one:
+objects (in-process from its own aggregators, one per shard it leads, or
+from masters elsewhere on ``<ns>.ctl.dispatch.<node>``, through the
+:mod:`~natskiq.run.intake`), and for each one:
 
 1. refuses it (NAK, so it runs elsewhere at once) if it carries a fencing
-   token older than the newest it has seen, or if the node is quiet;
+   token older than the newest its :mod:`~natskiq.run.fence` has seen for
+   its shard, or if the node is quiet; one held past its ack wait is
+   neither run nor NAKed (it may be another node's by now);
 2. waits for one of its runner tasks (at most ``concurrency``, started as
    work needs them);
-3. decodes the envelope, looks the worker class up in the registry and runs
-   ``perform`` in its task group (a plain ``def`` in a worker thread), under
-   the worker's timeout;
-4. settles exactly once: ack on success; on an exception, a retry or failed
-   record stored first (PubAck) and then the ack (:mod:`natskiq.run.retry`); on
-   cancellation (shutdown past its timeout), a shielded, bounded NAK.
+3. hands it to the executor (:mod:`~natskiq.run.execute`), which decodes
+   the envelope, looks the worker class up in the registry, runs
+   ``perform`` in the runner's cancel scope (a plain ``def`` in a worker
+   thread), under the worker's timeout, and counts the run
+   (:mod:`~natskiq.run.stats`);
+4. settles exactly once (:mod:`~natskiq.run.settle`): ack on success; on an
+   exception, a retry or failed record stored first (PubAck) and then the
+   ack (:mod:`natskiq.run.retry`); on cancellation (shutdown past its
+   timeout), a shielded, bounded NAK.
 
-While a job waits or runs, an in-progress ack (``+WPI``) every third of the
-ack wait keeps JetStream from redelivering it mid-run. The node reports its
-free capacity on ``<ns>.ctl.demand`` every second and whenever slots free
-up, and answers a new master's announcement at once.
+While a job waits or runs, the settler's in-progress ack (``+WPI``) every
+third of the ack wait keeps JetStream from redelivering it mid-run. The
+node reports its free capacity on ``<ns>.ctl.demand`` every second and
+whenever slots free up, and answers a new master's announcement at once
+(:mod:`~natskiq.run.demand`); the masters in this process are told at
+once through ``capacity_hooks``.
+
+The :class:`Node` keeps what every job passes through (taking deliveries
+in, the runners, the busy and queued counts) itself rather than behind
+calls to its parts, and starts and stops the parts, each in a module of
+its own.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import functools
-import json
 import logging
 import math
 import time
@@ -38,27 +48,21 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client as NATS
-from nats.js.client import JetStreamContext
 
-from natskiq import job as jobs
 from natskiq import middleware
-from natskiq.dispatch.protocol import Delivery, Inbox, ack_tokens
-from natskiq.enqueue import unique
-from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
-from natskiq.run import retry
+from natskiq.dispatch.protocol import Delivery, Inbox
 from natskiq.run.demand import Demand
+from natskiq.run.execute import Executor
 from natskiq.run.fence import Fence
 from natskiq.run.intake import Intake
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
 from natskiq.topology import Names
-from natskiq.worker import Worker, is_async, lookup
 
 log = logging.getLogger(__name__)
 
 RUN_SLICE = 0.005  # seconds a runner may run jobs back to back before it yields
 MAX_DELIVERIES = 25
-CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
 
 
 @attrs.define
@@ -92,10 +96,6 @@ class Node:
     _quiet: bool = attrs.field(init=False, default=False)
     _held: set[Delivery] = attrs.field(init=False, factory=set)
     """Deliveries received and not yet settled (the settler's and the executor's too)."""
-    _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
-    _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
-    _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
-    _threads: anyio.CapacityLimiter = attrs.field(init=False)
     _send: MemoryObjectSendStream[Delivery] = attrs.field(init=False)
     _recv: MemoryObjectReceiveStream[Delivery] = attrs.field(init=False)
     _idle: anyio.Event = attrs.field(init=False, factory=anyio.Event)
@@ -103,23 +103,27 @@ class Node:
     _runners: int = attrs.field(init=False, default=0)
     _waiting: int = attrs.field(init=False, default=0)
     _queued: int = attrs.field(init=False, default=0)
-    _js: JetStreamContext | None = attrs.field(init=False, default=None)
     _fence: Fence = attrs.field(init=False)
     _settler: Settler = attrs.field(init=False)
     _stats: Stats = attrs.field(init=False)
+    _executor: Executor = attrs.field(init=False)
     _intake: Intake = attrs.field(init=False)
     _demand: Demand = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._threads = anyio.CapacityLimiter(self.concurrency)
         self._send, self._recv = anyio.create_memory_object_stream[Delivery](math.inf)
         self._idle.set()
-        js = self._jetstream()
-        self._fence = Fence(js, self.names)
-        self._settler = Settler(self.nc, js, self.names, self._held, self.ack_wait)
-        self._stats = Stats(js, self.names, self.node_id)
-        self._intake = Intake(self.nc, js, self._fence, self._settler, self.ack_wait, self.deliver_many)
-        self._demand = Demand(self.nc, self.names, self._fence, self.demand)
+        nc, names = self.nc, self.names
+        js = nc.jetstream()  # one context for every part: nats-py builds a new one per call
+        self._fence = Fence(js, names)
+        self._settler = Settler(nc, js, names, self._held, self.ack_wait)
+        self._stats = Stats(js, names, self.node_id)
+        self._executor = Executor(
+            nc, js, names, self.node_id, self._held, self._settler, self._stats,
+            self.middleware, self.max_deliveries, anyio.CapacityLimiter(self.concurrency),
+        )  # fmt: skip
+        self._intake = Intake(nc, js, self._fence, self._settler, self.ack_wait, self.deliver_many)
+        self._demand = Demand(nc, names, self._fence, self.demand)
 
     @property
     def busy(self) -> int:
@@ -153,7 +157,7 @@ class Node:
 
     def running_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The jobs running here now (jid, class, queue, started), oldest first."""
-        return sorted(self._running_info.values(), key=lambda j: float(j["started"]))[:limit]
+        return self._executor.running_jobs(limit)
 
     def demand(self) -> dict[str, Any]:
         """This node's capacity report, as sent to the master."""
@@ -225,7 +229,7 @@ class Node:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._intake.read, dispatch_inbox)
                 tg.start_soon(self._demand.answer, master_sub)
-                tg.start_soon(self._read_cancels, cancel_sub)
+                tg.start_soon(self._executor.read_cancels, cancel_sub)
                 tg.start_soon(self._demand.run)
                 tg.start_soon(settler.keep_alive)
                 tg.start_soon(self._stats.run)
@@ -242,23 +246,6 @@ class Node:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await master_sub.unsubscribe()
                 await cancel_sub.unsubscribe()
-
-    async def _read_cancels(self, sub: Any) -> None:
-        """Cancel a job on request: at once if running here, else when it would start."""
-        async for msg in sub.messages:
-            try:
-                jid = str(json.loads(msg.data)["jid"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            now = anyio.current_time()
-            self._cancelled = {j: t for j, t in self._cancelled.items() if t > now}
-            scope = self._running.get(jid)
-            if scope is None:
-                self._cancelled[jid] = now + CANCEL_MEMORY
-                continue
-            scope.cancel()
-            if msg.reply:
-                await self.nc.publish(msg.reply, json.dumps({"node": self.node_id, "jid": jid}).encode())
 
     # -- running --------------------------------------------------------
 
@@ -285,7 +272,7 @@ class Node:
 
     async def _run_jobs(self, scope: anyio.CancelScope) -> None:
         # The parts every job goes to, looked up once per runner rather than once per job.
-        newest, settle = self._fence.newest, self._settler.settle
+        newest, settle, process = self._fence.newest, self._settler.settle, self._executor.process
         slice_ends = time.perf_counter() + RUN_SLICE
         while not scope.cancel_called:
             try:
@@ -316,7 +303,7 @@ class Node:
                     # either (fencing): back to the queue, to run at once.
                     await settle(delivery, b"-NAK")
                 else:
-                    await self._process(delivery, scope)
+                    await process(delivery, scope)
             except anyio.get_cancelled_exc_class():
                 if delivery in self._held:
                     # Shut down while running: hand the job back at once.
@@ -332,146 +319,3 @@ class Node:
                 # the process (pulls, acks, the lease's renewals) has a turn.
                 await anyio.lowlevel.checkpoint()
                 slice_ends = time.perf_counter() + RUN_SLICE
-
-    async def _process(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
-        """Run one delivery; whatever goes wrong handling it stays with this job.
-
-        A job whose handling raises (anything but its own ``perform``, which
-        is routed to retry) is kept in the failed set as it came, with the
-        reason: one hostile payload can neither take the node down nor be
-        redelivered to take the next one down.
-        """
-        try:
-            await self._handle(delivery, scope)
-        except Exception as exc:
-            if delivery not in self._held:
-                log.exception("error after a job from %s was settled", delivery.reply)
-                return
-            log.exception("could not handle a job from %s; keeping it in the failed set", delivery.reply)
-            self._stats.count(failed=True)
-            reason = f"natskiq could not handle this job: {type(exc).__qualname__}: {retry.describe(exc)}"
-            await self._settler.store(
-                retry.fail_invalid, delivery.data, reason, queue=_origin(delivery.reply)[0],
-                ack=functools.partial(self._settler.settle, delivery, b"+ACK"), seq=delivery.seq,
-                max_payload=self.nc.max_payload,
-            )  # fmt: skip
-
-    async def _handle(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
-        ack = functools.partial(self._settler.settle, delivery, b"+ACK")
-        queue, delivered = _origin(delivery.reply)
-        where = {"ack": ack, "seq": delivery.seq, "max_payload": self.nc.max_payload}
-        try:
-            job = jobs.decode(delivery.data)
-        except InvalidJob as exc:
-            self._stats.count(failed=True)
-            await self._settler.store(retry.fail_invalid, delivery.data, exc.reason, queue=queue, **where)
-            return
-        if job.queue != queue:
-            # Trust the stream the job came from, not what its producer wrote.
-            job = attrs.evolve(job, queue=queue)
-        if job.periodic is not None:
-            # Every tick of a periodic job carries the same envelope: give
-            # each run its own jid, from the message's stream sequence.
-            job = attrs.evolve(job, jid=f"{job.jid[:40]}-{delivery.seq}", enqueued_at=time.time())
-        where["raw"] = delivery.data
-        if delivered > self.max_deliveries:
-            # Delivered again and again, never settled: it likely kills the
-            # process that runs it. Keep it in the failed set, don't run it.
-            self._stats.count(failed=True)
-            limit = DeliveryLimit(delivered)
-            await self._settler.store(retry.route, job, limit, worker=None, kill=True, **where)
-            return
-        try:
-            worker: type[Worker] | None = lookup(job.cls)
-        except UnknownWorker as exc:
-            self._stats.count(failed=True)
-            await self._settler.store(retry.route, job, exc, worker=None, **where)
-            return
-        assert worker is not None
-        await self._execute(worker, job, where, delivery, scope)
-
-    async def _execute(
-        self,
-        worker: type[Worker],
-        job: jobs.Job,
-        where: dict[str, Any],
-        delivery: Delivery,
-        scope: anyio.CancelScope,
-    ) -> None:
-        js = self._jetstream()
-        ack = where["ack"]
-        if self._cancelled and self._cancelled.pop(job.jid, None) is not None:
-            log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
-            await unique.release(js, self.names, job)
-            await ack()
-            return
-        locked = job.unique_key is not None
-        if (locked or job.expires_at is not None) and not await unique.on_start(js, self.names, job):
-            await ack()  # expired before it could start (expires_in): skipped, not run
-            return
-        self._running_info[job.jid] = {
-            "jid": job.jid,
-            "class": job.cls,
-            "queue": job.queue,
-            "started": time.time(),
-        }
-        self._running[job.jid] = scope
-        try:
-            await self._perform(worker, job, delivery)
-        except anyio.get_cancelled_exc_class():
-            if scope.cancel_called:
-                # Cancelled on request (natskiq.api.cancel): the job is dropped.
-                log.info("cancelled jid=%s class=%s queue=%s while running", job.jid, job.cls, job.queue)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
-                    await unique.release(js, self.names, job)
-                    await ack()
-            raise
-        except Exception as exc:
-            self._stats.count(failed=True)
-            await self._settler.store(retry.route, job, exc, worker=worker, **where)
-            return
-        finally:
-            self._running.pop(job.jid, None)
-            self._running_info.pop(job.jid, None)
-        self._stats.count(failed=False)
-        if locked:
-            await unique.on_success(js, self.names, job)
-        await ack()
-
-    def _jetstream(self) -> JetStreamContext:
-        """The connection's JetStream context, made once (nats-py builds a new one per call)."""
-        if self._js is None:
-            self._js = self.nc.jetstream()
-        return self._js
-
-    async def _perform(self, worker: type[Worker], job: jobs.Job, delivery: Delivery) -> None:
-        instance = worker()
-        instance.jid, instance.job = job.jid, job
-        instance.lease_token, instance.delivered_at = delivery.token, delivery.delivered_at
-        instance.lease_shard = delivery.shard
-        timeout = worker.options.timeout
-        call = functools.partial(instance.perform, *job.args, **job.kwargs)
-        if timeout is None and is_async(worker):
-            # The common case, without a closure or a timeout scope around it.
-            await middleware.run_server(self.middleware, instance, job, call)
-            return
-
-        async def perform() -> Any:
-            with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
-                if is_async(worker):
-                    return await call()
-                return await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
-
-        await middleware.run_server(self.middleware, instance, job, perform)
-
-
-def _origin(reply: str) -> tuple[str, int]:
-    """The queue a message came from (its ack subject's stream name) and how
-    many times JetStream has delivered it, from one split of the subject."""
-    tokens, offset = ack_tokens(reply)
-    stream = tokens[offset] if len(tokens) > offset else ""
-    try:
-        delivered = int(tokens[offset + 2])
-    except (IndexError, ValueError):
-        delivered = 1
-    return (stream.split("_Q_", 1)[1] if "_Q_" in stream else "invalid"), delivered
