@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 import attrs
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from natskiq import job as jobs
@@ -101,7 +102,10 @@ class Executor:
                 continue
             scope.cancel()
             if msg.reply:
-                await self.nc.publish(msg.reply, json.dumps({"node": self.node_id, "jid": jid}).encode())
+                try:
+                    await self.nc.publish(msg.reply, json.dumps({"node": self.node_id, "jid": jid}).encode())
+                except NatsError as exc:  # the connection closing: the canceller hears nothing
+                    log.debug("cancel of job %s: no reply sent: %s", jid, exc)
 
     async def process(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
         """Run one delivery; whatever goes wrong handling it stays with this job.
