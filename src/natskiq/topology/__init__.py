@@ -30,6 +30,7 @@ from natskiq.topology.names import (
     PERIODIC_PREFIX,
     Names,
     check_name,
+    class_token,
     partitions_of,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "PERIODIC_PREFIX",
     "Names",
     "check_name",
+    "class_token",
     "ensure_bucket",
     "ensure_consumer",
     "ensure_failed",
