@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, c
 
 import attrs
 
+from natskiq.envelope import MAX_KEEP_RESULT
 from natskiq.errors import ConfigError, NotConnected, UnknownWorker
 from natskiq.topology import check_name
 
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client
+    from natskiq.status.handle import JobHandle
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ def _check_unique_until(_: object, __: object, value: str) -> None:
         raise ConfigError(f"unique_until must be 'start' or 'success', not {value!r}")
 
 
+def _check_keep_result(_: object, __: object, value: float | None) -> None:
+    # A result is a KV key with a per-message TTL, which NATS takes in whole seconds from 1 s.
+    if value is not None and not 1 <= value <= MAX_KEEP_RESULT:
+        raise ConfigError(f"keep_result must be 1 to {MAX_KEEP_RESULT:.0f} seconds, not {value!r}")
+
+
 def _check_expires_in(_: object, __: object, value: float | None) -> None:
     if value is not None and not value > 0:
         raise ConfigError(f"expires_in must be a positive number of seconds, not {value!r}")
@@ -80,9 +88,10 @@ class Options:
     unique_for: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_unique_for)
     unique_until: str = attrs.field(default="success", validator=_check_unique_until)
     expires_in: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_expires_in)
+    keep_result: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_keep_result)
 
 
-PER_CALL_OPTIONS = frozenset({"queue", "retries"})
+PER_CALL_OPTIONS = frozenset({"queue", "retries", "keep_result"})
 
 P = ParamSpec("P")
 
@@ -141,6 +150,10 @@ class Worker:
         expires_in: seconds (or a timedelta) after enqueueing (or after the
             scheduled time) by which the job must have started; later, a
             node skips it.
+        keep_result: seconds (or a timedelta, 1 s to a year) to keep each
+            job's outcome (its return value, or its failure) for
+            ``await handle.result()``; None (the default) keeps none. The
+            return value of ``perform`` must then be JSON-serialisable.
         name: the registered name, ``module.QualName`` by default.
 
     Optional hooks, as Sidekiq has them:
@@ -173,6 +186,7 @@ class Worker:
         unique_for: float | timedelta | None = None,
         unique_until: str | None = None,
         expires_in: float | timedelta | None = None,
+        keep_result: float | timedelta | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -186,6 +200,7 @@ class Worker:
             "unique_for": unique_for,
             "unique_until": unique_until,
             "expires_in": expires_in,
+            "keep_result": keep_result,
         }
         changes = {key: value for key, value in given.items() if value is not None}
         cls.options = attrs.evolve(cls.options, **changes)
@@ -227,7 +242,7 @@ class Worker:
         return Configured(worker=worker, options=attrs.evolve(cls.options, **options), client=client)
 
     @classmethod
-    async def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue a job to run as soon as a node is free; returns its jid.
 
         Returns:
@@ -240,7 +255,9 @@ class Worker:
         return await plain._client().push(plain.worker, args, kwargs, options=plain.options)
 
     @classmethod
-    async def perform_bulk(cls, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000) -> list[str]:
+    async def perform_bulk(
+        cls, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000
+    ) -> list[JobHandle]:
         """Enqueue one job per argument list (``[[1], [2], ...]``), pipelined; returns the jids
         in order (see :meth:`natskiq.Client.push_many`)."""
         return await _configured(cls).perform_bulk(args_list, batch_size=batch_size)
@@ -248,12 +265,14 @@ class Worker:
     @classmethod
     async def perform_in(
         cls: type[_Performs[P]], delay: float | timedelta, *args: P.args, **kwargs: P.kwargs
-    ) -> str:
+    ) -> JobHandle:
         """Enqueue a job to run after ``delay`` (seconds or timedelta); returns its jid."""
         return await _configured(cls).perform_in(delay, *args, **kwargs)
 
     @classmethod
-    async def perform_at(cls: type[_Performs[P]], when: datetime, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_at(
+        cls: type[_Performs[P]], when: datetime, *args: P.args, **kwargs: P.kwargs
+    ) -> JobHandle:
         """Enqueue a job to run at ``when`` (a timezone-aware datetime); returns its jid."""
         return await _configured(cls).perform_at(when, *args, **kwargs)
 
@@ -273,24 +292,26 @@ class Configured(Generic[P]):
             return self.client
         return _default_client()
 
-    async def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue now; returns the jid."""
         return await self._client().push(self.worker, args, kwargs, options=self.options)
 
-    async def perform_bulk(self, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000) -> list[str]:
+    async def perform_bulk(
+        self, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000
+    ) -> list[JobHandle]:
         """Enqueue one job per argument list, pipelined; returns the jids."""
         return await self._client().push_many(
             self.worker, args_list, options=self.options, batch_size=batch_size
         )
 
-    async def perform_in(self, delay: float | timedelta, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_in(self, delay: float | timedelta, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue after ``delay`` seconds (or a timedelta); returns the jid."""
         seconds = _to_seconds(delay)
         if seconds is None or seconds != seconds:
             raise TypeError(f"delay must be seconds or a timedelta, not {delay!r}")
         return await self._client().push(self.worker, args, kwargs, options=self.options, delay=seconds)
 
-    async def perform_at(self, when: datetime, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_at(self, when: datetime, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue at an aware datetime; returns the jid."""
         if not isinstance(when, datetime) or when.tzinfo is None:
             raise TypeError(f"perform_at needs a timezone-aware datetime, not {when!r}")
@@ -309,7 +330,7 @@ class Enqueuer(Protocol):
         options: Options,
         delay: float | None = None,
         at: float | None = None,
-    ) -> str: ...
+    ) -> JobHandle: ...
 
     async def push_many(
         self,
@@ -318,7 +339,7 @@ class Enqueuer(Protocol):
         *,
         options: Options,
         batch_size: int = ...,
-    ) -> list[str]: ...
+    ) -> list[JobHandle]: ...
 
 
 _modes: list[Enqueuer] = []  # testing modes in force, innermost last
