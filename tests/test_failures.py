@@ -337,16 +337,16 @@ async def test_a_stats_increment_sent_again_counts_once(client: natskiq.Client) 
 
     await ensure_stats(client.js, client.names)
     node = Node(client.nc, client.names, "n1", [("default", 1)])
-    node._count(failed=False)
-    node._count(failed=False)
-    await node._flush_stats()
-    sent = dict(node._stat_inflight)
+    node._stats.count(failed=False)
+    node._stats.count(failed=False)
+    await node._stats.flush()
+    sent = dict(node._stats._inflight)
     assert sent == {}  # both subjects acknowledged
     subject = client.names.stats_subject("processed")
-    node._stat_inflight[subject] = ("n1:replayed:1", 5)  # as if stored but its PubAck lost
-    await node._flush_stats()
-    node._stat_inflight[subject] = ("n1:replayed:1", 5)  # sent again after the "timeout"
-    await node._flush_stats()
+    node._stats._inflight[subject] = ("n1:replayed:1", 5)  # as if stored but its PubAck lost
+    await node._stats.flush()
+    node._stats._inflight[subject] = ("n1:replayed:1", 5)  # sent again after the "timeout"
+    await node._stats.flush()
     assert await api.counter(client, "processed") == 2 + 5
     node._send.close()  # the node never ran: close its job stream as run() would
     node._recv.close()

@@ -1,32 +1,42 @@
-"""Stage 5, the node: runs the jobs the master hands it, then settles them.
+"""Stage 5, the node: runs the jobs the masters hand it, then settles them.
 
 Every ``natskiq worker`` process is one node. It receives :class:`Delivery`
-objects (in-process from its own aggregator when it is master, otherwise on
-``<ns>.ctl.dispatch.<node>``), and for each one:
+objects (in-process from its own aggregators, one per shard it leads, or
+from masters elsewhere on ``<ns>.ctl.dispatch.<node>``, through the
+:mod:`~natskiq.run.intake`), and for each one:
 
 1. refuses it (NAK, so it runs elsewhere at once) if it carries a fencing
-   token older than the newest it has seen, or if the node is quiet;
+   token older than the newest its :mod:`~natskiq.run.fence` has seen for
+   its shard, or if the node is quiet; one held past its ack wait is
+   neither run nor NAKed (it may be another node's by now);
 2. waits for one of its runner tasks (at most ``concurrency``, started as
    work needs them);
-3. decodes the envelope, looks the worker class up in the registry and runs
-   ``perform`` in its task group (a plain ``def`` in a worker thread), under
-   the worker's timeout;
-4. settles exactly once: ack on success; on an exception, a retry or failed
-   record stored first (PubAck) and then the ack (:mod:`natskiq.run.retry`); on
-   cancellation (shutdown past its timeout), a shielded, bounded NAK.
+3. hands it to the executor (:mod:`~natskiq.run.execute`), which decodes
+   the envelope, looks the worker class up in the registry, runs
+   ``perform`` in the runner's cancel scope (a plain ``def`` in a worker
+   thread), under the worker's timeout, and counts the run
+   (:mod:`~natskiq.run.stats`);
+4. settles exactly once (:mod:`~natskiq.run.settle`): ack on success; on an
+   exception, a retry or failed record stored first (PubAck) and then the
+   ack (:mod:`natskiq.run.retry`); on cancellation (shutdown past its
+   timeout), a shielded, bounded NAK.
 
-While a job waits or runs, an in-progress ack (``+WPI``) every third of the
-ack wait keeps JetStream from redelivering it mid-run. The node reports its
-free capacity on ``<ns>.ctl.demand`` every second and whenever slots free
-up, and answers a new master's announcement at once.
+While a job waits or runs, the settler's in-progress ack (``+WPI``) every
+third of the ack wait keeps JetStream from redelivering it mid-run. The
+node reports its free capacity on ``<ns>.ctl.demand`` every second and
+whenever slots free up, and answers a new master's announcement at once
+(:mod:`~natskiq.run.demand`); the masters in this process are told at
+once through ``capacity_hooks``.
+
+The :class:`Node` keeps what every job passes through (taking deliveries
+in, the runners, the busy and queued counts) itself rather than behind
+calls to its parts, and starts and stops the parts, each in a module of
+its own.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import functools
-import json
 import logging
 import math
 import time
@@ -38,42 +48,21 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client as NATS
-from nats.errors import Error as NatsError
-from nats.js.client import JetStreamContext
-from nats.js.errors import Error as JSError
 
-from natskiq import job as jobs
 from natskiq import middleware
-from natskiq.dispatch.lease import current_token
-from natskiq.dispatch.protocol import (
-    ACK_HEADER,
-    FETCH_HEADER,
-    HEARTBEAT,
-    KEPT_HEADER,
-    SHARD_HEADER,
-    TOKEN_HEADER,
-    Delivery,
-    Inbox,
-    ack_field,
-    ack_tokens,
-    nak,
-)
-from natskiq.enqueue import unique
-from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
-from natskiq.run import retry
-from natskiq.topology import MAX_PARTITIONS, Names
-from natskiq.worker import Worker, is_async, lookup
+from natskiq.dispatch.protocol import Delivery, Inbox
+from natskiq.run.demand import Demand
+from natskiq.run.execute import Executor
+from natskiq.run.fence import Fence
+from natskiq.run.intake import Intake
+from natskiq.run.settle import SETTLE_TIMEOUT, Settler
+from natskiq.run.stats import Stats
+from natskiq.topology import Names
 
 log = logging.getLogger(__name__)
 
-SETTLE_TIMEOUT = 5.0
-SETTLE_ATTEMPTS = 5
-ACK_LINGER = 0.001
 RUN_SLICE = 0.005  # seconds a runner may run jobs back to back before it yields
-STATS_INTERVAL = 1.0
 MAX_DELIVERIES = 25
-UNCONFIRMED_DELAY = 1.0  # seconds before a dispatch whose token could not be confirmed comes back
-CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
 
 
 @attrs.define
@@ -103,41 +92,38 @@ class Node:
     shards: int = 1
     capacity_hooks: list[Callable[[], None]] = attrs.field(factory=list)
     """The masters in this process (one per shard it leads), told at once when slots free up."""
-    processed: int = attrs.field(init=False, default=0)
-    failed: int = attrs.field(init=False, default=0)
     _busy: int = attrs.field(init=False, default=0)
-    _max_token: dict[int, int] = attrs.field(init=False, factory=dict)
-    """Per shard, the newest master token seen (and confirmed): older ones are fenced out."""
-    _received: dict[int, int] = attrs.field(init=False, factory=dict)
     _quiet: bool = attrs.field(init=False, default=False)
-    _inflight: set[Delivery] = attrs.field(init=False, factory=set)
-    _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
-    _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
-    _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
-    _unflushed: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    _stat_pending: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    _stat_inflight: dict[str, tuple[str, int]] = attrs.field(init=False, factory=dict)
-    _stat_ids: int = attrs.field(init=False, default=0)
-    _started: str = attrs.field(init=False, factory=lambda: f"{time.time():.6f}")
-    outcomes: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    """Where this node's failed runs went: ``retry``, ``failed`` or ``discarded``."""
-    _threads: anyio.CapacityLimiter = attrs.field(init=False)
+    _held: set[Delivery] = attrs.field(init=False, factory=set)
+    """Deliveries received and not yet settled (the settler's and the executor's too)."""
     _send: MemoryObjectSendStream[Delivery] = attrs.field(init=False)
     _recv: MemoryObjectReceiveStream[Delivery] = attrs.field(init=False)
-    _demand_changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _idle: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _tg: TaskGroup | None = attrs.field(init=False, default=None)
     _runners: int = attrs.field(init=False, default=0)
     _waiting: int = attrs.field(init=False, default=0)
     _queued: int = attrs.field(init=False, default=0)
-    _js: JetStreamContext | None = attrs.field(init=False, default=None)
-    _acks: list[str] = attrs.field(init=False, factory=list)
-    _acks_ready: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _fence: Fence = attrs.field(init=False)
+    _settler: Settler = attrs.field(init=False)
+    _stats: Stats = attrs.field(init=False)
+    _executor: Executor = attrs.field(init=False)
+    _intake: Intake = attrs.field(init=False)
+    _demand: Demand = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._threads = anyio.CapacityLimiter(self.concurrency)
         self._send, self._recv = anyio.create_memory_object_stream[Delivery](math.inf)
         self._idle.set()
+        nc, names = self.nc, self.names
+        js = nc.jetstream()  # one context for every part: nats-py builds a new one per call
+        self._fence = Fence(js, names)
+        self._settler = Settler(nc, js, names, self._held, self.ack_wait)
+        self._stats = Stats(js, names, self.node_id)
+        self._executor = Executor(
+            nc, js, names, self.node_id, self._held, self._settler, self._stats,
+            self.middleware, self.max_deliveries, anyio.CapacityLimiter(self.concurrency),
+        )  # fmt: skip
+        self._intake = Intake(nc, js, self._fence, self._settler, self.ack_wait, self.deliver_many)
+        self._demand = Demand(nc, names, self._fence, self.demand)
 
     @property
     def busy(self) -> int:
@@ -154,27 +140,43 @@ class Node:
         """Whether the node takes no new jobs (told to be quiet, or not running)."""
         return self._quiet or self._tg is None
 
+    @property
+    def processed(self) -> int:
+        """Runs this node finished (Sidekiq's processed)."""
+        return self._stats.processed
+
+    @property
+    def failed(self) -> int:
+        """Runs this node finished that failed."""
+        return self._stats.failed
+
+    @property
+    def outcomes(self) -> collections.Counter[str]:
+        """Where this node's failed runs went: ``retry``, ``failed`` or ``discarded``."""
+        return self._settler.outcomes
+
     def running_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The jobs running here now (jid, class, queue, started), oldest first."""
-        return sorted(self._running_info.values(), key=lambda j: float(j["started"]))[:limit]
+        return self._executor.running_jobs(limit)
 
     def demand(self) -> dict[str, Any]:
         """This node's capacity report, as sent to the master."""
+        tokens, received = self._fence.report()
         return {
             "node": self.node_id,
             "concurrency": self.concurrency,
             "busy": self._busy,
             "queues": self.queues,
             "strict": self.strict,
-            "tokens": {str(shard): token for shard, token in self._max_token.items()},
-            "received": {str(shard): count for shard, count in self._received.items()},
+            "tokens": tokens,
+            "received": received,
             "quiet": self._quiet,
         }
 
     def _changed(self) -> None:
         hooks = self.capacity_hooks
         if len(hooks) < self.shards:
-            self._demand_changed.set()  # a master elsewhere: report soon
+            self._demand.changed.set()  # a master elsewhere: report soon
         if len(hooks) > 1:
             # Several shards led here: each in turn gets the first go at the
             # free slots, so no partition waits behind another.
@@ -184,14 +186,16 @@ class Node:
 
     def deliver_many(self, deliveries: list[Delivery]) -> None:
         """Accept jobs from the master (never blocks; refusals happen in the runner)."""
+        # The fence's tables, kept here rather than through a call to it: this runs for every job.
+        tokens, received = self._fence.newest, self._fence.received
         for delivery in deliveries:
             shard = delivery.shard
-            newest = self._max_token.get(shard, 0)
+            newest = tokens.get(shard, 0)
             if delivery.token > newest:
-                self._max_token[shard], self._received[shard] = delivery.token, 0
+                tokens[shard], received[shard] = delivery.token, 0
             if delivery.token >= newest:
-                self._received[shard] = self._received.get(shard, 0) + 1
-            self._inflight.add(delivery)
+                received[shard] = received.get(shard, 0) + 1
+            self._held.add(delivery)
             self._send.send_nowait(delivery)
         self._busy += len(deliveries)
         self._queued += len(deliveries)
@@ -220,211 +224,33 @@ class Node:
         dispatch_inbox = await Inbox.subscribe(self.nc, self.names.dispatch_subject(self.node_id))
         master_sub = await self.nc.subscribe(self.names.master_subject)
         cancel_sub = await self.nc.subscribe(self.names.cancel_subject)
+        settler = self._settler
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_dispatches, dispatch_inbox)
-                tg.start_soon(self._read_masters, master_sub)
-                tg.start_soon(self._read_cancels, cancel_sub)
-                tg.start_soon(self._report_demand)
-                tg.start_soon(self._keep_alive)
-                tg.start_soon(self._keep_stats)
-                tg.start_soon(self._ack_batches)
-                self._tg = tg
+                tg.start_soon(self._intake.read, dispatch_inbox)
+                tg.start_soon(self._demand.answer, master_sub)
+                tg.start_soon(self._executor.read_cancels, cancel_sub)
+                tg.start_soon(self._demand.run)
+                tg.start_soon(settler.keep_alive)
+                tg.start_soon(self._stats.run)
+                tg.start_soon(settler.send_acks)
+                self._tg, settler.batching = tg, True
                 task_status.started()
         finally:
-            self._tg = None
+            self._tg, settler.batching = None, False
             self._send.close()
             self._recv.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
-                await self._flush_acks()
-                for delivery in list(self._inflight):
-                    # Received but never started: back to the queue at once.
-                    await self._settle(delivery, b"-NAK")
+                await settler.hand_back()
             await dispatch_inbox.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await master_sub.unsubscribe()
                 await cancel_sub.unsubscribe()
 
-    # -- inputs ---------------------------------------------------------
-
-    async def _read_dispatches(self, inbox: Inbox) -> None:
-        while True:
-            batch = []
-            for msg in await inbox.get():
-                headers = msg.headers or {}
-                try:
-                    token = int(headers[TOKEN_HEADER])
-                    reply = headers[ACK_HEADER]
-                except (KeyError, ValueError):
-                    log.warning("ignoring a dispatch without token or ack subject")
-                    continue
-                try:
-                    shard = int(headers.get(SHARD_HEADER, 0))
-                except ValueError:
-                    shard = -1
-                if not 0 <= shard < MAX_PARTITIONS:
-                    log.warning("ignoring a dispatch for shard %r", headers.get(SHARD_HEADER))
-                    continue
-                data = msg.data
-                if headers.get(FETCH_HEADER) and not (data := await self._fetch(reply)):
-                    continue
-                batch.append(Delivery(data, reply, token, expires=self._expires(headers, reply), shard=shard))
-            newest: dict[int, int] = {}
-            for delivery in batch:
-                newest[delivery.shard] = max(newest.get(delivery.shard, 0), delivery.token)
-            unconfirmed = False
-            for shard, token in newest.items():
-                if token > self._max_token.get(shard, 0):
-                    await self._confirm(token, shard)
-                    unconfirmed = True
-            if unconfirmed:
-                batch = await self._drop_unconfirmed(batch)
-            if batch:
-                self.deliver_many(batch)
-
-    def _expires(self, headers: dict[str, str], reply: str) -> float:
-        """When JetStream may redeliver a dispatched job: an ack wait after the
-        master last kept it alive (or after JetStream delivered it).
-
-        Wall-clock times, from the master and the server, turned into this
-        node's clock once on arrival: a dispatch that sat in the socket while
-        this node was paused arrives already stale.
-        """
-        try:
-            kept = float(headers[KEPT_HEADER])
-        except (KeyError, ValueError):
-            kept = ack_field(reply, "ts") / 1e9
-        age = max(0.0, time.time() - kept) if math.isfinite(kept) else self.ack_wait
-        return anyio.current_time() + self.ack_wait - age
-
-    async def _confirm(self, token: int, shard: int = 0) -> bool:
-        """Whether ``token`` is at most the shard's lease's (read from its KV key), now this node's newest.
-
-        Tokens that arrive in messages are never believed as they are: a
-        forged one would fence out every real master (every node NAKing
-        every dispatch). A higher token is taken only once the lease's own
-        key confirms it.
-        """
-        try:
-            with anyio.fail_after(SETTLE_TIMEOUT):
-                current = await current_token(self._jetstream(), self.names, shard)
-        except (NatsError, JSError, TimeoutError) as exc:
-            log.warning("could not read the lease to confirm master token %d: %r", token, exc)
-            return False
-        if current > self._max_token.get(shard, 0):
-            self._max_token[shard], self._received[shard] = current, 0
-        if token > current:
-            log.warning(
-                "ignoring master token %d of shard %d: the lease's is %d (forged or garbled)",
-                token,
-                shard,
-                current,
-            )
-        return token <= current
-
-    async def _drop_unconfirmed(self, batch: list[Delivery]) -> list[Delivery]:
-        """Deliveries whose token the lease did not confirm go back and do not run.
-
-        The NAK is delayed by :data:`UNCONFIRMED_DELAY`: when the lease
-        cannot be read (a server restarting), a plain NAK would have the
-        master send the job straight back, and every round trip would count
-        a delivery towards ``max_deliveries``.
-        """
-        kept = [d for d in batch if d.token <= self._max_token.get(d.shard, 0)]
-        for delivery in batch:
-            if delivery.token > self._max_token.get(delivery.shard, 0):
-                await self._settle(delivery, nak(UNCONFIRMED_DELAY))
-        return kept
-
-    async def _fetch(self, reply: str) -> bytes:
-        """The payload of a job too large to forward with its dispatch headers, read from its stream."""
-        tokens, offset = ack_tokens(reply)
-        try:
-            msg = await self._jetstream().get_msg(tokens[offset], seq=ack_field(reply, "sseq"))
-        except (NatsError, JSError, TimeoutError, IndexError) as exc:
-            log.warning("could not read a large job from its stream: %r", exc)
-            try:
-                await self.nc.publish(reply, b"-NAK")
-            except NatsError:
-                pass
-            return b""
-        return msg.data or b""
-
-    async def _read_masters(self, sub: Any) -> None:
-        async for msg in sub.messages:
-            try:
-                announcement = json.loads(msg.data)
-                token, shard = int(announcement["token"]), int(announcement.get("shard", 0))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
-            if not 0 <= shard < MAX_PARTITIONS:
-                continue
-            if token > self._max_token.get(shard, 0):
-                await self._confirm(token, shard)
-            self._demand_changed.set()
-
-    async def _read_cancels(self, sub: Any) -> None:
-        """Cancel a job on request: at once if running here, else when it would start."""
-        async for msg in sub.messages:
-            try:
-                jid = str(json.loads(msg.data)["jid"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            now = anyio.current_time()
-            self._cancelled = {j: t for j, t in self._cancelled.items() if t > now}
-            scope = self._running.get(jid)
-            if scope is None:
-                self._cancelled[jid] = now + CANCEL_MEMORY
-                continue
-            scope.cancel()
-            if msg.reply:
-                await self.nc.publish(msg.reply, json.dumps({"node": self.node_id, "jid": jid}).encode())
-
-    async def _report_demand(self) -> None:
-        """Publish capacity every heartbeat and soon after it changes."""
-        subject = self.names.demand_subject
-        while True:
-            changed = self._demand_changed = anyio.Event()
-            try:
-                await self.nc.publish(subject, json.dumps(self.demand()).encode())
-            except NatsError as exc:
-                log.debug("demand not sent: %r", exc)
-            with anyio.move_on_after(HEARTBEAT):
-                await changed.wait()
-            await anyio.sleep(0.002)  # coalesce a burst of freed slots into one report
-
-    async def _keep_alive(self) -> None:
-        """In-progress acks for every job held, so none is redelivered mid-run.
-
-        Only for jobs still this node's: one whose ack wait has lapsed (the
-        node was paused, or a job blocked the event loop) may be running
-        elsewhere already, and must not be made to look fresh.
-        """
-        last = anyio.current_time()
-        while True:
-            await anyio.sleep(self.ack_wait / 3)
-            now = anyio.current_time()
-            if now - last > self.ack_wait * 0.75:
-                log.warning(
-                    "this node could not keep its jobs alive for %.1fs (paused, or a job blocked the "
-                    "event loop): jobs held past the %.0fs ack wait may run elsewhere too",
-                    now - last, self.ack_wait,
-                )  # fmt: skip
-            last = now
-            for delivery in list(self._inflight):
-                if delivery.stale(now):
-                    continue
-                try:
-                    await self.nc.publish(delivery.reply, b"+WPI")
-                except NatsError as exc:
-                    log.debug("in-progress ack not sent: %r", exc)
-                    continue
-                delivery.expires = now + self.ack_wait
-
     # -- running --------------------------------------------------------
 
     def _done(self, delivery: Delivery) -> None:
-        self._inflight.discard(delivery)
+        self._held.discard(delivery)
         self._busy -= 1
         if self._busy == 0:
             self._idle.set()
@@ -445,6 +271,8 @@ class Node:
                     return  # no more deliveries: the node is stopping
 
     async def _run_jobs(self, scope: anyio.CancelScope) -> None:
+        # The parts every job goes to, looked up once per runner rather than once per job.
+        newest, settle, process = self._fence.newest, self._settler.settle, self._executor.process
         slice_ends = time.perf_counter() + RUN_SLICE
         while not scope.cancel_called:
             try:
@@ -467,20 +295,20 @@ class Node:
                     # job to another node (fencing per delivery). Neither run
                     # nor NAK it; if it was not redelivered, it is once its
                     # ack wait ends.
-                    self._inflight.discard(delivery)
+                    self._held.discard(delivery)
                     log.warning("not starting a job held past its ack wait: %s", delivery.reply)
-                elif self._quiet or delivery.token < self._max_token.get(delivery.shard, 0):
+                elif self._quiet or delivery.token < newest.get(delivery.shard, 0):
                     # Quiet means no new job starts here, and a job handed out
                     # by a master that has since been replaced does not start
                     # either (fencing): back to the queue, to run at once.
-                    await self._settle(delivery, b"-NAK")
+                    await settle(delivery, b"-NAK")
                 else:
-                    await self._process(delivery, scope)
+                    await process(delivery, scope)
             except anyio.get_cancelled_exc_class():
-                if delivery in self._inflight:
+                if delivery in self._held:
                     # Shut down while running: hand the job back at once.
                     with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
-                        await self._settle(delivery, b"-NAK")
+                        await settle(delivery, b"-NAK")
                 raise
             finally:
                 self._done(delivery)
@@ -491,242 +319,3 @@ class Node:
                 # the process (pulls, acks, the lease's renewals) has a turn.
                 await anyio.lowlevel.checkpoint()
                 slice_ends = time.perf_counter() + RUN_SLICE
-
-    async def _process(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
-        """Run one delivery; whatever goes wrong handling it stays with this job.
-
-        A job whose handling raises (anything but its own ``perform``, which
-        is routed to retry) is kept in the failed set as it came, with the
-        reason: one hostile payload can neither take the node down nor be
-        redelivered to take the next one down.
-        """
-        try:
-            await self._handle(delivery, scope)
-        except Exception as exc:
-            if delivery not in self._inflight:
-                log.exception("error after a job from %s was settled", delivery.reply)
-                return
-            log.exception("could not handle a job from %s; keeping it in the failed set", delivery.reply)
-            self._count(failed=True)
-            reason = f"natskiq could not handle this job: {type(exc).__qualname__}: {retry.describe(exc)}"
-            await self._settle_with(
-                retry.fail_invalid, delivery.data, reason, queue=_origin(delivery.reply)[0],
-                ack=functools.partial(self._settle, delivery, b"+ACK"), seq=delivery.seq,
-                max_payload=self.nc.max_payload,
-            )  # fmt: skip
-
-    async def _handle(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
-        ack = functools.partial(self._settle, delivery, b"+ACK")
-        queue, delivered = _origin(delivery.reply)
-        where = {"ack": ack, "seq": delivery.seq, "max_payload": self.nc.max_payload}
-        try:
-            job = jobs.decode(delivery.data)
-        except InvalidJob as exc:
-            self._count(failed=True)
-            await self._settle_with(retry.fail_invalid, delivery.data, exc.reason, queue=queue, **where)
-            return
-        if job.queue != queue:
-            # Trust the stream the job came from, not what its producer wrote.
-            job = attrs.evolve(job, queue=queue)
-        if job.periodic is not None:
-            # Every tick of a periodic job carries the same envelope: give
-            # each run its own jid, from the message's stream sequence.
-            job = attrs.evolve(job, jid=f"{job.jid[:40]}-{delivery.seq}", enqueued_at=time.time())
-        where["raw"] = delivery.data
-        if delivered > self.max_deliveries:
-            # Delivered again and again, never settled: it likely kills the
-            # process that runs it. Keep it in the failed set, don't run it.
-            self._count(failed=True)
-            limit = DeliveryLimit(delivered)
-            await self._settle_with(retry.route, job, limit, worker=None, kill=True, **where)
-            return
-        try:
-            worker: type[Worker] | None = lookup(job.cls)
-        except UnknownWorker as exc:
-            self._count(failed=True)
-            await self._settle_with(retry.route, job, exc, worker=None, **where)
-            return
-        assert worker is not None
-        await self._execute(worker, job, where, delivery, scope)
-
-    async def _execute(
-        self,
-        worker: type[Worker],
-        job: jobs.Job,
-        where: dict[str, Any],
-        delivery: Delivery,
-        scope: anyio.CancelScope,
-    ) -> None:
-        js = self._jetstream()
-        ack = where["ack"]
-        if self._cancelled and self._cancelled.pop(job.jid, None) is not None:
-            log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
-            await unique.release(js, self.names, job)
-            await ack()
-            return
-        locked = job.unique_key is not None
-        if (locked or job.expires_at is not None) and not await unique.on_start(js, self.names, job):
-            await ack()  # expired before it could start (expires_in): skipped, not run
-            return
-        self._running_info[job.jid] = {
-            "jid": job.jid,
-            "class": job.cls,
-            "queue": job.queue,
-            "started": time.time(),
-        }
-        self._running[job.jid] = scope
-        try:
-            await self._perform(worker, job, delivery)
-        except anyio.get_cancelled_exc_class():
-            if scope.cancel_called:
-                # Cancelled on request (natskiq.api.cancel): the job is dropped.
-                log.info("cancelled jid=%s class=%s queue=%s while running", job.jid, job.cls, job.queue)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
-                    await unique.release(js, self.names, job)
-                    await ack()
-            raise
-        except Exception as exc:
-            self._count(failed=True)
-            await self._settle_with(retry.route, job, exc, worker=worker, **where)
-            return
-        finally:
-            self._running.pop(job.jid, None)
-            self._running_info.pop(job.jid, None)
-        self._count(failed=False)
-        if locked:
-            await unique.on_success(js, self.names, job)
-        await ack()
-
-    def _jetstream(self) -> JetStreamContext:
-        """The connection's JetStream context, made once (nats-py builds a new one per call)."""
-        if self._js is None:
-            self._js = self.nc.jetstream()
-        return self._js
-
-    def _count(self, *, failed: bool) -> None:
-        """Sidekiq's stats: every finished run is processed; failures also failed."""
-        self.processed += 1
-        self._unflushed["processed"] += 1
-        if failed:
-            self.failed += 1
-            self._unflushed["failed"] += 1
-
-    async def _flush_stats(self) -> None:
-        """Add this node's counts to the cluster-wide counters (a JetStream counter stream).
-
-        Each subject has at most one increment in flight, sent again with the
-        same ``Nats-Msg-Id`` until it is acknowledged: an increment stored
-        whose PubAck was lost is not added twice.
-        """
-        js = self._jetstream()
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        for name in ("processed", "failed"):
-            count, self._unflushed[name] = self._unflushed[name], 0
-            if count:
-                for subject in (self.names.stats_subject(name), self.names.stats_subject(name, day)):
-                    self._stat_pending[subject] += count
-        for subject, count in list(self._stat_pending.items()):
-            if subject not in self._stat_inflight and count:
-                self._stat_ids += 1
-                self._stat_inflight[subject] = (f"{self.node_id}:{self._started}:{self._stat_ids}", count)
-                del self._stat_pending[subject]
-        for subject, (msg_id, count) in list(self._stat_inflight.items()):
-            try:
-                await js.publish(subject, b"", headers={"Nats-Incr": f"+{count}", "Nats-Msg-Id": msg_id})
-            except (NatsError, JSError, TimeoutError) as exc:
-                log.debug("stats not flushed yet: %r", exc)
-                return
-            del self._stat_inflight[subject]
-
-    async def _keep_stats(self) -> None:
-        try:
-            while True:
-                await anyio.sleep(STATS_INTERVAL)
-                await self._flush_stats()
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._flush_stats()
-
-    async def _perform(self, worker: type[Worker], job: jobs.Job, delivery: Delivery) -> None:
-        instance = worker()
-        instance.jid, instance.job = job.jid, job
-        instance.lease_token, instance.delivered_at = delivery.token, delivery.delivered_at
-        instance.lease_shard = delivery.shard
-        timeout = worker.options.timeout
-        call = functools.partial(instance.perform, *job.args, **job.kwargs)
-        if timeout is None and is_async(worker):
-            # The common case, without a closure or a timeout scope around it.
-            await middleware.run_server(self.middleware, instance, job, call)
-            return
-
-        async def perform() -> Any:
-            with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
-                if is_async(worker):
-                    return await call()
-                return await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
-
-        await middleware.run_server(self.middleware, instance, job, perform)
-
-    async def _settle_with(self, route: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Store a successor, retrying while NATS is unreachable; returns the route's outcome.
-
-        If it still fails, the job is left unacked and JetStream redelivers
-        it after the ack wait: it runs again rather than being lost.
-        """
-        js = self._jetstream()
-        for attempt in range(SETTLE_ATTEMPTS):
-            try:
-                with anyio.fail_after(SETTLE_TIMEOUT):
-                    outcome = await route(js, self.names, *args, **kwargs)
-                if outcome is not None:
-                    self.outcomes[outcome] += 1
-                return outcome
-            except (NatsError, JSError, TimeoutError) as exc:
-                log.warning("could not store a retry/failed record (attempt %d): %r", attempt + 1, exc)
-                await anyio.sleep(0.2 * (attempt + 1))
-        return None
-
-    async def _settle(self, delivery: Delivery, verdict: bytes) -> None:
-        self._inflight.discard(delivery)
-        if verdict.startswith(b"-NAK") and delivery.stale(anyio.current_time()):
-            return  # it may be another node's by now: a NAK would hand back that delivery
-        if verdict == b"+ACK" and self._tg is not None:
-            # Acks go out in batches (see _ack_batches): one socket write for
-            # many jobs instead of one each.
-            self._acks.append(delivery.reply)
-            self._acks_ready.set()
-            return
-        try:
-            await self.nc.publish(delivery.reply, verdict)
-        except NatsError as exc:
-            log.warning("could not send %s: %r", verdict.decode(), exc)
-
-    async def _ack_batches(self) -> None:
-        """Send queued acks after a short linger, so they share socket writes."""
-        while True:
-            await self._acks_ready.wait()
-            await anyio.sleep(ACK_LINGER)
-            self._acks_ready = anyio.Event()
-            await self._flush_acks()
-
-    async def _flush_acks(self) -> None:
-        acks, self._acks = self._acks, []
-        for index, reply in enumerate(acks):
-            try:
-                await self.nc.publish(reply, b"+ACK")
-            except NatsError as exc:
-                # Not acked: JetStream redelivers these after the ack wait (at least once).
-                log.warning("could not send %d ack(s): %r", len(acks) - index, exc)
-                return
-
-
-def _origin(reply: str) -> tuple[str, int]:
-    """The queue a message came from (its ack subject's stream name) and how
-    many times JetStream has delivered it, from one split of the subject."""
-    tokens, offset = ack_tokens(reply)
-    stream = tokens[offset] if len(tokens) > offset else ""
-    try:
-        delivered = int(tokens[offset + 2])
-    except (IndexError, ValueError):
-        delivered = 1
-    return (stream.split("_Q_", 1)[1] if "_Q_" in stream else "invalid"), delivered

@@ -1,0 +1,245 @@
+"""Stage 5, the node's executor: one delivery, from its bytes to its verdict.
+
+A runner of the node hands the executor each delivery it may start. The
+executor decodes the envelope (trusting the stream the job came from for
+its queue; a periodic job's run gets a jid of its own), looks the worker
+class up in the registry, and runs ``perform`` through the server
+middleware, under the worker's timeout (a plain ``def`` in a worker
+thread), in the runner's cancel scope; then it counts the run
+(:mod:`natskiq.run.stats`) and settles it (:mod:`natskiq.run.settle`): ack
+on success, the retry or failed record of :mod:`natskiq.run.retry` on an
+exception. It also takes cancel requests (``natskiq.api.cancel``): a job
+running here is cancelled at once and dropped; one not started yet is
+remembered for a while (:data:`CANCEL_MEMORY`) and skipped when it comes.
+
+It guarantees that whatever goes wrong handling a job stays with that job:
+an envelope that does not decode, an unknown worker, a job delivered past
+``max_deliveries`` and an error of natskiq's own all end in the failed set,
+and the node carries on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import time
+from typing import Any
+
+import anyio
+import attrs
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
+
+from natskiq import job as jobs
+from natskiq import middleware
+from natskiq.dispatch.protocol import Delivery, ack_tokens
+from natskiq.enqueue import unique
+from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
+from natskiq.run import retry
+from natskiq.run.settle import SETTLE_TIMEOUT, Settler
+from natskiq.run.stats import Stats
+from natskiq.topology import Names
+from natskiq.worker import Worker, is_async, lookup
+
+log = logging.getLogger("natskiq.run.node")  # the node's logger: `natskiq worker` prints its name
+
+CANCEL_MEMORY = 600.0  # seconds a cancel request waits for a job that has not started
+
+
+@attrs.define
+class Executor:
+    """Runs one node's deliveries: decode, look up, perform, count, settle.
+
+    Each runs in the cancel scope of the runner that took it, and a cancel
+    request for a job running here cancels that scope.
+
+    Args:
+        nc: the connection.
+        js: its JetStream context.
+        names: the namespace's names.
+        node_id: this node's id (in answers to cancel requests).
+        held: the node's deliveries received and not yet settled (shared with it).
+        settler: the node's settler.
+        stats: the node's stats.
+        middleware: the server middleware every job runs through (the node's list).
+        max_deliveries: deliveries after which a job is kept in the failed set, not run.
+        threads: the limiter for worker threads (a plain ``def perform``).
+    """
+
+    nc: NATS
+    js: JetStreamContext
+    names: Names
+    node_id: str
+    held: set[Delivery]
+    settler: Settler
+    stats: Stats
+    middleware: list[middleware.ServerMiddleware]
+    max_deliveries: int
+    threads: anyio.CapacityLimiter
+    _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
+    _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
+    _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
+
+    def running_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The jobs running here now (jid, class, queue, started), oldest first."""
+        return sorted(self._running_info.values(), key=lambda j: float(j["started"]))[:limit]
+
+    async def read_cancels(self, sub: Any) -> None:
+        """Cancel a job on request: at once if running here, else when it would start."""
+        async for msg in sub.messages:
+            try:
+                jid = str(json.loads(msg.data)["jid"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            now = anyio.current_time()
+            self._cancelled = {j: t for j, t in self._cancelled.items() if t > now}
+            scope = self._running.get(jid)
+            if scope is None:
+                self._cancelled[jid] = now + CANCEL_MEMORY
+                continue
+            scope.cancel()
+            if msg.reply:
+                try:
+                    await self.nc.publish(msg.reply, json.dumps({"node": self.node_id, "jid": jid}).encode())
+                except NatsError as exc:  # the connection closing: the canceller hears nothing
+                    log.debug("cancel of job %s: no reply sent: %s", jid, exc)
+
+    async def process(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
+        """Run one delivery; whatever goes wrong handling it stays with this job.
+
+        A job whose handling raises (anything but its own ``perform``, which
+        is routed to retry) is kept in the failed set as it came, with the
+        reason: one hostile payload can neither take the node down nor be
+        redelivered to take the next one down.
+        """
+        try:
+            await self._handle(delivery, scope)
+        except Exception as exc:
+            if delivery not in self.held:
+                log.exception("error after a job from %s was settled", delivery.reply)
+                return
+            log.exception("could not handle a job from %s; keeping it in the failed set", delivery.reply)
+            self.stats.count(failed=True)
+            reason = f"natskiq could not handle this job: {type(exc).__qualname__}: {retry.describe(exc)}"
+            await self.settler.store(
+                retry.fail_invalid, delivery.data, reason, queue=_origin(delivery.reply)[0],
+                ack=functools.partial(self.settler.settle, delivery, b"+ACK"), seq=delivery.seq,
+                max_payload=self.nc.max_payload,
+            )  # fmt: skip
+
+    async def _handle(self, delivery: Delivery, scope: anyio.CancelScope) -> None:
+        ack = functools.partial(self.settler.settle, delivery, b"+ACK")
+        queue, delivered = _origin(delivery.reply)
+        where = {"ack": ack, "seq": delivery.seq, "max_payload": self.nc.max_payload}
+        try:
+            job = jobs.decode(delivery.data)
+        except InvalidJob as exc:
+            self.stats.count(failed=True)
+            await self.settler.store(retry.fail_invalid, delivery.data, exc.reason, queue=queue, **where)
+            return
+        if job.queue != queue:
+            # Trust the stream the job came from, not what its producer wrote.
+            job = attrs.evolve(job, queue=queue)
+        if job.periodic is not None:
+            # Every tick of a periodic job carries the same envelope: give
+            # each run its own jid, from the message's stream sequence.
+            job = attrs.evolve(job, jid=f"{job.jid[:40]}-{delivery.seq}", enqueued_at=time.time())
+        where["raw"] = delivery.data
+        if delivered > self.max_deliveries:
+            # Delivered again and again, never settled: it likely kills the
+            # process that runs it. Keep it in the failed set, don't run it.
+            self.stats.count(failed=True)
+            limit = DeliveryLimit(delivered)
+            await self.settler.store(retry.route, job, limit, worker=None, kill=True, **where)
+            return
+        try:
+            worker: type[Worker] | None = lookup(job.cls)
+        except UnknownWorker as exc:
+            self.stats.count(failed=True)
+            await self.settler.store(retry.route, job, exc, worker=None, **where)
+            return
+        assert worker is not None
+        await self._execute(worker, job, where, delivery, scope)
+
+    async def _execute(
+        self,
+        worker: type[Worker],
+        job: jobs.Job,
+        where: dict[str, Any],
+        delivery: Delivery,
+        scope: anyio.CancelScope,
+    ) -> None:
+        js = self.js
+        ack = where["ack"]
+        if self._cancelled and self._cancelled.pop(job.jid, None) is not None:
+            log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
+            await unique.release(js, self.names, job)
+            await ack()
+            return
+        locked = job.unique_key is not None
+        if (locked or job.expires_at is not None) and not await unique.on_start(js, self.names, job):
+            await ack()  # expired before it could start (expires_in): skipped, not run
+            return
+        self._running_info[job.jid] = {
+            "jid": job.jid,
+            "class": job.cls,
+            "queue": job.queue,
+            "started": time.time(),
+        }
+        self._running[job.jid] = scope
+        try:
+            await self._perform(worker, job, delivery)
+        except anyio.get_cancelled_exc_class():
+            if scope.cancel_called:
+                # Cancelled on request (natskiq.api.cancel): the job is dropped.
+                log.info("cancelled jid=%s class=%s queue=%s while running", job.jid, job.cls, job.queue)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
+                    await unique.release(js, self.names, job)
+                    await ack()
+            raise
+        except Exception as exc:
+            self.stats.count(failed=True)
+            await self.settler.store(retry.route, job, exc, worker=worker, **where)
+            return
+        finally:
+            self._running.pop(job.jid, None)
+            self._running_info.pop(job.jid, None)
+        self.stats.count(failed=False)
+        if locked:
+            await unique.on_success(js, self.names, job)
+        await ack()
+
+    async def _perform(self, worker: type[Worker], job: jobs.Job, delivery: Delivery) -> None:
+        instance = worker()
+        instance.jid, instance.job = job.jid, job
+        instance.lease_token, instance.delivered_at = delivery.token, delivery.delivered_at
+        instance.lease_shard = delivery.shard
+        timeout = worker.options.timeout
+        call = functools.partial(instance.perform, *job.args, **job.kwargs)
+        if timeout is None and is_async(worker):
+            # The common case, without a closure or a timeout scope around it.
+            await middleware.run_server(self.middleware, instance, job, call)
+            return
+
+        async def perform() -> Any:
+            with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
+                if is_async(worker):
+                    return await call()
+                return await anyio.to_thread.run_sync(call, limiter=self.threads, abandon_on_cancel=True)
+
+        await middleware.run_server(self.middleware, instance, job, perform)
+
+
+def _origin(reply: str) -> tuple[str, int]:
+    """The queue a message came from (its ack subject's stream name) and how
+    many times JetStream has delivered it, from one split of the subject."""
+    tokens, offset = ack_tokens(reply)
+    stream = tokens[offset] if len(tokens) > offset else ""
+    try:
+        delivered = int(tokens[offset + 2])
+    except (IndexError, ValueError):
+        delivered = 1
+    return (stream.split("_Q_", 1)[1] if "_Q_" in stream else "invalid"), delivered
