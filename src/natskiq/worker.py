@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, cast
 
@@ -174,6 +174,28 @@ class Worker:
     lease_token: int
     lease_shard: int = 0
     delivered_at: float
+    report_progress: Callable[[Worker, float, str], Awaitable[None]] | None = None
+    """Set by the node that runs the job: where :meth:`progress` reports go."""
+
+    async def progress(self, fraction: float, message: str = "") -> None:
+        """Report how far the job is, from 0.0 to 1.0, with a short message.
+
+        ``await self.progress(0.4, "resized 40 of 100")`` updates the job's
+        status (``handle.status()``, ``natskiq job JID``, the dashboard) with
+        a ``progress`` event. Reports closer together than half a second are
+        dropped, so a chatty loop cannot flood the server; the first report
+        of 1.0 always goes out. A plain ``def perform`` runs in a thread:
+        call ``anyio.from_thread.run(self.progress, 0.4, "...")``. Outside a
+        node (``natskiq.testing``'s modes) it checks its arguments and does
+        nothing.
+
+        Raises:
+            ValueError: ``fraction`` is not a number from 0 to 1.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+            raise ValueError(f"progress must be a number from 0 to 1, not {fraction!r}")
+        if self.report_progress is not None:
+            await self.report_progress(self, float(fraction), str(message)[:1000])
 
     def __init_subclass__(
         cls,

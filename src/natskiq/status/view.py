@@ -114,7 +114,10 @@ def fold(events: list[Event]) -> JobStatus | None:
     state = events[0].state
     for event in events:
         fields = event.fields
-        if event.state != "progress":
+        # The producer's queued event can be stored just after the node's
+        # running one (two processes): it does not take a running job back.
+        late = event.state in ("queued", "scheduled") and state == "running"
+        if event.state != "progress" and not late:
             state = event.state
         if event.state in ("queued", "scheduled"):
             facts["enqueued_at"] = facts.get("enqueued_at") or event.at
