@@ -22,6 +22,8 @@ from natskiq.errors import (
     DeliveryLimit,
     EnqueueError,
     InvalidJob,
+    JobCancelled,
+    JobFailed,
     LeaseLost,
     NatskiqError,
     NotConnected,
@@ -32,6 +34,8 @@ from natskiq.errors import (
 from natskiq.job import Job
 from natskiq.middleware import client_middleware, server_middleware
 from natskiq.run.retry import on_death
+from natskiq.status.handle import JobHandle
+from natskiq.status.view import JobStatus
 from natskiq.worker import Configured, Options, Worker
 
 __version__ = "0.1.0"
@@ -44,6 +48,10 @@ __all__ = [
     "EnqueueError",
     "InvalidJob",
     "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobHandle",
+    "JobStatus",
     "LeaseLost",
     "NatskiqError",
     "NotConnected",

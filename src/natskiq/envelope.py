@@ -58,6 +58,10 @@ def new_jids(count: int) -> list[str]:
     return [digits[start : start + 24] for start in range(0, 24 * count, 24)]
 
 
+MAX_KEEP_RESULT = 366 * 24 * 3600.0
+"""The longest a job's result may be kept (``keep_result``): a year and a day, in seconds."""
+
+
 @attrs.frozen(kw_only=True)
 class Job:
     """One job envelope. Change it only with :func:`attrs.evolve`."""
@@ -83,6 +87,7 @@ class Job:
     unique_key: str | None = None
     unique_revision: int | None = None
     unique_until: str | None = None
+    keep_result: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict (optional fields only when set)."""
@@ -120,6 +125,7 @@ OPTIONAL_FIELDS = (
     "unique_key",
     "unique_revision",
     "unique_until",
+    "keep_result",
 )
 _optional_values = operator.attrgetter(*OPTIONAL_FIELDS)
 _UNSET = (None,) * len(OPTIONAL_FIELDS)
@@ -189,11 +195,12 @@ def new_job(
     at: float | None = None,
     now: float | None = None,
     expires_at: float | None = None,
+    keep_result: float | None = None,
 ) -> Job:
     """A fresh envelope for a call, checking that the arguments are JSON-native."""
     check_arguments(args, kwargs)
     now = time.time() if now is None else now
     return Job(
         jid=new_jid(), cls=name, args=list(args), kwargs=dict(kwargs), queue=queue, retry=retry,
-        created_at=now, enqueued_at=now, at=at, expires_at=expires_at,
+        created_at=now, enqueued_at=now, at=at, expires_at=expires_at, keep_result=keep_result,
     )  # fmt: skip

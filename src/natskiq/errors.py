@@ -13,6 +13,8 @@ of these ``from`` the original::
     ├── LeaseLost                     the master lease was taken or expired
     ├── NotConnected                  no client to enqueue with
     ├── NotFound (LookupError)        no job, queue or node matches (api, CLI)
+    ├── JobFailed                     a job whose result was awaited failed for good
+    ├── JobCancelled                  a job whose result was awaited was cancelled
     ├── DeliveryLimit                 a job was delivered too often, never settled
     └── Retry                         raised by a job: retry it after ``defer``
 
@@ -55,6 +57,34 @@ class UnknownWorker(NatskiqError, LookupError):
         self.name = name
 
 
+class JobFailed(NatskiqError):
+    """The job whose result was awaited failed for good (its retries ran out, or it was killed).
+
+    Attributes:
+        jid: the job's id.
+        error_class: the class name of the exception the last run raised.
+        error_message: its message.
+        backtrace: the lines of traceback kept with the failure (``backtrace=``), else empty.
+    """
+
+    def __init__(
+        self, jid: str, error_class: str, error_message: str, backtrace: list[str] | None = None
+    ) -> None:
+        super().__init__(f"job {jid} failed: {error_class}: {error_message}")
+        self.jid = jid
+        self.error_class = error_class
+        self.error_message = error_message
+        self.backtrace = list(backtrace or [])
+
+
+class JobCancelled(NatskiqError):
+    """The job whose result was awaited was cancelled (``natskiq cancel``)."""
+
+    def __init__(self, jid: str) -> None:
+        super().__init__(f"job {jid} was cancelled")
+        self.jid = jid
+
+
 class InvalidJob(NatskiqError, ValueError):
     """A payload is not a valid job envelope.
 
@@ -76,9 +106,10 @@ class LeaseLost(NatskiqError):
 class NotConnected(NatskiqError):
     """No client is connected; use ``async with natskiq.connect(...)`` first."""
 
-    def __init__(self) -> None:
+    def __init__(self, message: str | None = None) -> None:
         super().__init__(
-            "no natskiq client is connected: use `async with natskiq.connect(url):` "
+            message
+            or "no natskiq client is connected: use `async with natskiq.connect(url):` "
             "or pass client=... explicitly"
         )
 

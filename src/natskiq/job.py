@@ -19,6 +19,7 @@ from typing import Any
 
 from natskiq.envelope import (
     MAX_DEPTH,
+    MAX_KEEP_RESULT,
     NAME_RE,
     OPTIONAL_FIELDS,
     Job,
@@ -34,6 +35,7 @@ from natskiq.errors import InvalidJob
 __all__ = [
     "MAX_CLASS_CHARS",
     "MAX_DEPTH",
+    "MAX_KEEP_RESULT",
     "MAX_OVERHEAD",
     "MAX_RETRIES",
     "MAX_REVISION",
@@ -104,6 +106,7 @@ def encode_new(
     now: float,
     at: float | None = None,
     expires_at: float | None = None,
+    keep_result: float | None = None,
 ) -> bytes:
     """``encode(Job(...))`` of a new job, byte for byte, without building the Job.
 
@@ -122,6 +125,8 @@ def encode_new(
         text += f',"at":{_dumps(at)}'
     if expires_at is not None:
         text += f',"expires_at":{_dumps(expires_at)}'
+    if keep_result is not None:
+        text += f',"keep_result":{_dumps(keep_result)}'
     return (text + "}").encode()
 
 
@@ -167,6 +172,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "unique_key": (str,),
     "unique_revision": (int,),
     "unique_until": (str,),
+    "keep_result": (int, float),
 }
 _REQUIRED = ("jid", "class", "args", "queue")
 _USUAL = frozenset(("jid", "class", "args", "kwargs", "queue", "retry", "created_at", "enqueued_at"))
@@ -226,6 +232,9 @@ def _check_values(data: dict[str, Any], raw: bytes, usual: bool) -> None:
         # Compared before any float(): 1 followed by 400 zeros is an int that no float holds.
         if value is not None and not low <= value <= high:
             raise InvalidJob(f"field {key!r} must be epoch seconds between {low:.0f} and {high:.0f}", raw)
+    keep = data.get("keep_result")
+    if keep is not None and not 1 <= keep <= MAX_KEEP_RESULT:
+        raise InvalidJob(f"field 'keep_result' must be between 1 and {MAX_KEEP_RESULT:.0f} seconds", raw)
     for key, most in _COUNTS:
         value = data.get(key)
         if value is not None and not 0 <= value <= most:

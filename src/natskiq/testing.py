@@ -45,6 +45,7 @@ from natskiq.enqueue.client import Client
 from natskiq.errors import InvalidJob
 from natskiq.ops.server import Server
 from natskiq.run import retry
+from natskiq.status.handle import JobHandle
 from natskiq.worker import Options, Worker, lookup
 
 
@@ -202,7 +203,10 @@ def _round_trip(
 ) -> jobs.Job:
     if not (isinstance(worker_cls, type) and issubclass(worker_cls, Worker)):
         raise TypeError(f"{worker_cls!r} is not a natskiq.Worker subclass")
-    job = jobs.new_job(worker_cls.name, list(args), kwargs, queue=options.queue, retry=options.retries, at=at)
+    job = jobs.new_job(
+        worker_cls.name, list(args), kwargs, queue=options.queue, retry=options.retries, at=at,
+        keep_result=options.keep_result,
+    )  # fmt: skip
     return jobs.decode(jobs.encode(job))
 
 
@@ -221,10 +225,10 @@ class _Mode:
         options: Options,
         delay: float | None = None,
         at: float | None = None,
-    ) -> str:
+    ) -> JobHandle:
         if delay is not None:
             at = time.time() + delay
-        return await self._accept(_round_trip(worker, args, kwargs, options, at))
+        return JobHandle(await self._accept(_round_trip(worker, args, kwargs, options, at)), None)
 
     async def push_many(
         self,
@@ -233,9 +237,9 @@ class _Mode:
         *,
         options: Options,
         batch_size: int = 4000,
-    ) -> list[str]:
+    ) -> list[JobHandle]:
         built = [_round_trip(worker, list(args), {}, options, None) for args in args_list]
-        return [await self._accept(job) for job in built]
+        return [JobHandle(await self._accept(job), None) for job in built]
 
     async def _accept(self, job: jobs.Job) -> str:
         """Take the job through the client middleware; its jid, or "" if vetoed (as a client does)."""

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, cast
 
 import attrs
 
+from natskiq.envelope import MAX_KEEP_RESULT
 from natskiq.errors import ConfigError, NotConnected, UnknownWorker
 from natskiq.topology import check_name
 
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client
+    from natskiq.status.handle import JobHandle
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ def _check_unique_until(_: object, __: object, value: str) -> None:
         raise ConfigError(f"unique_until must be 'start' or 'success', not {value!r}")
 
 
+def _check_keep_result(_: object, __: object, value: float | None) -> None:
+    # A result is a KV key with a per-message TTL, which NATS takes in whole seconds from 1 s.
+    if value is not None and not 1 <= value <= MAX_KEEP_RESULT:
+        raise ConfigError(f"keep_result must be 1 to {MAX_KEEP_RESULT:.0f} seconds, not {value!r}")
+
+
 def _check_expires_in(_: object, __: object, value: float | None) -> None:
     if value is not None and not value > 0:
         raise ConfigError(f"expires_in must be a positive number of seconds, not {value!r}")
@@ -80,9 +88,10 @@ class Options:
     unique_for: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_unique_for)
     unique_until: str = attrs.field(default="success", validator=_check_unique_until)
     expires_in: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_expires_in)
+    keep_result: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_keep_result)
 
 
-PER_CALL_OPTIONS = frozenset({"queue", "retries"})
+PER_CALL_OPTIONS = frozenset({"queue", "retries", "keep_result"})
 
 P = ParamSpec("P")
 
@@ -141,6 +150,10 @@ class Worker:
         expires_in: seconds (or a timedelta) after enqueueing (or after the
             scheduled time) by which the job must have started; later, a
             node skips it.
+        keep_result: seconds (or a timedelta, 1 s to a year) to keep each
+            job's outcome (its return value, or its failure) for
+            ``await handle.result()``; None (the default) keeps none. The
+            return value of ``perform`` must then be JSON-serialisable.
         name: the registered name, ``module.QualName`` by default.
 
     Optional hooks, as Sidekiq has them:
@@ -161,6 +174,28 @@ class Worker:
     lease_token: int
     lease_shard: int = 0
     delivered_at: float
+    report_progress: Callable[[Worker, float, str], Awaitable[None]] | None = None
+    """Set by the node that runs the job: where :meth:`progress` reports go."""
+
+    async def progress(self, fraction: float, message: str = "") -> None:
+        """Report how far the job is, from 0.0 to 1.0, with a short message.
+
+        ``await self.progress(0.4, "resized 40 of 100")`` updates the job's
+        status (``handle.status()``, ``natskiq job JID``, the dashboard) with
+        a ``progress`` event. Reports closer together than half a second are
+        dropped, so a chatty loop cannot flood the server; the first report
+        of 1.0 always goes out. A plain ``def perform`` runs in a thread:
+        call ``anyio.from_thread.run(self.progress, 0.4, "...")``. Outside a
+        node (``natskiq.testing``'s modes) it checks its arguments and does
+        nothing.
+
+        Raises:
+            ValueError: ``fraction`` is not a number from 0 to 1.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+            raise ValueError(f"progress must be a number from 0 to 1, not {fraction!r}")
+        if self.report_progress is not None:
+            await self.report_progress(self, float(fraction), str(message)[:1000])
 
     def __init_subclass__(
         cls,
@@ -173,6 +208,7 @@ class Worker:
         unique_for: float | timedelta | None = None,
         unique_until: str | None = None,
         expires_in: float | timedelta | None = None,
+        keep_result: float | timedelta | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -186,6 +222,7 @@ class Worker:
             "unique_for": unique_for,
             "unique_until": unique_until,
             "expires_in": expires_in,
+            "keep_result": keep_result,
         }
         changes = {key: value for key, value in given.items() if value is not None}
         cls.options = attrs.evolve(cls.options, **changes)
@@ -227,7 +264,7 @@ class Worker:
         return Configured(worker=worker, options=attrs.evolve(cls.options, **options), client=client)
 
     @classmethod
-    async def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue a job to run as soon as a node is free; returns its jid.
 
         Returns:
@@ -240,7 +277,9 @@ class Worker:
         return await plain._client().push(plain.worker, args, kwargs, options=plain.options)
 
     @classmethod
-    async def perform_bulk(cls, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000) -> list[str]:
+    async def perform_bulk(
+        cls, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000
+    ) -> list[JobHandle]:
         """Enqueue one job per argument list (``[[1], [2], ...]``), pipelined; returns the jids
         in order (see :meth:`natskiq.Client.push_many`)."""
         return await _configured(cls).perform_bulk(args_list, batch_size=batch_size)
@@ -248,12 +287,14 @@ class Worker:
     @classmethod
     async def perform_in(
         cls: type[_Performs[P]], delay: float | timedelta, *args: P.args, **kwargs: P.kwargs
-    ) -> str:
+    ) -> JobHandle:
         """Enqueue a job to run after ``delay`` (seconds or timedelta); returns its jid."""
         return await _configured(cls).perform_in(delay, *args, **kwargs)
 
     @classmethod
-    async def perform_at(cls: type[_Performs[P]], when: datetime, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_at(
+        cls: type[_Performs[P]], when: datetime, *args: P.args, **kwargs: P.kwargs
+    ) -> JobHandle:
         """Enqueue a job to run at ``when`` (a timezone-aware datetime); returns its jid."""
         return await _configured(cls).perform_at(when, *args, **kwargs)
 
@@ -273,24 +314,26 @@ class Configured(Generic[P]):
             return self.client
         return _default_client()
 
-    async def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue now; returns the jid."""
         return await self._client().push(self.worker, args, kwargs, options=self.options)
 
-    async def perform_bulk(self, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000) -> list[str]:
+    async def perform_bulk(
+        self, args_list: Iterable[Sequence[Any]], *, batch_size: int = 4000
+    ) -> list[JobHandle]:
         """Enqueue one job per argument list, pipelined; returns the jids."""
         return await self._client().push_many(
             self.worker, args_list, options=self.options, batch_size=batch_size
         )
 
-    async def perform_in(self, delay: float | timedelta, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_in(self, delay: float | timedelta, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue after ``delay`` seconds (or a timedelta); returns the jid."""
         seconds = _to_seconds(delay)
         if seconds is None or seconds != seconds:
             raise TypeError(f"delay must be seconds or a timedelta, not {delay!r}")
         return await self._client().push(self.worker, args, kwargs, options=self.options, delay=seconds)
 
-    async def perform_at(self, when: datetime, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def perform_at(self, when: datetime, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue at an aware datetime; returns the jid."""
         if not isinstance(when, datetime) or when.tzinfo is None:
             raise TypeError(f"perform_at needs a timezone-aware datetime, not {when!r}")
@@ -309,7 +352,7 @@ class Enqueuer(Protocol):
         options: Options,
         delay: float | None = None,
         at: float | None = None,
-    ) -> str: ...
+    ) -> JobHandle: ...
 
     async def push_many(
         self,
@@ -318,7 +361,7 @@ class Enqueuer(Protocol):
         *,
         options: Options,
         batch_size: int = ...,
-    ) -> list[str]: ...
+    ) -> list[JobHandle]: ...
 
 
 _modes: list[Enqueuer] = []  # testing modes in force, innermost last

@@ -25,6 +25,8 @@ them, each one role, lowest first:
   :func:`replay`, :func:`delete`, :func:`clear`);
 - :mod:`~natskiq.api.periodic`: periodic job definitions
   (:func:`periodic_jobs`, :func:`remove_periodic`);
+- :mod:`~natskiq.api.jobs`: one job by jid (:func:`job`, :func:`result`)
+  and the lifecycle events (:func:`events`, :func:`follow`);
 - :mod:`~natskiq.api.cluster`: the masters and nodes (:func:`masters`,
   :func:`nodes`) and what to tell them (:func:`cancel`, :func:`command`).
 """
@@ -43,6 +45,7 @@ from natskiq.api.entries import (
     read_entry,
     timestamp,
 )
+from natskiq.api.jobs import events, follow, job, result
 from natskiq.api.listing import find, queue_names
 from natskiq.api.periodic import PeriodicInfo, periodic_jobs, remove_periodic
 from natskiq.api.totals import QueueInfo, Stats, counter, failed_set_size, queue_info, queues, stats
@@ -63,8 +66,11 @@ __all__ = [
     "command",
     "counter",
     "delete",
+    "events",
     "failed_set_size",
     "find",
+    "follow",
+    "job",
     "master",
     "masters",
     "nodes",
@@ -75,6 +81,7 @@ __all__ = [
     "read_entry",
     "remove_periodic",
     "replay",
+    "result",
     "run_now",
     "stats",
     "timestamp",

@@ -14,6 +14,9 @@
     natskiq failed    list|replay|delete
     natskiq periodic  list | remove NAME [--json]
     natskiq cancel    JID [--json]
+    natskiq job       JID [--json]
+    natskiq result    JID [--wait S]
+    natskiq events    [--queue Q] [--class C] [--jid J] [--since T] [--limit N] [--follow] [--json]
     natskiq node      quiet|stop NODE_ID
     natskiq web       [--host 127.0.0.1] [--port 7878] [--auth A] [--read-only]
 
@@ -24,7 +27,8 @@ authentication and TLS options ``--user``/``--password``, ``--token``,
 environment variable (see :func:`natskiq.enqueue.auth.auth_options`), the better
 place for a password or token, which a command line shows to ``ps``.
 
-Exit codes: 0 done, 1 nothing matched, 2 bad input or NATS unreachable.
+Exit codes: 0 done, 1 nothing matched (or, for ``result``, a job that failed,
+was cancelled or did not finish in time), 2 bad input or NATS unreachable.
 
 Worker settings also come from ``[tool.natskiq]`` in ``./pyproject.toml`` or
 from ``./natskiq.toml`` (or ``--config FILE``); flags win, then the

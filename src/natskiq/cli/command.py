@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 
 from natskiq import __version__
-from natskiq.cli import inspection, processes, sets
+from natskiq.cli import inspection, jobs, processes, sets
 from natskiq.errors import NatskiqError, NotFound
 from natskiq.ops.launcher import EVENT_LOOPS
 
@@ -65,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT/metrics"
     )
+    worker.add_argument(
+        "--no-events", dest="events", action="store_const", const=False,
+        help="publish no lifecycle events of the jobs this node runs",
+    )  # fmt: skip
+    worker.add_argument(
+        "--events-max-msgs", type=int, help="events the events stream keeps at most (1000000)"
+    )
+    worker.add_argument("--events-max-bytes", type=int, help="bytes the events stream keeps at most (1 GiB)")
+    worker.add_argument("--events-max-days", type=float, help="days events are kept (7)")
     worker.add_argument("--config", type=Path, help="a natskiq.toml or pyproject.toml")
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     worker.add_argument(
@@ -130,6 +139,28 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("jid", help="the job's id")
     _connection_args(cancel)
     _json_arg(cancel)
+
+    job = sub.add_parser("job", help="a job's status and timeline, by jid")
+    job.add_argument("jid", help="the job's id")
+    _connection_args(job)
+    _json_arg(job)
+
+    result = sub.add_parser("result", help="a job's kept result (keep_result), as JSON")
+    result.add_argument("jid", help="the job's id")
+    result.add_argument(
+        "--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for it (0)"
+    )
+    _connection_args(result)
+
+    events = sub.add_parser("events", help="the lifecycle events of jobs; --follow for new ones")
+    events.add_argument("--queue", "-q", help="one queue's events")
+    events.add_argument("--class", dest="cls", help="one worker class's events")
+    events.add_argument("--jid", help="one job's events")
+    events.add_argument("--since", type=_when, help="from: ISO time, or an age like 90s 15m 2h 3d")
+    events.add_argument("--limit", type=int, default=100, help="the latest N found (100), without --follow")
+    events.add_argument("--follow", "-f", action="store_true", help="then print new events as they come")
+    _connection_args(events)
+    _json_arg(events)
 
     node = sub.add_parser("node", help="tell a worker node to go quiet or to stop")
     node.add_argument("action", choices=("quiet", "stop"))
@@ -211,6 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(inspection.periodic, args)
         elif args.command == "cancel":
             return anyio.run(inspection.cancel, args)
+        elif args.command == "job":
+            return anyio.run(jobs.job, args)
+        elif args.command == "result":
+            return anyio.run(jobs.result, args)
+        elif args.command == "events":
+            return anyio.run(jobs.events, args)
         elif args.command == "web":
             processes.web(args)
         elif args.command == "node":

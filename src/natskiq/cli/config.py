@@ -47,6 +47,10 @@ CONFIG_KEYS = {
     "failed_max_days",
     "metrics_port",
     "partitions",
+    "events",
+    "events_max_msgs",
+    "events_max_bytes",
+    "events_max_days",
 }
 # The settings a NATSKIQ_<KEY> environment variable stands in for (between flag and file).
 ENV_KEYS = ("url", "namespace", "replicas", "event_loop")

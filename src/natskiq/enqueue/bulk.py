@@ -84,7 +84,16 @@ async def push_many(
         [(jid, subject(options.queue), payload) for jid, payload in zip(jids, payloads, strict=True)],
         window,
     )
+    await _stored(client, [(jid, options.queue, worker.name) for jid in jids])
     return jids
+
+
+async def _stored(client: Client, stored: list[tuple[str, str, str]]) -> None:
+    """The ``queued`` events of jobs JetStream has just stored (jid, queue, class)."""
+    emitter = client._emitter
+    if emitter is not None and emitter.enabled:
+        for jid, queue, cls in stored:
+            await emitter.emit("queued", jid, queue, cls)
 
 
 async def _push_many_through(
@@ -129,6 +138,7 @@ async def _push_many_through(
             for job, payload in zip(accepted, payloads, strict=True)
         ]
         await _publish_all(client, batch, window)
+        await _stored(client, [(job.jid, job.queue, job.cls) for job in accepted])
     except BaseException as exc:
         stored = set(exc.stored) if isinstance(exc, EnqueueError) else set()
         with anyio.CancelScope(shield=True):

@@ -49,7 +49,9 @@ from natskiq.enqueue.publish import store, store_retrying
 from natskiq.enqueue.unique_locks import UniqueLocks
 from natskiq.errors import ConfigError, EnqueueError, NotConnected
 from natskiq.middleware import ClientMiddleware
-from natskiq.topology import Names, ensure_queue
+from natskiq.status.events import Emitter
+from natskiq.status.handle import JobHandle
+from natskiq.topology import Names, check_name, ensure_queue
 from natskiq.worker import Options, Worker, open_clients
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class Client:
     nats_options: dict[str, Any] = attrs.field(factory=dict, repr=False)
     publish_timeout: float = 10.0
     middleware: list[ClientMiddleware] = attrs.field(factory=list, repr=False)
+    events: bool = True
     names: Names = attrs.field(init=False)
     _nc: NATS | None = attrs.field(init=False, default=None)
     _js: JetStreamContext | None = attrs.field(init=False, default=None)
@@ -99,6 +102,7 @@ class Client:
     """Queues ensured, with when to look at their stream again (partitions may be added)."""
     _max_bytes: int = attrs.field(init=False, default=MAX_JOB_BYTES)
     _locks: UniqueLocks = attrs.field(init=False, default=attrs.Factory(UniqueLocks, takes_self=True))
+    _emitter: Emitter | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.names = Names(self.namespace)
@@ -127,6 +131,7 @@ class Client:
         options.update(env_auth(self.nats_options, urls))
         self._nc = await connector.connect(options)
         self._js = self._nc.jetstream()
+        self._emitter = Emitter(self._nc, self.names, enabled=self.events)
         # Room for what natskiq adds on the way: enqueue, dispatch and retry
         # headers, a failure's error fields (the server's limit counts headers).
         self._max_bytes = min(MAX_JOB_BYTES, self._nc.max_payload or MAX_JOB_BYTES) - jobs.MAX_OVERHEAD
@@ -163,13 +168,21 @@ class Client:
                 raise EnqueueError(f"cannot create queue {queue!r}: {exc}") from exc
             self._ensured[queue] = anyio.current_time() + REENSURE
 
-    async def enqueue(self, worker: type[Worker], *args: Any, **kwargs: Any) -> str:
-        """Enqueue ``worker`` with these arguments now; returns the jid (see :meth:`push`)."""
+    def job(self, jid: str) -> JobHandle:
+        """The handle of a job enqueued elsewhere (another process, an HTTP request), by jid.
+
+        Raises:
+            ConfigError: ``jid`` is not a jid.
+        """
+        return JobHandle(check_name("jid", jid), self)
+
+    async def enqueue(self, worker: type[Worker], *args: Any, **kwargs: Any) -> JobHandle:
+        """Enqueue ``worker`` with these arguments now; returns its handle (see :meth:`push`)."""
         _check_worker(worker)
         return await self.push(worker, args, kwargs, options=worker.options)
 
-    async def enqueue_many(self, worker: type[Worker], args_list: Iterable[Sequence[Any]]) -> list[str]:
-        """Enqueue one ``worker`` job per argument list, pipelined; returns the jids."""
+    async def enqueue_many(self, worker: type[Worker], args_list: Iterable[Sequence[Any]]) -> list[JobHandle]:
+        """Enqueue one ``worker`` job per argument list, pipelined; returns their handles."""
         _check_worker(worker)
         return await self.push_many(worker, args_list, options=worker.options)
 
@@ -187,7 +200,7 @@ class Client:
         now = time.time()
         return jobs.new_job(
             worker.name, args, kwargs, queue=options.queue, retry=options.retries, at=at, now=now,
-            expires_at=_expires_at(options, at, now),
+            expires_at=_expires_at(options, at, now), keep_result=options.keep_result,
         )  # fmt: skip
 
     async def push(
@@ -199,12 +212,12 @@ class Client:
         options: Options,
         delay: float | None = None,
         at: float | None = None,
-    ) -> str:
+    ) -> JobHandle:
         """Build one job, pass it through the client middleware, store it and
         wait for its PubAck.
 
         Returns:
-            The jid of the job that will run this call: the new job's; for a
+            The handle (a ``str``: the jid) of the job that will run this call: the new job's; for a
             ``unique_for`` worker whose lock is held, the jid of the pending
             job holding it (nothing is stored, and an INFO line says so); or
             ``""`` when client middleware vetoed the job (nothing is stored;
@@ -226,23 +239,28 @@ class Client:
             at = None
         chain = middleware.client_chain(self.middleware)
         if chain:
-            return await self._push_through(
-                chain, self.build(worker, args, kwargs, options=options, at=at), options
+            return JobHandle(
+                await self._push_through(
+                    chain, self.build(worker, args, kwargs, options=options, at=at), options
+                ),
+                self,
+                known=True,
             )
         if options.unique_for is not None:
             job = self.build(worker, args, kwargs, options=options, at=at)
-            return (await self._locks.store(job, options))[1]
+            return JobHandle((await self._locks.store(job, options))[1], self, known=True)
         # The plain enqueue, the hot path: its envelope encoded straight from the call.
         _check_worker(worker)
         jobs.check_arguments(args, kwargs)
         jid = jobs.new_jid()
         payload = jobs.encode_new(
             jid, worker.name, args, kwargs, queue=options.queue, retry=options.retries, now=now, at=at,
-            expires_at=_expires_at(options, at, now),
+            expires_at=_expires_at(options, at, now), keep_result=options.keep_result,
         )  # fmt: skip
         self._check_size(jid, payload)
         await self._send(jid, options.queue, at, payload)
-        return jid
+        await self._stored(jid, options.queue, worker.name, at)
+        return JobHandle(jid, self, known=True)
 
     async def _push_through(self, chain: list[ClientMiddleware], job: jobs.Job, options: Options) -> str:
         """push() for a job that client middleware sees first."""
@@ -272,7 +290,7 @@ class Client:
         *,
         options: Options,
         batch_size: int = BULK_WINDOW,
-    ) -> list[str]:
+    ) -> list[JobHandle]:
         """Enqueue one job per argument list, pipelined; returns the jids in order.
 
         Every argument list is checked before anything is sent. Publishes are
@@ -295,7 +313,8 @@ class Client:
                 the jids that were.
         """
         _check_worker(worker)
-        return await bulk.push_many(self, worker, args_list, options=options, batch_size=batch_size)
+        jids = await bulk.push_many(self, worker, args_list, options=options, batch_size=batch_size)
+        return [JobHandle(jid, self, known=True) for jid in jids]
 
     def _check_size(self, jid: str, payload: bytes) -> None:
         if len(payload) > self._max_bytes:
@@ -309,6 +328,15 @@ class Client:
     async def publish(self, job: jobs.Job, *, attempt: int | str = 0) -> None:
         """Store an envelope in its queue's stream (scheduled if ``job.at`` is set)."""
         await self._send(job.jid, job.queue, job.at, self._payload(job), attempt)
+        await self._stored(job.jid, job.queue, job.cls, job.at)
+
+    async def _stored(self, jid: str, queue: str, cls: str, at: float | None) -> None:
+        """The ``queued`` (or ``scheduled``) event of a job JetStream has just stored."""
+        if self._emitter is not None:
+            if at is None:
+                await self._emitter.emit("queued", jid, queue, cls)
+            else:
+                await self._emitter.emit("scheduled", jid, queue, cls, next_at=at)
 
     async def _send(
         self, jid: str, queue: str, at: float | None, payload: bytes, attempt: int | str = 0
@@ -351,6 +379,7 @@ def connect(
     namespace: str | None = None,
     replicas: int | None = None,
     middleware: Sequence[ClientMiddleware] = (),
+    events: bool = True,
     **nats_options: Any,
 ) -> Client:
     """A client for the NATS server or cluster at ``url``.
@@ -366,6 +395,8 @@ def connect(
         middleware: client middleware for this client's enqueues (see
             :mod:`natskiq.middleware`), run inside the chain registered with
             :func:`natskiq.client_middleware`, in the order given.
+        events: publish the ``queued`` and ``scheduled`` lifecycle events of
+            the jobs this client stores (see :mod:`natskiq.status.events`).
         **nats_options: passed to :func:`nats.connect` (user, password,
             token, nkeys_seed, user_credentials, tls, ...); build the
             credential and TLS ones with :func:`natskiq.enqueue.auth.auth_options`. When none of
@@ -384,5 +415,6 @@ def connect(
         namespace=namespace or os.environ.get("NATSKIQ_NAMESPACE") or "natskiq",
         replicas=replicas,
         middleware=list(middleware),
+        events=events,
         nats_options=nats_options,
     )

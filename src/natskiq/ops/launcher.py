@@ -82,7 +82,11 @@ class Launcher:
     async def _setup(self) -> None:
         s = self.settings
         self.client = Client(
-            url=s.url, namespace=s.namespace, replicas=s.replicas, nats_options=s.nats_options
+            url=s.url,
+            namespace=s.namespace,
+            replicas=s.replicas,
+            nats_options=s.nats_options,
+            events=s.events,
         )
         await self.client.open()
         order, strict = s.queue_order
@@ -101,6 +105,7 @@ class Launcher:
             ack_wait=s.ack_wait,
             max_deliveries=s.max_deliveries,
             shards=provisioned.shards,
+            events=s.events,
         )
         if s.metrics_port is not None:
             self.metrics = Metrics(outcomes=self.node.outcomes)

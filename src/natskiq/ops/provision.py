@@ -27,7 +27,14 @@ from natskiq.enqueue import cron
 from natskiq.enqueue.client import Client
 from natskiq.errors import ConfigError
 from natskiq.ops.settings import Settings
-from natskiq.topology import ensure_bucket, ensure_failed, ensure_queue, ensure_stats
+from natskiq.topology import (
+    ensure_bucket,
+    ensure_events,
+    ensure_failed,
+    ensure_queue,
+    ensure_results,
+    ensure_stats,
+)
 
 # The launcher's messages: they log under its name, the one users configure.
 log = logging.getLogger("natskiq.ops.launcher")
@@ -76,6 +83,12 @@ async def _create(client: Client, settings: Settings) -> Provisioned:
     max_age = s.failed_max_days * 86400 if s.failed_max_days else None
     await ensure_failed(js, names, replicas=s.replicas, max_jobs=s.failed_max_jobs, max_age=max_age)
     await ensure_stats(js, names, replicas=s.replicas)
+    events_age = None if s.events_max_days is None else s.events_max_days * 24 * 3600
+    await ensure_events(
+        js, names, replicas=s.replicas, max_msgs=s.events_max_msgs, max_bytes=s.events_max_bytes,
+        max_age=events_age,
+    )  # fmt: skip
+    await ensure_results(js, names, replicas=s.replicas)
     await _register_periodic(client)
     await ensure_bucket(js, names.lease_bucket, replicas=s.replicas)
     nodes_kv = await ensure_bucket(js, names.nodes_bucket, replicas=s.replicas)

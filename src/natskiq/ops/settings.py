@@ -67,6 +67,12 @@ class Settings:
     metrics_port: int | None = None
     failed_max_jobs: int | None = None
     failed_max_days: float | None = None
+    events: bool = True
+    """Publish every job's lifecycle events (see :mod:`natskiq.status.events`)."""
+    events_max_msgs: int | None = None
+    events_max_bytes: int | None = None
+    events_max_days: float | None = None
+    """The events stream's limits (1,000,000 events, 1 GiB, 7 days when not given)."""
     node_id: str = attrs.field(factory=_default_node_id)
     event_loop: str = "asyncio"
     """``"asyncio"`` or ``"uvloop"``: the loop ``natskiq worker`` runs the launcher on."""
@@ -87,6 +93,14 @@ class Settings:
         for key in ("concurrency", "max_deliveries"):
             if type(getattr(self, key)) is not int:
                 raise ConfigError(f"{key} must be a whole number, not {getattr(self, key)!r}")
+        if type(self.events) is not bool:
+            raise ConfigError(f"events must be true or false, not {self.events!r}")
+        for key in ("events_max_msgs", "events_max_bytes", "events_max_days"):
+            value = getattr(self, key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            ):
+                raise ConfigError(f"{key} must be a positive number, not {value!r}")
         for key in ("timeout", "lease_ttl", "ack_wait"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:

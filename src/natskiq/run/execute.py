@@ -24,7 +24,9 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -37,12 +39,16 @@ from natskiq import job as jobs
 from natskiq import middleware
 from natskiq.dispatch.protocol import Delivery, ack_tokens
 from natskiq.enqueue import unique
-from natskiq.errors import DeliveryLimit, InvalidJob, UnknownWorker
+from natskiq.errors import DeliveryLimit, EnqueueError, InvalidJob, UnknownWorker
 from natskiq.run import retry
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
+from natskiq.status.events import Emitter
+from natskiq.status.results import CANCELLED, encode_result, store_result
 from natskiq.topology import Names
 from natskiq.worker import Worker, is_async, lookup
+
+PROGRESS_EVERY = 0.5  # seconds: at most one progress event per job this often
 
 log = logging.getLogger("natskiq.run.node")  # the node's logger: `natskiq worker` prints its name
 
@@ -67,6 +73,7 @@ class Executor:
         middleware: the server middleware every job runs through (the node's list).
         max_deliveries: deliveries after which a job is kept in the failed set, not run.
         threads: the limiter for worker threads (a plain ``def perform``).
+        emitter: publishes the jobs' lifecycle events (and their progress).
     """
 
     nc: NATS
@@ -79,6 +86,8 @@ class Executor:
     middleware: list[middleware.ServerMiddleware]
     max_deliveries: int
     threads: anyio.CapacityLimiter
+    emitter: Emitter
+    _report: Callable[[Worker, float, str], Awaitable[None]] = attrs.field(init=False)
     _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
     _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
     _cancelled: dict[str, float] = attrs.field(init=False, factory=dict)
@@ -86,6 +95,9 @@ class Executor:
     def running_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The jobs running here now (jid, class, queue, started), oldest first."""
         return sorted(self._running_info.values(), key=lambda j: float(j["started"]))[:limit]
+
+    def __attrs_post_init__(self) -> None:
+        self._report = functools.partial(report_progress, self.emitter, self.node_id)
 
     async def read_cancels(self, sub: Any) -> None:
         """Cancel a job on request: at once if running here, else when it would start."""
@@ -153,13 +165,15 @@ class Executor:
             # process that runs it. Keep it in the failed set, don't run it.
             self.stats.count(failed=True)
             limit = DeliveryLimit(delivered)
-            await self.settler.store(retry.route, job, limit, worker=None, kill=True, **where)
+            await self.settler.store(
+                retry.route, job, limit, worker=None, kill=True, emitter=self.emitter, **where
+            )
             return
         try:
             worker: type[Worker] | None = lookup(job.cls)
         except UnknownWorker as exc:
             self.stats.count(failed=True)
-            await self.settler.store(retry.route, job, exc, worker=None, **where)
+            await self.settler.store(retry.route, job, exc, worker=None, emitter=self.emitter, **where)
             return
         assert worker is not None
         await self._execute(worker, job, where, delivery, scope)
@@ -172,17 +186,22 @@ class Executor:
         delivery: Delivery,
         scope: anyio.CancelScope,
     ) -> None:
-        js = self.js
+        js, emit = self.js, self.emitter.emit
         ack = where["ack"]
         if self._cancelled and self._cancelled.pop(job.jid, None) is not None:
             log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
             await unique.release(js, self.names, job)
+            await self._keep(job, CANCELLED)
             await ack()
+            await emit("cancelled", job.jid, job.queue, job.cls, node=self.node_id)
             return
         locked = job.unique_key is not None
         if (locked or job.expires_at is not None) and not await unique.on_start(js, self.names, job):
             await ack()  # expired before it could start (expires_in): skipped, not run
+            await emit("expired", job.jid, job.queue, job.cls, node=self.node_id)
             return
+        attempt = 1 if job.retry_count is None else job.retry_count + 2
+        await emit("running", job.jid, job.queue, job.cls, node=self.node_id, attempt=attempt)
         self._running_info[job.jid] = {
             "jid": job.jid,
             "class": job.cls,
@@ -191,18 +210,23 @@ class Executor:
         }
         self._running[job.jid] = scope
         try:
-            await self._perform(worker, job, delivery)
+            value = await self._perform(worker, job, delivery)
+            if job.keep_result is not None:
+                # Stored before the ack: a result that was reported is durable.
+                await self._keep(job, encode_result(value), raising=True)
         except anyio.get_cancelled_exc_class():
             if scope.cancel_called:
                 # Cancelled on request (natskiq.api.cancel): the job is dropped.
                 log.info("cancelled jid=%s class=%s queue=%s while running", job.jid, job.cls, job.queue)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
                     await unique.release(js, self.names, job)
+                    await self._keep(job, CANCELLED)
                     await ack()
+                    await emit("cancelled", job.jid, job.queue, job.cls, node=self.node_id, attempt=attempt)
             raise
         except Exception as exc:
             self.stats.count(failed=True)
-            await self.settler.store(retry.route, job, exc, worker=worker, **where)
+            await self.settler.store(retry.route, job, exc, worker=worker, emitter=self.emitter, **where)
             return
         finally:
             self._running.pop(job.jid, None)
@@ -211,18 +235,34 @@ class Executor:
         if locked:
             await unique.on_success(js, self.names, job)
         await ack()
+        await emit("succeeded", job.jid, job.queue, job.cls, node=self.node_id, attempt=attempt)
 
-    async def _perform(self, worker: type[Worker], job: jobs.Job, delivery: Delivery) -> None:
+    async def _keep(self, job: jobs.Job, doc: bytes, *, raising: bool = False) -> None:
+        """Store ``doc`` as the job's result when it keeps one (``keep_result``).
+
+        Raises:
+            EnqueueError: with ``raising``, when it could not be stored (else logged).
+        """
+        if job.keep_result is None:
+            return
+        try:
+            await store_result(self.js, self.names, job.jid, doc, job.keep_result, self.nc.max_payload)
+        except EnqueueError as exc:
+            if raising:
+                raise
+            log.warning("jid=%s class=%s: outcome not kept: %s", job.jid, job.cls, exc)
+
+    async def _perform(self, worker: type[Worker], job: jobs.Job, delivery: Delivery) -> Any:
         instance = worker()
         instance.jid, instance.job = job.jid, job
+        instance.report_progress = self._report
         instance.lease_token, instance.delivered_at = delivery.token, delivery.delivered_at
         instance.lease_shard = delivery.shard
         timeout = worker.options.timeout
         call = functools.partial(instance.perform, *job.args, **job.kwargs)
         if timeout is None and is_async(worker):
             # The common case, without a closure or a timeout scope around it.
-            await middleware.run_server(self.middleware, instance, job, call)
-            return
+            return await middleware.run_server(self.middleware, instance, job, call)
 
         async def perform() -> Any:
             with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
@@ -230,7 +270,25 @@ class Executor:
                     return await call()
                 return await anyio.to_thread.run_sync(call, limiter=self.threads, abandon_on_cancel=True)
 
-        await middleware.run_server(self.middleware, instance, job, perform)
+        return await middleware.run_server(self.middleware, instance, job, perform)
+
+
+async def report_progress(
+    emitter: Emitter, node_id: str, worker: Worker, fraction: float, message: str
+) -> None:
+    """A running job's progress report (``Worker.progress``), published as a
+    ``progress`` event at most every :data:`PROGRESS_EVERY` seconds: a report
+    within that time of the previous one is dropped, unless it is the first
+    to reach 1.0."""
+    now = anyio.current_time()
+    last = worker.__dict__.get("_progress_at", -math.inf)
+    if now - last < PROGRESS_EVERY and fraction < 1.0:
+        return
+    worker.__dict__["_progress_at"] = now if fraction < 1.0 else math.inf
+    job = worker.job
+    await emitter.emit(
+        "progress", job.jid, job.queue, job.cls, node=node_id, progress=fraction, message=message
+    )
 
 
 def _origin(reply: str) -> tuple[str, int]:

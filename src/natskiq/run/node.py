@@ -57,6 +57,7 @@ from natskiq.run.fence import Fence
 from natskiq.run.intake import Intake
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
+from natskiq.status.events import Emitter
 from natskiq.topology import Names
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Node:
         concurrency: jobs run at once.
         ack_wait: the consumers' ack wait, for in-progress acks.
         shards: how many dispatch shards the cluster runs (one master each).
+        events: publish the jobs' lifecycle events (see :mod:`natskiq.status.events`).
     """
 
     nc: NATS
@@ -91,6 +93,7 @@ class Node:
     middleware: list[middleware.ServerMiddleware] = attrs.field(factory=middleware.server_chain)
     shards: int = 1
     capacity_hooks: list[Callable[[], None]] = attrs.field(factory=list)
+    events: bool = True
     """The masters in this process (one per shard it leads), told at once when slots free up."""
     _busy: int = attrs.field(init=False, default=0)
     _quiet: bool = attrs.field(init=False, default=False)
@@ -121,6 +124,7 @@ class Node:
         self._executor = Executor(
             nc, js, names, self.node_id, self._held, self._settler, self._stats,
             self.middleware, self.max_deliveries, anyio.CapacityLimiter(self.concurrency),
+            Emitter(nc, names, enabled=self.events),
         )  # fmt: skip
         self._intake = Intake(nc, js, self._fence, self._settler, self.ack_wait, self.deliver_many)
         self._demand = Demand(nc, names, self._fence, self.demand)

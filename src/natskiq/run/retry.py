@@ -33,7 +33,9 @@ from nats.js import JetStreamContext
 
 from natskiq import job as jobs
 from natskiq.enqueue.client import rfc3339
-from natskiq.errors import Retry
+from natskiq.errors import EnqueueError, Retry
+from natskiq.status.events import Emitter
+from natskiq.status.results import encode_failure, store_result
 from natskiq.topology import Names, check_name
 from natskiq.worker import Worker
 
@@ -169,6 +171,7 @@ async def route(
     raw: bytes,
     max_payload: int,
     kill: bool = False,
+    emitter: Emitter | None = None,
 ) -> Outcome:
     """Store the job's successor (retry or failed), then ack the original.
 
@@ -190,37 +193,68 @@ async def route(
             exceed the server's size limit.
         max_payload: the server's limit for a message, headers included.
         kill: skip the retries and go to the failed set at once.
+        emitter: publishes the job's ``retrying``, ``failed`` or ``discarded``
+            event once the original is acked. A job that keeps its result
+            (``keep_result``) has its failure stored there before the ack.
     """
     count = 0 if job.retry_count is None else job.retry_count + 1
     options = worker.options if worker is not None else None
     now = time.time()
     record = failed_job(job, exc, count=count, backtrace=options.backtrace if options else 0, now=now)
     verdict = decide(worker, count, exc) if count < job.retry and not kill else "kill"
+    error = {"attempt": count + 1, "error_class": record.error_class, "error_message": record.error_message}
     if verdict == "discard":
         await ack()
         log.info("jid=%s class=%s discarded by retry_in: %r", job.jid, job.cls, exc)
+        await _emit(emitter, "discarded", job, **error)
         return "discarded"
     if not isinstance(verdict, str):
         delay = min(verdict, MAX_DELAY)
         if await _store_retry(js, names, attrs.evolve(record, at=now + delay), seq, max_payload):
             await ack()
             log.info("jid=%s class=%s retry %d in %.1fs: %r", job.jid, job.cls, count + 1, delay, exc)
+            await _emit(emitter, "retrying", job, next_at=now + delay, **error)
             return "retry"
+        await _keep_failure(js, names, job, record, max_payload)
     elif options is not None and not options.dead:
+        await _keep_failure(js, names, job, record, max_payload)
         await ack()  # dropped, as the worker asks (dead=False)
         log.warning("jid=%s class=%s dropped after %d retries (dead=False): %r", job.jid, job.cls, count, exc)
+        await _emit(emitter, "failed", job, **error)
         await _call_death_hooks(worker, record, exc)
         return "failed"
-    elif await _store_failed(js, names, record, seq, max_payload):
+    elif await _keep_failure(js, names, job, record, max_payload) and await _store_failed(
+        js, names, record, seq, max_payload
+    ):
         await ack()
         log.warning("jid=%s class=%s failed for good after %d retries: %r", job.jid, job.cls, count, exc)
+        await _emit(emitter, "failed", job, **error)
         await _call_death_hooks(worker, record, exc)
         return "failed"
     # Too large to carry its error: it can be neither retried nor kept as a
     # failed job. Keep it as it came, with the reason.
     reason = f"{type(exc).__qualname__}: {describe(exc)[:200]} (too large to record the failure)"
     await fail_invalid(js, names, raw, reason, queue=job.queue, ack=ack, seq=seq, max_payload=max_payload)
+    await _emit(emitter, "failed", job, **error)
     return "failed"
+
+
+async def _emit(emitter: Emitter | None, state: str, job: jobs.Job, **fields: Any) -> None:
+    if emitter is not None:
+        await emitter.emit(state, job.jid, job.queue, job.cls, **fields)
+
+
+async def _keep_failure(
+    js: JetStreamContext, names: Names, job: jobs.Job, record: jobs.Job, max_payload: int
+) -> bool:
+    """Store the failure as the job's result when it keeps one (before the ack); always True."""
+    if job.keep_result is not None:
+        doc = encode_failure(record.error_class or "", record.error_message or "", record.backtrace)
+        try:
+            await store_result(js, names, job.jid, doc, job.keep_result, max_payload)
+        except EnqueueError as exc:
+            log.warning("jid=%s class=%s: failure not kept as its result: %s", job.jid, job.cls, exc)
+    return True
 
 
 async def _store_retry(

@@ -16,8 +16,10 @@ from natskiq.topology.ensure import (
     FAILED_MAX_MSGS,
     ensure_bucket,
     ensure_consumer,
+    ensure_events,
     ensure_failed,
     ensure_queue,
+    ensure_results,
     ensure_stats,
     read_partitions,
 )
@@ -30,6 +32,7 @@ from natskiq.topology.names import (
     PERIODIC_PREFIX,
     Names,
     check_name,
+    class_token,
     partitions_of,
 )
 
@@ -46,10 +49,13 @@ __all__ = [
     "PERIODIC_PREFIX",
     "Names",
     "check_name",
+    "class_token",
     "ensure_bucket",
     "ensure_consumer",
+    "ensure_events",
     "ensure_failed",
     "ensure_queue",
+    "ensure_results",
     "ensure_stats",
     "partitions_of",
     "read_partitions",

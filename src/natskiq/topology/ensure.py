@@ -204,6 +204,58 @@ async def ensure_failed(
         await js.update_stream(current.evolve(**wanted))
 
 
+EVENTS_MAX_MSGS = 1_000_000
+EVENTS_MAX_BYTES = 1 << 30  # 1 GiB
+EVENTS_MAX_AGE = 7 * 24 * 3600.0
+
+
+async def ensure_events(
+    js: JetStreamContext,
+    names: Names,
+    *,
+    replicas: int | None = None,
+    max_msgs: int | None = None,
+    max_bytes: int | None = None,
+    max_age: float | None = None,
+) -> None:
+    """Create the bounded stream of lifecycle events if missing.
+
+    It keeps at most ``max_msgs`` events (1,000,000), ``max_bytes`` (1 GiB),
+    for ``max_age`` seconds (7 days), dropping the oldest first. Limits
+    given are applied to an existing stream too (logged).
+    """
+    config = jsapi.StreamConfig(
+        name=names.events_stream,
+        subjects=[names.events_subjects],
+        retention=jsapi.RetentionPolicy.LIMITS,
+        discard=jsapi.DiscardPolicy.OLD,
+        storage=jsapi.StorageType.FILE,
+        num_replicas=replicas or 1,
+        max_msgs=max_msgs or EVENTS_MAX_MSGS,
+        max_bytes=max_bytes or EVENTS_MAX_BYTES,
+        max_age=max_age or EVENTS_MAX_AGE,
+        allow_direct=True,
+    )
+    check = ["subjects", "retention", "storage"]
+    info = await _ensure_stream(js, config, check + (["num_replicas"] if replicas else []))
+    if info is None or (max_msgs is None and max_bytes is None and max_age is None):
+        return
+    current = info.config
+    wanted = {
+        "max_msgs": max_msgs or current.max_msgs,
+        "max_bytes": max_bytes or current.max_bytes,
+        "max_age": max_age or current.max_age,
+    }
+    if any(getattr(current, key) != value for key, value in wanted.items()):
+        log.info("events stream limits: %(max_msgs)d events, %(max_bytes)d bytes, %(max_age).0f s", wanted)
+        await js.update_stream(current.evolve(**wanted))
+
+
+async def ensure_results(js: JetStreamContext, names: Names, *, replicas: int | None = None) -> None:
+    """Create the KV bucket of kept results (a TTL per key) if missing."""
+    await ensure_bucket(js, names.results_bucket, replicas=replicas)
+
+
 async def ensure_stats(js: JetStreamContext, names: Names, *, replicas: int | None = None) -> None:
     """Create the counter stream holding cluster-wide totals (ADR-49 counters)."""
     config = jsapi.StreamConfig(

@@ -28,6 +28,17 @@ MAX_PARTITIONS = 64
 PERIODIC_PREFIX = "periodic-"  # a periodic definition's schedule subject ends periodic-<name>
 
 
+_CLASS_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+MAX_CLASS_TOKEN = 128
+
+
+def class_token(cls: str) -> str:
+    """A job class as one subject token: ``.`` written as ``:``, any other character
+    outside ``A-Za-z0-9_-`` as ``_``, cut to 128 characters (``_`` when empty)."""
+    token = "".join(c if c in _CLASS_CHARS else ":" if c == "." else "_" for c in cls[:MAX_CLASS_TOKEN])
+    return token or "_"
+
+
 def check_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a safe queue/node name, else raise ConfigError.
 
@@ -184,6 +195,36 @@ class Names:
         """The queue whose failed jobs ``subject`` holds, or None for another subject."""
         prefix = f"{self.namespace}.failed."
         return subject[len(prefix) :] if subject.startswith(prefix) else None
+
+    @property
+    def events_stream(self) -> str:
+        """The bounded stream of every job's lifecycle events."""
+        return f"{self._stream_prefix}_EVENTS"
+
+    @property
+    def events_subjects(self) -> str:
+        """Every lifecycle event's subject: what the events stream holds."""
+        return f"{self.namespace}.evt.>"
+
+    def event_subject(self, queue: str, cls: str, state: str, jid: str) -> str:
+        """``<ns>.evt.<queue>.<class>.<state>.<jid>``, the class as :func:`class_token` writes it."""
+        return f"{self.namespace}.evt.{queue}.{class_token(cls)}.{state}.{jid}"
+
+    def events_filter(self, queue: str | None = None, cls: str | None = None, jid: str | None = None) -> str:
+        """A filter on the events stream: one queue's, one class's, one job's, or every event."""
+        q = "*" if queue is None else check_name("queue", queue)
+        c = "*" if cls is None else class_token(cls)
+        j = "*" if jid is None else check_name("jid", jid)
+        return f"{self.namespace}.evt.{q}.{c}.*.{j}"
+
+    @property
+    def results_bucket(self) -> str:
+        """The KV bucket of kept job results, one key per jid with its own TTL."""
+        return f"{self.namespace}_results"
+
+    def result_subject(self, jid: str) -> str:
+        """The KV subject a job's result is stored on."""
+        return self.kv_subject(self.results_bucket, check_name("jid", jid))
 
     @property
     def stats_stream(self) -> str:

@@ -1,0 +1,172 @@
+"""The handle ``perform_async`` returns: a job's jid that can wait for its outcome.
+
+A :class:`JobHandle` *is* the jid, a ``str`` (equal to it, hashed, printed,
+JSON-encoded and compared as it), so code written for a jid keeps working.
+Its methods read what :mod:`natskiq.status.events` and
+:mod:`natskiq.status.results` publish: :meth:`~JobHandle.status` the job's
+state and timeline, :meth:`~JobHandle.wait` until it finished,
+:meth:`~JobHandle.result` its return value (for workers with
+``keep_result``). None of them polls: each subscribes, then reads once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from nats.errors import Error as NatsError
+
+from natskiq.errors import NatskiqError, NotConnected, NotFound
+from natskiq.status.events import TERMINAL
+from natskiq.status.results import outcome, read_result, wait_result
+from natskiq.status.view import Event, JobStatus, job_status, last_event
+
+if TYPE_CHECKING:
+    from natskiq.enqueue.client import Client
+
+
+class JobHandle(str):
+    """A job's jid (a ``str``), with ways to follow the job.
+
+    ``await SendEmail.perform_async(...)`` returns one, and so does
+    :meth:`natskiq.Client.job` for a jid received from elsewhere.
+    """
+
+    __slots__ = ("_client", "_known")
+
+    _client: Client | None
+    _known: bool
+
+    def __new__(cls, jid: str, client: Client | None, *, known: bool = False) -> JobHandle:
+        handle = super().__new__(cls, jid)
+        handle._client = client
+        handle._known = known  # stored by this process just now: it exists even before its first event
+        return handle
+
+    @property
+    def jid(self) -> str:
+        """The jid as a plain ``str``."""
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"JobHandle({str.__repr__(self)})"
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        return (str, (self.jid,))  # pickles (and copies) as the plain jid
+
+    @property
+    def client(self) -> Client:
+        """The client the handle reads through.
+
+        Raises:
+            NotConnected: the job was enqueued in ``natskiq.testing``'s fake or
+                inline mode, which stores nothing to follow.
+        """
+        if self._client is None:
+            raise NotConnected("this job was enqueued in a natskiq.testing mode: it has no status or result")
+        return self._client
+
+    async def status(self) -> JobStatus:
+        """The job's state and timeline, from its events.
+
+        Raises:
+            NotFound: the events stream holds nothing about this jid (unknown,
+                trimmed from the bounded stream, or published with events off).
+        """
+        client = self.client
+        found = await job_status(client.js, client.names, self.jid)
+        if found is None:
+            raise NotFound(
+                f"no events of job {self.jid}: unknown, expired from the events stream, or events are off"
+            )
+        return found
+
+    async def wait(self, timeout: float | None = None) -> JobStatus:
+        """Wait until the job finished (succeeded, failed for good, cancelled, expired
+        or discarded) and return its status.
+
+        Raises:
+            TimeoutError: it did not finish within ``timeout`` seconds.
+            NotFound: the jid is unknown (see :meth:`status`).
+        """
+        with anyio.fail_after(_seconds(timeout)):
+            await self._until_finished()
+        return await self.status()
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The job's return value, as soon as it finished (for a worker with ``keep_result``).
+
+        Raises:
+            JobFailed: the job failed for good; carries the remote error class,
+                message and backtrace.
+            JobCancelled: the job was cancelled.
+            TimeoutError: no outcome within ``timeout`` seconds.
+            NotFound: the jid is unknown, its result expired, or the job
+                finished without keeping one (its class has no ``keep_result``).
+        """
+        client = self.client
+        with anyio.fail_after(_seconds(timeout)):
+            stored = await read_result(client.js, client.names, self.jid)
+            if stored is None:
+                stored = await self._wait_stored()
+        if stored is None:
+            raise NotFound(
+                f"job {self.jid} finished without a result: it expired, or the job keeps none (keep_result)"
+            )
+        return outcome(self.jid, stored)
+
+    async def _wait_stored(self) -> bytes | None:
+        """The outcome once stored, or None once the job finished without one."""
+        client, finished = self.client, anyio.Event()
+        problems: list[NotFound] = []
+
+        async def watch() -> None:
+            try:
+                await self._until_finished()
+            except NotFound as exc:
+                problems.append(exc)
+            finished.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            stored = await wait_result(client.nc, client.js, client.names, self.jid, finished)
+            tg.cancel_scope.cancel()
+        if stored is None and problems:
+            raise problems[0]
+        return stored
+
+    async def _until_finished(self) -> None:
+        """Return once the job's latest state is final: subscribe to its events, then read the latest.
+
+        Raises:
+            NotFound: no event of the jid, and this process did not store it.
+        """
+        client = self.client
+        sub = await client.nc.subscribe(client.names.events_filter(jid=self.jid))
+        try:
+            last = await last_event(client.js, client.names, self.jid)
+            if last is None and not self._known:
+                raise NotFound(
+                    f"no job {self.jid}: unknown, expired from the events stream, or events are off"
+                )
+            if last is not None and last.state in TERMINAL:
+                return
+            async for msg in sub.messages:
+                event = Event.parse(msg.data)
+                if event is not None and event.state in TERMINAL:
+                    return
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await sub.unsubscribe()
+                except NatsError:
+                    pass
+
+
+def _seconds(timeout: float | None) -> float:
+    if timeout is None:
+        return math.inf
+    if not timeout >= 0:
+        raise NatskiqError(f"timeout must be a number of seconds, not {timeout!r}")
+    return float(timeout)

@@ -1,0 +1,248 @@
+"""Job results, status and lifecycle events (natskiq.status), against a real server and node."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import anyio
+import pytest
+
+import natskiq
+from natskiq import testing
+from natskiq.ops.launcher import Launcher
+
+from .conftest import running_node, until
+
+COUNTS: dict[str, int] = {}
+
+
+class Add(natskiq.Worker, keep_result=60, name="tests.results.Add"):
+    async def perform(self, a: int, b: int, sleep: float = 0.0) -> int:
+        await anyio.sleep(sleep)
+        return a + b
+
+
+class Plain(natskiq.Worker, name="tests.results.Plain"):
+    async def perform(self) -> str:
+        return "not kept"
+
+
+class FailsOnce(natskiq.Worker, keep_result=60, retries=3, name="tests.results.FailsOnce"):
+    async def perform(self, key: str) -> dict[str, object]:
+        COUNTS[key] = COUNTS.get(key, 0) + 1
+        if COUNTS[key] == 1:
+            raise RuntimeError("first run fails")
+        return {"runs": COUNTS[key]}
+
+
+class Doomed(natskiq.Worker, keep_result=60, retries=0, backtrace=5, name="tests.results.Doomed"):
+    async def perform(self) -> None:
+        raise ValueError("bad address")
+
+
+class Unserialisable(natskiq.Worker, keep_result=60, retries=0, name="tests.results.Unserialisable"):
+    async def perform(self) -> object:
+        return {1, 2}
+
+
+class Huge(natskiq.Worker, keep_result=60, retries=0, name="tests.results.Huge"):
+    async def perform(self) -> str:
+        return "x" * 2_000_000
+
+
+class Reporter(natskiq.Worker, keep_result=60, name="tests.results.Reporter"):
+    async def perform(self, steps: int) -> str:
+        for i in range(1, steps + 1):
+            await self.progress(i / steps, f"step {i} of {steps}")
+            await anyio.sleep(0.6)
+        return "done"
+
+
+class Sleeper(natskiq.Worker, keep_result=60, name="tests.results.Sleeper"):
+    async def perform(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+async def is_running(handle: natskiq.JobHandle) -> bool:
+    try:
+        return (await handle.status()).state == "running"
+    except natskiq.NotFound:
+        return False
+
+
+def node(client: natskiq.Client) -> contextlib.AbstractAsyncContextManager[Launcher]:
+    """An in-process worker node for the block (a task group: entered in the test itself)."""
+    return running_node(client.url, client.namespace, node_id="r1")  # type: ignore[arg-type]
+
+
+async def test_result_of_a_succeeded_job(client: natskiq.Client) -> None:
+    """perform_async's handle is the jid (a str) and gives the return value once the job ran."""
+    async with node(client):
+        handle = await Add.perform_async(2, 3)
+        assert isinstance(handle, str) and handle == handle.jid and json.dumps([handle]) == f'["{handle}"]'
+        assert await handle.result(timeout=20) == 5
+        status = await handle.status()
+        assert (status.state, status.node, status.attempt, status.finished) == ("succeeded", "r1", 1, True)
+        # The producer's event and the node's come from two connections; the node's are in order.
+        states = [e.state for e in status.events]
+        assert sorted(states) == ["queued", "running", "succeeded"] and states[-1] == "succeeded"
+
+
+async def test_result_called_before_during_and_after_the_run(client: natskiq.Client) -> None:
+    """result() waits whether called before the job starts, while it runs or after it ended;
+    a jid received from elsewhere (client.job) gives the same handle."""
+    async with node(client):
+        handle = await Add.perform_async(1, 1, sleep=1.0)
+        early = await handle.result(timeout=20)
+        assert early == 2
+        running = await Add.perform_async(2, 2, sleep=1.0)
+        await until(lambda: is_running(running), timeout=20)
+        assert await client.job(running.jid).result(timeout=20) == 4
+        assert await client.job(handle.jid).result(timeout=5) == 2  # after: read at once
+
+
+async def test_two_processes_wait_on_one_result(client: natskiq.Client) -> None:
+    """Two clients (as two processes would) both get the one result."""
+    async with node(client):
+        handle = await Add.perform_async(20, 22, sleep=0.5)
+        got: list[int] = []
+        async with natskiq.connect(client.url, namespace=client.namespace) as other:
+
+            async def wait(c: natskiq.Client) -> None:
+                got.append(await c.job(handle.jid).result(timeout=20))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait, client)
+                tg.start_soon(wait, other)
+        assert got == [42, 42]
+
+
+async def test_a_job_that_retried_then_succeeded(client: natskiq.Client) -> None:
+    """The handle reports the retry, then the final result."""
+    async with node(client):
+        with testing.zero_backoff():
+            handle = await FailsOnce.perform_async("retried")
+            assert await handle.result(timeout=30) == {"runs": 2}
+        status = await handle.status()
+        node_states = [e.state for e in status.events if e.state != "queued"]
+        assert node_states == ["running", "retrying", "running", "succeeded"]
+        assert (status.attempt, status.error_class) == (2, "RuntimeError")
+
+
+async def test_a_job_that_failed_for_good_raises_job_failed(client: natskiq.Client) -> None:
+    """JobFailed carries the remote error class, message and backtrace."""
+    async with node(client):
+        handle = await Doomed.perform_async()
+        with pytest.raises(natskiq.JobFailed) as caught:
+            await handle.result(timeout=20)
+        assert (caught.value.jid, caught.value.error_class, caught.value.error_message) == (
+            handle.jid, "ValueError", "bad address",
+        )  # fmt: skip
+        assert any("bad address" in line for line in caught.value.backtrace)
+        status = await handle.status()
+        assert (status.state, status.error_class) == ("failed", "ValueError")
+
+
+async def test_a_return_value_that_is_not_json_fails_the_job(client: natskiq.Client) -> None:
+    """A set is not JSON: the job fails with a TypeError that says so; the node carries on."""
+    async with node(client):
+        handle = await Unserialisable.perform_async()
+        with pytest.raises(natskiq.JobFailed) as caught:
+            await handle.result(timeout=20)
+        assert (
+            caught.value.error_class == "TypeError" and "not JSON-serialisable" in caught.value.error_message
+        )
+        assert (
+            await Add.perform_async(1, 2) is not None
+            and await (await Add.perform_async(3, 4)).result(20) == 7
+        )
+
+
+async def test_a_result_larger_than_the_max_payload_fails_clearly(client: natskiq.Client) -> None:
+    """A 2 MB result cannot be stored: the job fails with an error that gives the sizes."""
+    async with node(client):
+        handle = await Huge.perform_async()
+        with pytest.raises(natskiq.JobFailed) as caught:
+            await handle.result(timeout=20)
+        assert (
+            caught.value.error_class == "EnqueueError" and "over the server's" in caught.value.error_message
+        )
+
+
+async def test_a_class_without_keep_result_keeps_none(client: natskiq.Client) -> None:
+    """result() of a job that keeps none raises NotFound once the job finished, not a timeout."""
+    async with node(client):
+        handle = await Plain.perform_async()
+        with pytest.raises(natskiq.NotFound, match="without a result"):
+            await handle.result(timeout=20)
+        assert (await handle.wait(timeout=5)).state == "succeeded"
+
+
+async def test_keep_result_per_call_and_its_expiry(client: natskiq.Client) -> None:
+    """set(keep_result=1) keeps this call's result for a second; then it has expired."""
+    async with node(client):
+        handle = await Plain.set(keep_result=1).perform_async()
+        assert await handle.result(timeout=20) == "not kept"
+        await anyio.sleep(2.5)
+        with pytest.raises(natskiq.NotFound):
+            await handle.result(timeout=5)
+
+
+async def test_a_cancelled_job_raises_job_cancelled(client: natskiq.Client) -> None:
+    async with node(client):
+        handle = await Sleeper.perform_async(30)
+        await until(lambda: is_running(handle), timeout=20)
+        await natskiq.api.cancel(client, handle.jid)
+        with pytest.raises(natskiq.JobCancelled):
+            await handle.result(timeout=20)
+        assert (await handle.status()).state == "cancelled"
+
+
+async def test_progress_shows_in_the_status(client: natskiq.Client) -> None:
+    """Progress reports reach the status, rate-limited, the last one (1.0) always."""
+    async with node(client):
+        handle = await Reporter.perform_async(3)
+        assert await handle.result(timeout=20) == "done"
+        status = await handle.status()
+        progress = [e.fields["progress"] for e in status.events if e.state == "progress"]
+        assert progress[-1] == 1.0 and status.progress == 1.0 and status.message == "step 3 of 3"
+
+
+async def test_unknown_jids_and_timeouts(client: natskiq.Client) -> None:
+    """An unknown jid is NotFound at once; a job that is still running times out."""
+    async with node(client):
+        with pytest.raises(natskiq.NotFound):
+            await client.job("nosuchjob").result(timeout=5)
+        with pytest.raises(natskiq.NotFound):
+            await client.job("nosuchjob").status()
+        with pytest.raises(natskiq.ConfigError):
+            client.job("not a jid")
+        slow = await Sleeper.perform_async(5)
+        with pytest.raises(TimeoutError):
+            await slow.result(timeout=0.3)
+
+
+async def test_events_can_be_turned_off(nats_url: str, namespace: str) -> None:
+    """With events off at the producer and the node, nothing is published, results still work."""
+    async with natskiq.connect(nats_url, namespace=namespace, events=False) as quiet:
+        async with running_node(nats_url, namespace, node_id="q1", events=False):
+            handle = await Add.perform_async(5, 5)
+            assert await handle.result(timeout=20) == 10
+        info = await quiet.js.stream_info(quiet.names.events_stream)
+        assert info.state.messages == 0
+
+
+async def test_hostile_events_do_not_break_a_status(client: natskiq.Client) -> None:
+    """Bytes, other JSON and wrong types on a job's event subject are skipped or ignored."""
+    async with node(client):
+        handle = await Add.perform_async(1, 2)
+        assert await handle.result(timeout=20) == 3
+        subject = client.names.event_subject("default", Add.name, "progress", handle.jid)
+        for junk in (b"\xff", b"[]", b'{"jid": 1}', json.dumps({
+            "jid": handle.jid, "queue": "default", "class": Add.name, "state": "progress", "at": 1.0,
+            "progress": "lots", "node": 7, "attempt": "x",
+        }).encode()):  # fmt: skip
+            await client.js.publish(subject, junk)
+        status = await handle.status()
+        assert status.state == "succeeded" and status.progress is None and status.node == "r1"
