@@ -14,7 +14,7 @@ from nats.js.errors import NotFoundError
 import natskiq
 from natskiq import job as jobs
 from natskiq import topology
-from natskiq.enqueue.client import rfc3339
+from natskiq.enqueue.publish import rfc3339
 from natskiq.run import sweep
 from natskiq.run.retry import INVALID_HEADER, REASON_HEADER, TRUNCATED_HEADER
 from natskiq.topology import CONSUMER, Names

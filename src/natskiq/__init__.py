@@ -33,10 +33,11 @@ from natskiq.errors import (
 )
 from natskiq.job import Job
 from natskiq.middleware import client_middleware, server_middleware
+from natskiq.options import Options
 from natskiq.run.retry import on_death
 from natskiq.status.handle import JobHandle
 from natskiq.status.view import JobStatus
-from natskiq.worker import Configured, Options, Worker
+from natskiq.worker import Configured, Worker
 
 __version__ = "0.1.0"
 

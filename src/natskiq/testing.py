@@ -44,9 +44,10 @@ from natskiq.enqueue import unique
 from natskiq.enqueue.client import Client
 from natskiq.errors import InvalidJob
 from natskiq.ops.server import Server
+from natskiq.options import Options
 from natskiq.run import retry
 from natskiq.status.handle import JobHandle
-from natskiq.worker import Options, Worker, lookup
+from natskiq.worker import Worker, lookup
 
 
 @contextlib.contextmanager

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, c
 
 import attrs
 
-from natskiq.envelope import MAX_KEEP_RESULT
 from natskiq.errors import ConfigError, NotConnected, UnknownWorker
-from natskiq.topology import check_name
+from natskiq.options import PER_CALL_OPTIONS, Options, to_seconds
 
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client
@@ -28,70 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUEUE = "default"
-DEFAULT_RETRIES = 25
-
 _registry: dict[str, type[Worker]] = {}
 
-
-def _check_retries(_: object, __: object, value: int) -> None:
-    if type(value) is not int or value < 0:
-        raise ConfigError(f"retries must be a whole number >= 0, not {value!r}")
-
-
-def _check_timeout(_: object, __: object, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ConfigError(f"timeout must be a positive number of seconds, not {value!r}")
-
-
-def _to_seconds(value: float | timedelta | None) -> float | None:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return None if value is None else float(value)
-
-
-def _backtrace_lines(value: bool | int | None) -> int:
-    return 20 if value is True else int(value or 0)
-
-
-def _check_unique_for(_: object, __: object, value: float | None) -> None:
-    # A lock is a KV key with a per-message TTL, which NATS takes from 1 s.
-    if value is not None and not value >= 1:
-        raise ConfigError(f"unique_for must be at least 1 second, not {value!r}")
-
-
-def _check_unique_until(_: object, __: object, value: str) -> None:
-    if value not in ("start", "success"):
-        raise ConfigError(f"unique_until must be 'start' or 'success', not {value!r}")
-
-
-def _check_keep_result(_: object, __: object, value: float | None) -> None:
-    # A result is a KV key with a per-message TTL, which NATS takes in whole seconds from 1 s.
-    if value is not None and not 1 <= value <= MAX_KEEP_RESULT:
-        raise ConfigError(f"keep_result must be 1 to {MAX_KEEP_RESULT:.0f} seconds, not {value!r}")
-
-
-def _check_expires_in(_: object, __: object, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ConfigError(f"expires_in must be a positive number of seconds, not {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class Options:
-    """A worker's job options: class keywords, overridable per call with ``set()``."""
-
-    queue: str = attrs.field(default=DEFAULT_QUEUE, validator=lambda _, __, v: check_name("queue", v))
-    retries: int = attrs.field(default=DEFAULT_RETRIES, validator=_check_retries)
-    timeout: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_timeout)
-    dead: bool = True
-    backtrace: int = attrs.field(default=0, converter=_backtrace_lines)
-    unique_for: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_unique_for)
-    unique_until: str = attrs.field(default="success", validator=_check_unique_until)
-    expires_in: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_expires_in)
-    keep_result: float | None = attrs.field(default=None, converter=_to_seconds, validator=_check_keep_result)
-
-
-PER_CALL_OPTIONS = frozenset({"queue", "retries", "keep_result"})
 
 P = ParamSpec("P")
 
@@ -328,7 +265,7 @@ class Configured(Generic[P]):
 
     async def perform_in(self, delay: float | timedelta, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue after ``delay`` seconds (or a timedelta); returns the jid."""
-        seconds = _to_seconds(delay)
+        seconds = to_seconds(delay)
         if seconds is None or seconds != seconds:
             raise TypeError(f"delay must be seconds or a timedelta, not {delay!r}")
         return await self._client().push(self.worker, args, kwargs, options=self.options, delay=seconds)

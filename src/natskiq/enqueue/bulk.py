@@ -34,7 +34,8 @@ from natskiq import middleware
 from natskiq.enqueue import unique
 from natskiq.errors import EnqueueError
 from natskiq.middleware import ClientMiddleware
-from natskiq.worker import Options, Worker
+from natskiq.options import Options
+from natskiq.worker import Worker
 
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client

@@ -29,7 +29,6 @@ import logging
 import os
 import time
 from collections.abc import Coroutine, Generator, Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import anyio
@@ -45,14 +44,15 @@ from natskiq.enqueue import bulk
 from natskiq.enqueue.auth import env_auth, redact_url
 from natskiq.enqueue.bulk import BULK_WINDOW
 from natskiq.enqueue.connection import Connector, nats_defaults, split_urls
-from natskiq.enqueue.publish import store, store_retrying
+from natskiq.enqueue.publish import addressed, store, store_retrying
 from natskiq.enqueue.unique_locks import UniqueLocks
 from natskiq.errors import ConfigError, EnqueueError, NotConnected
 from natskiq.middleware import ClientMiddleware
+from natskiq.options import Options
 from natskiq.status.events import Emitter
 from natskiq.status.handle import JobHandle
 from natskiq.topology import Names, check_name, ensure_queue
-from natskiq.worker import Options, Worker, open_clients
+from natskiq.worker import Worker, open_clients
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,6 @@ def current_client() -> Client:
     if not open_clients:
         raise NotConnected()
     return cast(Client, open_clients[-1])
-
-
-def rfc3339(epoch: float) -> str:
-    """An epoch time as the RFC 3339 UTC form ``Nats-Schedule`` wants."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @attrs.define
@@ -344,12 +339,7 @@ class Client:
         """Publish an encoded envelope with ``Nats-Msg-Id: <jid>:<attempt>`` and wait for its PubAck."""
         if self._ensured.get(queue, 0.0) < anyio.current_time():
             await self.ensure_queue(queue)
-        headers = {"Nats-Msg-Id": f"{jid}:{attempt}"}
-        subject = self.names.enqueue_subject(queue)
-        if at is not None:
-            headers["Nats-Schedule"] = f"@at {rfc3339(at)}"
-            headers["Nats-Schedule-Target"] = subject
-            subject = self.names.scheduled_subject(queue, jid)
+        subject, headers = addressed(self.names, jid, queue, at, attempt)
         try:
             await store(self.nc, subject, payload, headers)
         except (NatsError, JSError, TimeoutError) as exc:

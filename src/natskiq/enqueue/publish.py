@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -25,6 +26,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import Error as JSError
 
 from natskiq.errors import EnqueueError
+from natskiq.topology import Names
 
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client
@@ -33,6 +35,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("natskiq.enqueue.client")
 
 PUBLISH_TIMEOUT = 5.0  # seconds one publish waits for its PubAck (nats-py's JetStream default)
+
+
+def rfc3339(epoch: float) -> str:
+    """An epoch time as the RFC 3339 UTC form ``Nats-Schedule`` wants."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def addressed(
+    names: Names, jid: str, queue: str, at: float | None, attempt: int | str
+) -> tuple[str, dict[str, str]]:
+    """The subject and headers of one job's publish: ``Nats-Msg-Id: <jid>:<attempt>``, and for a
+    job due ``at`` a message schedule on ``<ns>.scheduled.<queue>.<jid>`` that targets the queue."""
+    headers = {"Nats-Msg-Id": f"{jid}:{attempt}"}
+    subject = names.enqueue_subject(queue)
+    if at is not None:
+        headers["Nats-Schedule"] = f"@at {rfc3339(at)}"
+        headers["Nats-Schedule-Target"] = subject
+        subject = names.scheduled_subject(queue, jid)
+    return subject, headers
 
 
 async def store(nc: NATS, subject: str, payload: bytes, headers: dict[str, str]) -> None:

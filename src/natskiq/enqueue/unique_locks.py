@@ -26,8 +26,8 @@ from natskiq import job as jobs
 from natskiq.enqueue import unique
 from natskiq.enqueue.publish import retryable
 from natskiq.errors import EnqueueError
+from natskiq.options import Options
 from natskiq.topology import ensure_bucket
-from natskiq.worker import Options
 
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client

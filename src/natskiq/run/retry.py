@@ -32,7 +32,7 @@ import attrs
 from nats.js import JetStreamContext
 
 from natskiq import job as jobs
-from natskiq.enqueue.client import rfc3339
+from natskiq.enqueue.publish import rfc3339
 from natskiq.errors import EnqueueError, Retry
 from natskiq.status.events import Emitter
 from natskiq.status.results import encode_failure, store_result
