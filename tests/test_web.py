@@ -26,6 +26,7 @@ from natskiq.run import retry
 from natskiq.status.results import encode_failure, store_result
 from natskiq.topology import ensure_events, ensure_failed, ensure_queue, ensure_results
 from natskiq.web import create_app, serve
+from natskiq.web.markup import Safe, View, job_link
 
 from .conftest import running_node, until
 from .sample_workers import Record, Tick
@@ -293,8 +294,8 @@ async def test_job_page_of_a_failed_job_shows_its_error_and_backtrace(
 async def test_job_page_of_a_running_job_shows_its_progress(
     client: natskiq.Client, web: httpx.AsyncClient
 ) -> None:
-    """A running job's page shows its node and a progress bar with the message; once cancelled,
-    its page says so."""
+    """A running job's page shows its node and a progress bar with the message; the Busy page links
+    to it; once cancelled, its page says so."""
     async with running_node(client.url, client.namespace, node_id="render-node"):
         jid = await Render.perform_async(10)
 
@@ -311,6 +312,10 @@ async def test_job_page_of_a_running_job_shows_its_progress(
         assert re.search(r"<th>Finished</th><td>&ndash;</td>", page)
         assert "No kept result" in page
 
+        async def linked() -> bool:
+            return f'<a href="/jobs/{jid}"><code>{jid}</code></a>' in (await web.get("/busy")).text
+
+        await until(linked)
         await api.cancel(client, jid)
         await until(lambda: finished(client, jid))
     page = (await web.get(f"/jobs/{jid}")).text
@@ -372,6 +377,57 @@ async def test_job_page_escapes_hostile_events_and_results(
         assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/natskiq.js?v=0.1.0" defer>']
         assert f'href="/queues/{HOSTILE}' not in page.text  # a queue that is no queue name is not a link
     assert "What is stored is not an outcome" in (await web.get(f"/jobs/{found['garbage']}")).text
+
+
+async def test_every_listed_jid_links_to_its_job_page(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """The jids on a queue's page, the scheduled, retries and failed pages link to their job's page."""
+    await ensure_events(client.js, client.names)  # as a worker would: the producer's events are kept
+    queued = await Record.set(queue="mail").perform_async(note="hello")
+    scheduled = await Record.perform_in(3600, note="later")
+    retrying = await to_retry(client, RuntimeError("flaky network"))
+    failed = await fail(client, "mail")
+    for path, jid in [
+        ("/queues/mail", queued),
+        ("/scheduled", scheduled),
+        ("/retries", retrying),
+        ("/failed", failed),
+    ]:
+        page = (await web.get(path)).text
+        assert f'<a href="/jobs/{jid}"><small class="jid">{jid}</small></a>' in page, path
+
+    async def shown() -> bool:  # its producer's event (a core publish) is stored
+        return (await web.get(f"/jobs/{scheduled}")).status_code == 200
+
+    await until(shown)
+    page = (await web.get(f"/jobs/{scheduled}")).text
+    assert 'class="badge state scheduled">scheduled</span>' in page
+    assert re.search(r"<th>Next run</th><td><time [^>]*>in (59|60)m</time>", page)
+
+
+def test_a_value_that_is_no_jid_is_not_linked() -> None:
+    """job_link leaves a value that cannot be a jid (from a node's hostile heartbeat) as text."""
+    view = View(base="/admin", csrf="", read_only=True, namespace="ns", poll=1.0, now=0.0)
+    assert (
+        job_link(view, "abc_1-2", Safe("<code>x</code>"))
+        == '<a href="/admin/jobs/abc_1-2"><code>x</code></a>'
+    )
+    for value in ['a"><script>', "a/../b", "", None, 42]:
+        assert job_link(view, value, Safe("<code>x</code>")) == "<code>x</code>"
+
+
+async def test_find_a_job_by_jid(web: httpx.AsyncClient) -> None:
+    """Every page's "Find a job by jid" box goes to the job's page; empty or malformed input is a 400."""
+    for path in PAGES:
+        page = (await web.get(path)).text
+        assert '<form method="get" action="/jobs" class="find" role="search"><input name="jid"' in page, path
+    jid = jobs.new_jid()
+    found = await web.get("/jobs", params={"jid": f"  {jid}\n"})
+    assert found.status_code == 303 and found.headers["location"] == f"/jobs/{jid}"
+    empty = await web.get("/jobs", params={"jid": " "})
+    assert empty.status_code == 400 and "enter a jid" in empty.text
+    assert (await web.get("/jobs")).status_code == 400
+    bad = await web.get("/jobs", params={"jid": HOSTILE})
+    assert bad.status_code == 400 and "is not a jid" in bad.text and "<script>alert" not in bad.text
 
 
 # -- actions and CSRF --------------------------------------------------------------------------
@@ -585,6 +641,9 @@ async def test_mounted_inside_another_app(client: natskiq.Client) -> None:
         page = await web.get("/admin/jobs/failed")
         assert page.status_code == 200 and jid in page.text
         assert 'href="/admin/jobs/queues"' in page.text and 'src="/admin/jobs/static/natskiq.js' in page.text
+        assert f'href="/admin/jobs/jobs/{jid}"' in page.text and 'action="/admin/jobs/jobs"' in page.text
+        found = await web.get("/admin/jobs/jobs", params={"jid": jid})
+        assert found.headers["location"] == f"/admin/jobs/jobs/{jid}"
         assert "Path=/admin/jobs" in page.headers["set-cookie"]
         assert (await web.get("/admin/jobs/static/natskiq.css")).status_code == 200
         token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]

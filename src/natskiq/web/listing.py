@@ -5,8 +5,8 @@ It receives the entries a page shows (already fetched by
 :class:`~natskiq.web.markup.View`, and hands :mod:`natskiq.web.pages` the
 HTML of the filter form (:func:`filter_form`) and of the table of jobs with
 their buttons, the bulk buttons for the selection and the filter, and the
-pager (:func:`job_table`), and the table of one job's events on its page
-(:func:`timeline`). :data:`ACTIONS` names the buttons of each kind
+pager (:func:`job_table`); each jid links to its job's page, whose table of
+events is :func:`timeline`. :data:`ACTIONS` names the buttons of each kind
 of job, which :mod:`natskiq.web.app` checks a POST against. Every value
 from a job goes through :func:`~natskiq.web.markup.tag`, which escapes it;
 in read-only mode no form or button is rendered. No I/O.
@@ -23,7 +23,7 @@ import attrs
 
 from natskiq import api
 from natskiq.status.view import Event
-from natskiq.web.markup import Safe, View, arguments, duration, join, long_text, table, tag, when
+from natskiq.web.markup import Safe, View, arguments, duration, job_link, join, long_text, table, tag, when
 
 
 @attrs.frozen
@@ -170,7 +170,8 @@ def _cells(view: View, kind: api.Kind, entry: api.Entry) -> list[Safe]:
             raw=long_text(entry.raw.decode("utf-8", "replace")),
         )
         return [reason]
-    ident = tag('<b class="cls">$cls</b><br><small class="jid">$jid</small>', cls=job.cls, jid=job.jid)
+    jid = job_link(view, job.jid, tag('<small class="jid">$jid</small>', jid=job.jid))
+    ident = tag('<b class="cls">$cls</b><br>$jid', cls=job.cls, jid=jid)
     args = tag("<td>$a</td>", a=arguments(job.args, job.kwargs))
     queue = tag('<td><a href="$href">$q</a></td>', href=view.url(f"/queues/{entry.queue}"), q=entry.queue)
     error = tag(

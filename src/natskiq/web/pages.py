@@ -29,6 +29,7 @@ from natskiq.web.markup import (
     card,
     duration,
     esc,
+    job_link,
     join,
     layout,
     long_text,
@@ -189,10 +190,11 @@ def busy(view: View, nodes: Sequence[dict[str, Any]], masters: Sequence[dict[str
 
 
 def _running_row(view: View, node: dict[str, Any], job: dict[str, Any]) -> Safe:
+    jid = job.get("jid", "?")
     return tag(
-        "<tr><td>$node</td><td><code>$jid</code></td><td>$cls</td><td>$queue</td><td>$since</td></tr>",
+        "<tr><td>$node</td><td>$jid</td><td>$cls</td><td>$queue</td><td>$since</td></tr>",
         node=node.get("node", "?"),
-        jid=job.get("jid", "?"),
+        jid=job_link(view, jid, tag("<code>$jid</code>", jid=jid)),
         cls=job.get("class", "?"),
         queue=job.get("queue", "?"),
         since=when(job.get("started"), view.now),
