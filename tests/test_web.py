@@ -5,6 +5,7 @@ test_web_browser.py."""
 from __future__ import annotations
 
 import functools
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,13 +23,38 @@ from natskiq import job as jobs
 from natskiq.enqueue import cron
 from natskiq.ops.server import Server
 from natskiq.run import retry
-from natskiq.topology import ensure_failed, ensure_queue
+from natskiq.status.results import encode_failure, store_result
+from natskiq.topology import ensure_events, ensure_failed, ensure_queue, ensure_results
 from natskiq.web import create_app, serve
+from natskiq.web.markup import Safe, View, job_link
 
+from .conftest import running_node, until
 from .sample_workers import Record, Tick
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(1)>"
 PAGES = ["/", "/busy", "/queues", "/scheduled", "/retries", "/failed", "/periodic"]
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
+
+
+class Resize(natskiq.Worker, keep_result=60, name="tests.web.Resize"):
+    async def perform(self, width: int) -> dict[str, int]:
+        return {"width": width, "height": width * 3 // 4}
+
+
+class Dump(natskiq.Worker, keep_result=60, name="tests.web.Dump"):
+    async def perform(self, size: int) -> str:
+        return "x" * size + "END"
+
+
+class Geocode(natskiq.Worker, keep_result=60, retries=0, backtrace=5, name="tests.web.Geocode"):
+    async def perform(self, address: str) -> None:
+        raise ValueError(f"no such address: {address}")
+
+
+class Render(natskiq.Worker, keep_result=60, name="tests.web.Render"):
+    async def perform(self, pages: int) -> None:
+        await self.progress(0.4, f"page 4 of {pages}")
+        await anyio.sleep(30)  # until the test cancels it
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +233,201 @@ async def test_long_arguments_are_cut_with_a_way_to_see_them(
     assert "show all" in page and "…" in page
     details = re.search(r"<details class=\"args\">.*?<pre>(.*?)</pre>", page, re.S)
     assert details and "END" in details.group(1)
+
+
+# -- a job's page ------------------------------------------------------------------------
+
+
+async def finished(client: natskiq.Client, jid: str) -> bool:
+    """Whether the job's events say it finished (and it kept its outcome first)."""
+    try:
+        return (await api.job(client, jid)).finished
+    except natskiq.NotFound:
+        return False
+
+
+async def test_job_page_of_a_succeeded_job_shows_its_result(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """A succeeded job's page shows its state, node, attempt, times, timeline and kept result as JSON;
+    a long result is cut, saying how long it was."""
+    async with running_node(client.url, client.namespace, node_id="page-node"):
+        jid = await Resize.perform_async(640)
+        big = await Dump.perform_async(5000)
+        await until(lambda: finished(client, jid))
+        await until(lambda: finished(client, big))
+    page = await web.get(f"/jobs/{jid}")
+    assert page.status_code == 200 and f"<title>Job {jid} · natskiq</title>" in page.text
+    assert re.search(
+        r'class="badge state succeeded">succeeded</span> on <b>page-node</b> · attempt 1', page.text
+    )
+    assert "tests.web.Resize" in page.text and 'href="/queues/default"' in page.text
+    for row in ("Enqueued", "Started", "Finished"):
+        assert re.search(rf"<th>{row}</th><td><time ", page.text), row
+    result = re.search(r'<pre class="result">(.*?)</pre>', page.text, re.S)
+    assert result and json.loads(result.group(1).replace("&quot;", '"')) == {"width": 640, "height": 480}
+    timeline = page.text[page.text.index("<h2>Timeline</h2>") :]
+    states = re.findall(r'class="badge state (\w+)"', timeline)
+    assert sorted(states) == ["queued", "running", "succeeded"] and states[-1] == "succeeded"
+    assert "<b>node</b> page-node" in timeline and "<b>attempt</b> <code>1</code>" in timeline
+
+    cut = (await web.get(f"/jobs/{big}")).text
+    assert "END" not in cut and "Cut: 5,005 characters in all" in cut and f"natskiq result {big}" in cut
+
+
+async def test_job_page_of_a_failed_job_shows_its_error_and_backtrace(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """A job that failed for good shows its last error, and its kept outcome with the backtrace."""
+    async with running_node(client.url, client.namespace):
+        jid = await Geocode.perform_async("221B Baker Street")
+        await until(lambda: finished(client, jid))
+    page = (await web.get(f"/jobs/{jid}")).text
+    assert 'class="badge state failed">failed</span>' in page
+    assert "<th>Last error</th><td><b>ValueError</b> no such address: 221B Baker Street</td>" in page
+    kept = page[page.index("<h2>Result</h2>") : page.index("<h2>Timeline</h2>")]
+    assert "<b>ValueError</b> no such address: 221B Baker Street" in kept
+    backtrace = re.search(r'<pre class="result">(.*?)</pre>', kept, re.S)
+    assert backtrace and "raise ValueError" in backtrace.group(1)
+
+
+async def test_job_page_of_a_running_job_shows_its_progress(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """A running job's page shows its node and a progress bar with the message; the Busy page links
+    to it; once cancelled, its page says so."""
+    async with running_node(client.url, client.namespace, node_id="render-node"):
+        jid = await Render.perform_async(10)
+
+        async def reported() -> bool:
+            try:
+                return (await api.job(client, jid)).progress is not None
+            except natskiq.NotFound:
+                return False
+
+        await until(reported)
+        page = (await web.get(f"/jobs/{jid}")).text
+        assert 'class="badge state running">running</span> on <b>render-node</b> · attempt 1' in page
+        assert '<progress max="100" value="40">40%</progress> <b>40%</b> page 4 of 10' in page
+        assert re.search(r"<th>Finished</th><td>&ndash;</td>", page)
+        assert "No kept result" in page
+
+        async def linked() -> bool:
+            return f'<a href="/jobs/{jid}"><code>{jid}</code></a>' in (await web.get("/busy")).text
+
+        await until(linked)
+        await api.cancel(client, jid)
+        await until(lambda: finished(client, jid))
+    page = (await web.get(f"/jobs/{jid}")).text
+    assert 'class="badge state cancelled">cancelled</span>' in page and "The job was cancelled." in page
+
+
+async def test_job_page_of_an_unknown_jid_is_404(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """A jid with no events is a 404 page that says why, with or without an events stream."""
+    message = "unknown, expired from the events stream, or events are off"
+    unknown = jobs.new_jid()
+    page = await web.get(f"/jobs/{unknown}")
+    assert page.status_code == 404 and f"no events of job {unknown}: {message}" in page.text
+    await ensure_events(client.js, client.names)
+    await Record.perform_in(3600)  # the stream now holds another job's event
+    page = await web.get(f"/jobs/{unknown}")
+    assert page.status_code == 404 and message in page.text
+
+
+async def test_job_page_of_a_malformed_jid_is_404(web: httpx.AsyncClient) -> None:
+    """A path that cannot be a jid is a 404 page, its text escaped."""
+    for jid in ["a.b", "a*", "x" * 65, "%3Cscript%3Ealert(1)"]:
+        page = await web.get(f"/jobs/{jid}")
+        assert page.status_code == 404, jid
+        assert "<script>alert" not in page.text
+    assert "no jid named &#x27;&lt;script&gt;alert(1)&#x27;" in page.text
+
+
+async def test_job_page_escapes_hostile_events_and_results(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """HTML in an event's class, queue, node, error, progress message and fields, and in a kept
+    result or failure, shows as text."""
+    await ensure_events(client.js, client.names)
+    await ensure_results(client.js, client.names)
+    now = time.time()
+    found = {}
+    outcomes = {
+        "result": json.dumps({"state": "succeeded", "result": {HOSTILE: [HOSTILE]}}).encode(),
+        "failure": encode_failure(HOSTILE, HOSTILE, [HOSTILE, HOSTILE]),
+        "garbage": HOSTILE.encode(),
+    }
+    for name, doc in outcomes.items():
+        jid = found[name] = jobs.new_jid()
+        head = {"jid": jid, "queue": HOSTILE, "class": HOSTILE}
+        events = [
+            {**head, "state": "running", "at": now, "node": HOSTILE, "attempt": 1, HOSTILE: HOSTILE},
+            {**head, "state": "progress", "at": now + 1, "progress": 0.5, "message": HOSTILE},
+            {**head, "state": "retrying", "at": now + 2, "error_class": HOSTILE, "error_message": HOSTILE},
+        ]
+        for event in events:
+            subject = client.names.event_subject("default", "Evil", event["state"], jid)
+            await client.js.publish(subject, json.dumps(event).encode())
+        await store_result(client.js, client.names, jid, doc, 60, client.nc.max_payload)
+    for name, jid in found.items():
+        page = await web.get(f"/jobs/{jid}")
+        assert page.status_code == 200, name
+        assert "<script>alert" not in page.text and "<img src=x" not in page.text, name
+        assert page.text.count(ESCAPED) >= 8, name  # class, queue, node, message, error, fields, outcome
+        assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/natskiq.js?v=0.1.0" defer>']
+        assert f'href="/queues/{HOSTILE}' not in page.text  # a queue that is no queue name is not a link
+    assert "What is stored is not an outcome" in (await web.get(f"/jobs/{found['garbage']}")).text
+
+
+async def test_every_listed_jid_links_to_its_job_page(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """The jids on a queue's page, the scheduled, retries and failed pages link to their job's page."""
+    await ensure_events(client.js, client.names)  # as a worker would: the producer's events are kept
+    queued = await Record.set(queue="mail").perform_async(note="hello")
+    scheduled = await Record.perform_in(3600, note="later")
+    retrying = await to_retry(client, RuntimeError("flaky network"))
+    failed = await fail(client, "mail")
+    for path, jid in [
+        ("/queues/mail", queued),
+        ("/scheduled", scheduled),
+        ("/retries", retrying),
+        ("/failed", failed),
+    ]:
+        page = (await web.get(path)).text
+        assert f'<a href="/jobs/{jid}"><small class="jid">{jid}</small></a>' in page, path
+
+    async def shown() -> bool:  # its producer's event (a core publish) is stored
+        return (await web.get(f"/jobs/{scheduled}")).status_code == 200
+
+    await until(shown)
+    page = (await web.get(f"/jobs/{scheduled}")).text
+    assert 'class="badge state scheduled">scheduled</span>' in page
+    assert re.search(r"<th>Next run</th><td><time [^>]*>in (59|60)m</time>", page)
+
+
+def test_a_value_that_is_no_jid_is_not_linked() -> None:
+    """job_link leaves a value that cannot be a jid (from a node's hostile heartbeat) as text."""
+    view = View(base="/admin", csrf="", read_only=True, namespace="ns", poll=1.0, now=0.0)
+    assert (
+        job_link(view, "abc_1-2", Safe("<code>x</code>"))
+        == '<a href="/admin/jobs/abc_1-2"><code>x</code></a>'
+    )
+    for value in ['a"><script>', "a/../b", "", None, 42]:
+        assert job_link(view, value, Safe("<code>x</code>")) == "<code>x</code>"
+
+
+async def test_find_a_job_by_jid(web: httpx.AsyncClient) -> None:
+    """Every page's "Find a job by jid" box goes to the job's page; empty or malformed input is a 400."""
+    for path in PAGES:
+        page = (await web.get(path)).text
+        assert '<form method="get" action="/jobs" class="find" role="search"><input name="jid"' in page, path
+    jid = jobs.new_jid()
+    found = await web.get("/jobs", params={"jid": f"  {jid}\n"})
+    assert found.status_code == 303 and found.headers["location"] == f"/jobs/{jid}"
+    empty = await web.get("/jobs", params={"jid": " "})
+    assert empty.status_code == 400 and "enter a jid" in empty.text
+    assert (await web.get("/jobs")).status_code == 400
+    bad = await web.get("/jobs", params={"jid": HOSTILE})
+    assert bad.status_code == 400 and "is not a jid" in bad.text and "<script>alert" not in bad.text
 
 
 # -- actions and CSRF --------------------------------------------------------------------------
@@ -420,6 +641,9 @@ async def test_mounted_inside_another_app(client: natskiq.Client) -> None:
         page = await web.get("/admin/jobs/failed")
         assert page.status_code == 200 and jid in page.text
         assert 'href="/admin/jobs/queues"' in page.text and 'src="/admin/jobs/static/natskiq.js' in page.text
+        assert f'href="/admin/jobs/jobs/{jid}"' in page.text and 'action="/admin/jobs/jobs"' in page.text
+        found = await web.get("/admin/jobs/jobs", params={"jid": jid})
+        assert found.headers["location"] == f"/admin/jobs/jobs/{jid}"
         assert "Path=/admin/jobs" in page.headers["set-cookie"]
         assert (await web.get("/admin/jobs/static/natskiq.css")).status_code == 200
         token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]

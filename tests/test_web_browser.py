@@ -86,6 +86,22 @@ class RebuildIndex(natskiq.Worker, name="shop.RebuildIndex"):
         await anyio.sleep(60)
 
 
+class ResizePhotos(natskiq.Worker, keep_result=3600, retries=3, name="shop.ResizePhotos"):
+    """Reports its progress; its first run fails (the photo store times out), its retry succeeds."""
+
+    async def perform(self, album: str, photos: int) -> dict[str, Any]:
+        for done in range(1, photos + 1):
+            await self.progress(done / photos, f"resized {done} of {photos} photos")
+            await anyio.sleep(0.55)  # reports closer than 0.5 s apart are dropped
+            if self.job.retry_count is None and done == 2:
+                raise TimeoutError("the photo store did not answer within 5s")
+        thumbnails = [f"{album}/{n:03}-320w.jpg" for n in range(1, photos + 1)]
+        return {"album": album, "width": 320, "thumbnails": thumbnails}
+
+    def retry_in(self, count: int, exc: Exception) -> float:
+        return 1.0
+
+
 @attrs.define
 class Live:
     """The dashboard's URL, and a way to run coroutines in its event loop."""
@@ -242,10 +258,35 @@ def test_bulk_delete_asks_first(live: Live, browser: Any) -> None:
     assert live.run(api.find, live.client, "queued", api.Filter(queue="trash")) == []
 
 
+def test_a_jid_opens_its_job_page(live: Live, browser: Any) -> None:
+    """A jid in a list links to its job's page; the header's box finds a job by jid, and says
+    when what was typed is not one."""
+    from selenium.webdriver.common.keys import Keys
+
+    jid = live.run(SendReceipt.perform_in, 7200, 4100, "linus@example.com")
+    try:
+        browser.get(live.url + "scheduled")
+        browser.find_element(By.LINK_TEXT, jid).click()
+        wait(browser, lambda d: d.title == f"Job {jid} · natskiq")
+        facts = browser.find_element(By.CSS_SELECTOR, "table.job").text
+        assert "scheduled" in facts and "shop.SendReceipt" in facts and "mailers" in facts
+        browser.get(live.url)
+        browser.find_element(By.CSS_SELECTOR, "form.find input[name=jid]").send_keys(jid, Keys.ENTER)
+        wait(browser, lambda d: d.title == f"Job {jid} · natskiq")
+        browser.find_element(By.CSS_SELECTOR, "form.find input[name=jid]").send_keys(
+            "no such job", Keys.ENTER
+        )
+        wait(browser, lambda d: d.title == "Error 400 · natskiq")
+        assert "is not a jid" in browser.find_element(By.CSS_SELECTOR, ".flash.error").text
+    finally:
+        live.run(api.cancel, live.client, jid)
+
+
 def test_screenshots_of_every_page(live: Live, browser: Any) -> None:
     """Each page, filled with jobs, renders in Chromium; saved at 1440x900 for the dashboard guide."""
     folder = Path(os.environ.get("NATSKIQ_SCREENSHOTS") or ROOT / "docs" / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
+    photos = live.run(ResizePhotos.perform_async, "spring-sale", 4)
     _fill(live)
     browser.get(live.url)
     wait(browser, lambda d: stat(d, "busy") >= 2 and stat(d, "retries") >= 2 and stat(d, "dead") >= 2)
@@ -270,7 +311,9 @@ def test_screenshots_of_every_page(live: Live, browser: Any) -> None:
         "retries": "retries",
         "failed": "failed",
         "periodic": "periodic",
+        "job": f"jobs/{photos}",
     }
+    assert live.run(photos.wait, 30).state == "succeeded"
     for name, path in pages.items():
         if path:
             browser.get(live.url + path)

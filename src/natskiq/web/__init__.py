@@ -11,7 +11,9 @@ app::
 
 Pages: dashboard (totals, live throughput and failure charts, queues),
 busy (nodes and the master), queues, scheduled, retries, failed (filter,
-replay, delete; one job, a selection or all that match) and periodic jobs.
+replay, delete; one job, a selection or all that match), periodic jobs, and
+one job's page (its status, progress, kept result and timeline), which every
+jid shown links to and the header's box finds by jid.
 It binds to 127.0.0.1 by default; ``auth`` adds basic auth or a token,
 every action carries a CSRF token, and ``read_only`` removes the actions.
 Needs the ``web`` extra: ``pip install 'natskiq[web]'``.

@@ -1,11 +1,13 @@
 """The dashboard as an ASGI application (:func:`create_app`): its routes.
 
 :func:`create_app` builds a Starlette app over :mod:`natskiq.api`: its
-:class:`Endpoints` read what a page shows when the page is asked for, render
-it on the server (:mod:`natskiq.web.pages`), and turn each form a page posts
-into one ``api`` call per job (replay, run now, delete), which keeps the
-api's guarantee that a job is stored again before its old copy goes. Every
-POST is checked for its CSRF token first and refused in read-only mode
+:class:`Endpoints` read what a page shows when the page is asked for (one
+job's page: its status through :func:`natskiq.api.job`, its kept result
+from the results bucket), render it on the server
+(:mod:`natskiq.web.pages`), and turn each form a page posts into one
+``api`` call per job (replay, run now, delete), which keeps the api's
+guarantee that a job is stored again before its old copy goes. Every POST
+is checked for its CSRF token first and refused in read-only mode
 (:meth:`~natskiq.web.dashboard.Dashboard.form`). ``GET /api/stats`` answers
 the totals as JSON, which the dashboard's script polls for its live charts.
 The state every route shares (the client, the modes, the frame of a
@@ -34,6 +36,8 @@ from starlette.staticfiles import StaticFiles
 from natskiq import api
 from natskiq.enqueue.client import Client
 from natskiq.errors import ConfigError, NatskiqError, NotFound
+from natskiq.job import NAME_RE
+from natskiq.status.results import read_result
 from natskiq.web import listing, pages
 from natskiq.web.actions import apply, entries_at, filter_of, valid_name, where_of
 from natskiq.web.dashboard import Dashboard
@@ -112,6 +116,22 @@ class Endpoints:
         return self.dash.page(
             request, lambda view: pages.job_set(view, kind, path, shown, where, names, page, more)
         )
+
+    async def job(self, request: Request) -> Response:
+        """One job by jid: its status and timeline (404 without events) and its kept result."""
+        client, jid = await self.dash.client(), valid_name("jid", request.path_params["jid"])
+        status = await api.job(client, jid)
+        stored = await read_result(client.js, client.names, jid)
+        return self.dash.page(request, lambda view: pages.job(view, status, stored))
+
+    async def find_job(self, request: Request) -> Response:
+        """The "Find a job by jid" box (a GET form): on to that job's page."""
+        jid = request.query_params.get("jid", "").strip()
+        if not jid:
+            raise HTTPException(400, "enter a jid to find its job")
+        if not NAME_RE.fullmatch(jid):
+            raise HTTPException(400, f"{jid[:100]!r} is not a jid: a jid is 1-64 letters, digits, '_' or '-'")
+        return _back(request, f"/jobs/{jid}", {})
 
     async def periodic(self, request: Request) -> Response:
         definitions = await api.periodic_jobs(await self.dash.client())
@@ -210,7 +230,7 @@ def _back(request: Request, path: str, where: Mapping[str, str], **outcome: obje
     query = [(k, v) for k, v in where.items() if v]
     query += [(k, str(v)) for k, v in outcome.items() if v is not None]
     base = str(request.scope.get("root_path", "")).rstrip("/")
-    return RedirectResponse(f"{base}{path}?{urlencode(query)}", status_code=303)
+    return RedirectResponse(f"{base}{path}" + (f"?{urlencode(query)}" if query else ""), status_code=303)
 
 
 async def _history(client: Client, days: int = HISTORY_DAYS) -> list[tuple[str, int, int]]:
@@ -282,6 +302,8 @@ def create_app(
         Route("/queues/{name}", endpoints.act_on_queue, methods=["POST"]),
         *(Route(path, endpoints.job_set(path)) for path in SETS),
         *(Route(path, endpoints.act_on_set(path), methods=["POST"]) for path in SETS),
+        Route("/jobs", endpoints.find_job, name="find_job"),
+        Route("/jobs/{jid}", endpoints.job, name="job"),
         Route("/periodic", endpoints.periodic, name="periodic"),
         Route("/periodic", endpoints.act_on_periodic, methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("natskiq.web", "static")]), name="static"),

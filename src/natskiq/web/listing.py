@@ -1,24 +1,29 @@
-"""The job listing every set's page and a queue's page share.
+"""The job tables: the listing every set's page and a queue's page share, and one job's timeline.
 
 It receives the entries a page shows (already fetched by
 :func:`natskiq.api.find`), the page's path, filter and page number, and a
 :class:`~natskiq.web.markup.View`, and hands :mod:`natskiq.web.pages` the
 HTML of the filter form (:func:`filter_form`) and of the table of jobs with
 their buttons, the bulk buttons for the selection and the filter, and the
-pager (:func:`job_table`). :data:`ACTIONS` names the buttons of each kind of
-job, which :mod:`natskiq.web.app` checks a POST against. Every value from a
-job goes through :func:`~natskiq.web.markup.tag`, which escapes it; in
-read-only mode no form or button is rendered. No I/O.
+pager (:func:`job_table`); each jid links to its job's page, whose table of
+events is :func:`timeline`. :data:`ACTIONS` names the buttons of each kind
+of job, which :mod:`natskiq.web.app` checks a POST against. Every value
+from a job goes through :func:`~natskiq.web.markup.tag`, which escapes it;
+in read-only mode no form or button is rendered. No I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 
 from natskiq import api
-from natskiq.web.markup import Safe, View, arguments, join, long_text, table, tag, when
+from natskiq.status.view import Event
+from natskiq.web.markup import Safe, View, arguments, duration, job_link, join, long_text, table, tag, when
 
 
 @attrs.frozen
@@ -165,7 +170,8 @@ def _cells(view: View, kind: api.Kind, entry: api.Entry) -> list[Safe]:
             raw=long_text(entry.raw.decode("utf-8", "replace")),
         )
         return [reason]
-    ident = tag('<b class="cls">$cls</b><br><small class="jid">$jid</small>', cls=job.cls, jid=job.jid)
+    jid = job_link(view, job.jid, tag('<small class="jid">$jid</small>', jid=job.jid))
+    ident = tag('<b class="cls">$cls</b><br>$jid', cls=job.cls, jid=jid)
     args = tag("<td>$a</td>", a=arguments(job.args, job.kwargs))
     queue = tag('<td><a href="$href">$q</a></td>', href=view.url(f"/queues/{entry.queue}"), q=entry.queue)
     error = tag(
@@ -216,3 +222,53 @@ def _pager(view: View, path: str, where: dict[str, str], page: int, more: bool) 
     return tag(
         '<nav class="pager">$newer <span>page $page</span> $older</nav>', newer=newer, older=older, page=page
     )
+
+
+# -- one job's timeline ------------------------------------------------------------------
+
+
+def timeline(view: View, events: Sequence[Event]) -> Safe:
+    """A job's events, oldest first: when, how long after the first, the state, and its own fields."""
+    first = events[0].at if events else 0.0
+    rows = [
+        tag(
+            '<tr><td>$at</td><td class="num">$after</td>'
+            '<td><span class="badge state $state">$state</span></td><td>$fields</td></tr>',
+            at=when(event.at, view.now),
+            after=_after(event.at - first),
+            state=event.state,
+            fields=_fields(view, event.fields),
+        )
+        for event in events
+    ]
+    return table(("When", "After", "State", "Fields"), rows, "No events.", "timeline")
+
+
+def _after(delta: float) -> str:
+    """``+1.2s`` (``-0.1s`` for an event stamped before the first: two processes' clocks)."""
+    if not math.isfinite(delta):
+        return duration(None)
+    return ("+" if delta >= 0 else "-") + duration(abs(delta))
+
+
+def _fields(view: View, fields: Mapping[str, Any]) -> Safe:
+    """An event's own fields as ``name value`` pairs: times relative, long text cut."""
+    if not fields:
+        return Safe('<span class="none">none</span>')
+    pairs = (
+        tag('<span class="field"><b>$key</b> $value</span>', key=key, value=_value(view, key, value))
+        for key, value in fields.items()
+    )
+    return join(pairs, " ")
+
+
+def _value(view: View, key: str, value: Any) -> Safe:
+    if key.endswith("_at") and api.timestamp(value) is not None:
+        return when(value, view.now)
+    if isinstance(value, str):
+        return long_text(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (RecursionError, TypeError, ValueError):  # nesting past what the encoder recurses through
+        return Safe('<span class="none">a value that cannot be shown</span>')
+    return tag("<code>$text</code>", text=long_text(text))

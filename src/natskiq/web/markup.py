@@ -24,6 +24,7 @@ import attrs
 
 from natskiq import __version__
 from natskiq.api import timestamp
+from natskiq.job import NAME_RE
 
 ARGS_SHOWN = 120  # characters of a job's arguments shown before "show all"
 
@@ -211,6 +212,8 @@ def layout(view: View, active: str, heading: str, body: Safe) -> str:
 <link rel="stylesheet" href="$css"><script src="$js" defer></script></head>
 <body data-page="$active" data-poll="$poll" data-stats="$stats">
 <header><a class="brand" href="$home">natskiq</a><nav>$nav</nav>
+<form method="get" action="$find" class="find" role="search"><input name="jid" required
+placeholder="Find a job by jid" aria-label="Find a job by jid" autocomplete="off" spellcheck="false"></form>
 <span class="where">namespace <b>$namespace</b> $mode</span></header>
 <main><h1>$heading</h1>$notes$body</main>
 <footer>natskiq $version · times in your browser's clock, UTC on hover ·
@@ -224,6 +227,7 @@ def layout(view: View, active: str, heading: str, body: Safe) -> str:
         stats=view.url("/api/stats"),
         home=view.url("/"),
         nav=nav,
+        find=view.url("/jobs"),
         namespace=view.namespace,
         mode=mode,
         notes=notes,
@@ -231,6 +235,13 @@ def layout(view: View, active: str, heading: str, body: Safe) -> str:
         version=__version__,
         now=when(view.now, view.now),
     )
+
+
+def job_link(view: View, jid: object, body: Safe) -> Safe:
+    """``body`` as a link to the job's page, when ``jid`` can be a jid (any other value stays text)."""
+    if not isinstance(jid, str) or not NAME_RE.fullmatch(jid):
+        return body
+    return tag('<a href="$href">$body</a>', href=view.url(f"/jobs/{jid}"), body=body)
 
 
 def table(head: Sequence[str], rows: Sequence[Safe], empty: str, css: str = "") -> Safe:
