@@ -26,7 +26,11 @@ GATES: dict[str, anyio.Event] = {}
 """Per namespace: set when the Node.js script says it waits for the result."""
 
 
-class Scale(natskiq.Worker, name="tests.wire.Scale"):
+SCALE = "tests.wire.Scale+é>\U0001d11e"
+"""A class name whose subject token (``tests:wire:Scale____``) both languages must agree on."""
+
+
+class Scale(natskiq.Worker, name=SCALE):
     """Returns its numbers times a factor, once its gate opens (no keep_result of its own:
     the envelope asks)."""
 
@@ -105,17 +109,18 @@ async def test_nodejs_reads_a_kept_result_and_follows_events(client: natskiq.Cli
     async with running_node(client.url, ns) as node, anyio.create_task_group() as tg:
         tg.start_soon(open_gate)
         args = json.dumps([[1, 2.5, -4], 2, ns])
-        out = await run_node("result.mjs", client.url or "", ns, "default", "tests.wire.Scale", args, "90")
+        out = await run_node("result.mjs", client.url or "", ns, "default", SCALE, args, "90")
         jid = out["jid"]
         outcome = {"state": "succeeded", "result": {"scaled": [2, 5.0, -8], "by": 2}}
         assert (out["result"], out["via"], out["stored"]) == (outcome, "subscription", outcome)
         events = out["events"]
+        assert events[0]["subject"].split(".")[3] == "tests:wire:Scale____"
         states = [event["state"] for event in events]
         # The node's events come in order; the producer's queued one may come before or after them.
         assert [state for state in states if state != "queued"] == ["running", "succeeded"]
         for event in events:
-            assert event["subject"] == names.event_subject("default", "tests.wire.Scale", event["state"], jid)
-            assert (event["jid"], event["queue"], event["class"]) == (jid, "default", "tests.wire.Scale")
+            assert event["subject"] == names.event_subject("default", SCALE, event["state"], jid)
+            assert (event["jid"], event["queue"], event["class"]) == (jid, "default", SCALE)
             assert isinstance(event["at"], float)
             if event["state"] != "queued":
                 assert (event["node"], event["attempt"]) == (node.settings.node_id, 1)

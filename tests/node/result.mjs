@@ -15,10 +15,10 @@ const deadline = setTimeout(() => {
   process.exit(2);
 }, 30_000);
 
-// A class as one subject token: "." as ":", any other character outside
-// A-Za-z0-9_- as "_", cut to 128 characters ("_" when empty).
+// A class as one subject token: its first 128 characters (code points), "." written
+// as ":" and any other character outside A-Za-z0-9_- as "_" ("_" when empty).
 const classToken = (name) =>
-  [...name.slice(0, 128)].map((c) => (c === "." ? ":" : /[A-Za-z0-9_-]/.test(c) ? c : "_")).join("") || "_";
+  [...name].slice(0, 128).map((c) => (c === "." ? ":" : /[A-Za-z0-9_-]/.test(c) ? c : "_")).join("") || "_";
 
 const nc = await connect({ servers: url });
 const js = jetstream(nc);
