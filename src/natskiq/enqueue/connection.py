@@ -9,15 +9,19 @@ It guarantees that a first connect is tried a few rounds only
 (:data:`CONNECT_ATTEMPTS`), and not again after a TLS failure, then raises a
 :class:`~natskiq.errors.ConfigError` saying what the server or TLS said,
 with URLs redacted; that once connected, the connection reconnects as
-configured (forever by default); and that an outage is logged once at
+configured (forever by default); that an outage is logged once at
 WARNING when the connection drops and once when it is back (at ERROR when
-nats-py gives up on it), each failed attempt at DEBUG only.
+nats-py gives up on it), each failed attempt at DEBUG only; and that a
+publish or subscription the server refuses (the user's permissions; the
+connection stays up) is warned of once per family of subjects, repeats at
+DEBUG.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -40,6 +44,10 @@ CONNECT_ATTEMPTS = 3
 
 # Errors that say a connect failed but not why (the server closed on us, or ran out of tries).
 _VAGUE = (nats.errors.NoServersError, nats.errors.UnexpectedEOF, nats.errors.ConnectionClosedError)
+
+# The server's -ERR for one refused publish or subscription (nats-py lowercases it).
+_DENIED = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"')
+MAX_DENIALS = 1000  # refused subject families remembered (each warned of once)
 
 
 def split_urls(url: str | None) -> list[str]:
@@ -79,6 +87,8 @@ class Connector:
     _errors: list[Exception] = attrs.field(init=False, factory=list, repr=False)
     _down_since: float | None = attrs.field(init=False, default=None)
     """When the connection dropped, while it is down."""
+    _denied: set[tuple[str, str]] = attrs.field(init=False, factory=set, repr=False)
+    """The families of refused subjects already warned of (see :meth:`_refused`)."""
 
     def __attrs_post_init__(self) -> None:
         self.where = redact_url(",".join(self.urls))
@@ -151,6 +161,8 @@ class Connector:
                 # nats-py hangs closing a connection whose TLS handshake failed
                 # (nats.py issue 718), and no retry fixes a certificate: give up.
                 self._opening.cancel()
+        elif denied := _DENIED.search(str(exc)):
+            self._refused(denied[1], denied[2])
         elif (
             self._down_since is not None
             or isinstance(exc, nats.errors.UnexpectedEOF)
@@ -160,6 +172,35 @@ class Connector:
             log.debug("NATS connection error: %s", exc)
         else:
             log.warning("NATS connection error: %s", str(exc) or type(exc).__name__)
+
+    def _refused(self, operation: str, subject: str) -> None:
+        """A publish or subscription the server refused (it keeps the connection).
+
+        Warned of once per family of subjects: every lifecycle event of the
+        namespace is one (the jobs go on all the same, only their events are
+        lost), any other subject's family is its subject less the last token
+        (a jid, a stream). So a producer without the events' rights logs one
+        warning, not one per job.
+        """
+        tokens = subject.split(".")
+        events = tokens[1:2] == ["evt"]
+        family = (operation, ".".join(tokens[:2]) if events else subject.rpartition(".")[0] or subject)
+        if family in self._denied:
+            log.debug("NATS refused a %s to %r (this user's permissions)", operation, subject)
+            return
+        if len(self._denied) >= MAX_DENIALS:
+            self._denied.clear()
+        self._denied.add(family)
+        hint = (
+            "; jobs go on, but this user's lifecycle events are not stored (see the auth"
+            " guide's permissions, or turn events off: connect(events=False), --no-events)"
+            if events
+            else ""
+        )
+        log.warning(
+            "NATS refused a %s to %r (this user's permissions)%s; like refusals are logged at debug",
+            operation, subject, hint,
+        )  # fmt: skip
 
     async def _disconnected(self) -> None:
         nc = self.current()
