@@ -38,7 +38,7 @@ from natskiq.enqueue.client import Client
 from natskiq.errors import ConfigError, NatskiqError, NotFound
 from natskiq.job import NAME_RE
 from natskiq.status.results import read_result
-from natskiq.web import listing, pages
+from natskiq.web import jobpage, listing, pages
 from natskiq.web.actions import apply, entries_at, filter_of, valid_name, where_of
 from natskiq.web.dashboard import Dashboard
 from natskiq.web.security import Auth, AuthMiddleware, Csrf, SecurityHeaders
@@ -122,7 +122,7 @@ class Endpoints:
         client, jid = await self.dash.client(), valid_name("jid", request.path_params["jid"])
         status = await api.job(client, jid)
         stored = await read_result(client.js, client.names, jid)
-        return self.dash.page(request, lambda view: pages.job(view, status, stored))
+        return self.dash.page(request, lambda view: jobpage.job(view, status, stored))
 
     async def find_job(self, request: Request) -> Response:
         """The "Find a job by jid" box (a GET form): on to that job's page."""
