@@ -11,6 +11,8 @@ import pytest
 import natskiq
 from natskiq import testing
 from natskiq.ops.launcher import Launcher
+from natskiq.status.view import Event, fold, job_status
+from natskiq.topology import ensure_events, ensure_results
 
 from .conftest import running_node, until
 
@@ -246,3 +248,40 @@ async def test_hostile_events_do_not_break_a_status(client: natskiq.Client) -> N
             await client.js.publish(subject, junk)
         status = await handle.status()
         assert status.state == "succeeded" and status.progress is None and status.node == "r1"
+
+
+def test_a_progress_event_first_means_running() -> None:
+    """A job whose running event has left the bounded stream, progress first, reads as running."""
+    progress = Event(jid="j1", queue="default", cls="C", state="progress", at=1.0, fields={"progress": 0.5})
+    status = fold([progress])
+    assert status is not None and (status.state, status.progress) == ("running", 0.5)
+
+
+async def test_a_job_with_more_events_than_read_shows_its_latest_state(client: natskiq.Client) -> None:
+    """Past the events read from the start, the latest event still decides the state."""
+    await ensure_events(client.js, client.names)
+    states = ["queued", "running", "progress", "progress", "progress", "succeeded"]
+    for state in states:
+        subject = client.names.event_subject("default", "C", state, "longjob")
+        doc = {"jid": "longjob", "queue": "default", "class": "C", "state": state, "at": 1.0}
+        await client.js.publish(subject, json.dumps(doc).encode())
+    status = await job_status(client.js, client.names, "longjob", limit=3)
+    assert status is not None and status.state == "succeeded" and len(status.events) == 4
+
+
+async def test_a_delete_marker_on_the_result_subject_is_not_a_result(client: natskiq.Client) -> None:
+    """A waiter skips a delete on the result's subject and returns the outcome that follows."""
+    await ensure_results(client.js, client.names)
+    subject = client.names.result_subject("marked")
+    got: list[object] = []
+
+    async def wait() -> None:
+        handle = natskiq.JobHandle("marked", client, known=True)  # as perform_async returns it
+        got.append(await handle.result(timeout=20))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await anyio.sleep(0.5)  # the waiter has subscribed and found nothing
+        await client.js.publish(subject, b"", headers={"KV-Operation": "DEL"})
+        await client.js.publish(subject, json.dumps({"state": "succeeded", "result": 7}).encode())
+    assert got == [7]

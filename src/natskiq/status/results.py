@@ -105,11 +105,14 @@ async def read_result(js: JetStreamContext, names: Names, jid: str) -> bytes | N
         msg = await js.get_msg(names.kv_stream(names.results_bucket), subject=names.result_subject(jid))
     except NotFoundError:
         return None
-    if not msg.data or (
-        msg.headers and (msg.headers.get("KV-Operation") or msg.headers.get("Nats-Marker-Reason"))
-    ):
+    if not msg.data or _marker(msg.headers):
         return None
     return msg.data
+
+
+def _marker(headers: dict[str, str] | None) -> bool:
+    """Whether a message on a result's subject is a delete, a purge or an expiry marker."""
+    return bool(headers and (headers.get("KV-Operation") or headers.get("Nats-Marker-Reason")))
 
 
 async def wait_result(
@@ -119,7 +122,7 @@ async def wait_result(
 
     Cancel it (e.g. with ``anyio.fail_after``) to stop waiting.
     """
-    sub = await nc.subscribe(names.result_subject(jid), max_msgs=1)
+    sub = await nc.subscribe(names.result_subject(jid))
     try:
         stored = await read_result(js, names, jid)
         if stored is not None:
@@ -128,7 +131,10 @@ async def wait_result(
             found: list[bytes] = []
 
             async def arrival() -> None:
-                msg = await sub.next_msg(timeout=None)
+                while True:
+                    msg = await sub.next_msg(timeout=None)
+                    if msg.data and not _marker(msg.headers):
+                        break  # not a delete or an expiry marker
                 found.append(msg.data)
                 tg.cancel_scope.cancel()
 

@@ -111,7 +111,8 @@ def fold(events: list[Event]) -> JobStatus | None:
     if not events:
         return None
     facts: dict[str, Any] = {}
-    state = events[0].state
+    # A progress event leaves a job running, even when its running event has left the stream.
+    state = "running" if events[0].state == "progress" else events[0].state
     for event in events:
         fields = event.fields
         # The producer's queued event can be stored just after the node's
@@ -169,9 +170,18 @@ async def job_events(js: JetStreamContext, names: Names, jid: str, *, limit: int
     return out
 
 
-async def job_status(js: JetStreamContext, names: Names, jid: str) -> JobStatus | None:
-    """The status of ``jid`` from its events, or None when the stream holds none."""
-    return fold(await job_events(js, names, jid))
+async def job_status(js: JetStreamContext, names: Names, jid: str, *, limit: int = 1000) -> JobStatus | None:
+    """The status of ``jid`` from its events, or None when the stream holds none.
+
+    A job with more than ``limit`` events (a long run reporting progress) is
+    folded from its first ``limit`` and its latest one, so its state is current.
+    """
+    events = await job_events(js, names, jid, limit=limit)
+    if len(events) >= limit:
+        last = await last_event(js, names, jid)
+        if last is not None and last.seq > events[-1].seq:
+            events.append(last)
+    return fold(events)
 
 
 async def last_event(js: JetStreamContext, names: Names, jid: str) -> Event | None:
