@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -34,6 +34,7 @@ class Context:
     scratch: Path
     server_pid: int = 0
     sleepers: int = 50_000  # jobs of the many-sleeping-jobs figure (--quick: 5,000)
+    redis_url: str = ""  # the suite's redis-server, for arq ("" when it runs none)
     logs: dict[int, Path] = attrs.field(factory=dict)
 
     def name(self, prefix: str) -> str:
@@ -73,6 +74,47 @@ def latency_ms(records: list[Record]) -> dict[str, float]:
         "p99_ms": percentile(delays, 99),
         "max_ms": max(delays) if delays else float("nan"),
         "samples": len(delays),
+    }
+
+
+WARMUP = 20  # low-load jobs dropped before the samples
+
+
+async def round_trips(ctx: Context, trip: Callable[[float], Awaitable[object]]) -> list[float]:
+    """Seconds from enqueue to result in the caller, at low load; the warm-up jobs dropped.
+
+    One ``trip(sent)`` starts every 5-15 ms (:func:`pace`), each in its own
+    task, whatever the earlier ones are doing; ``sent`` is ``time.time()``
+    just before it enqueues, and ``trip`` returns the job's result, which
+    must be ``sent`` back.
+    """
+    taken: dict[int, float] = {}
+
+    async def one(i: int) -> None:
+        sent, begun = time.time(), time.perf_counter()
+        value = await trip(sent)
+        taken[i] = time.perf_counter() - begun
+        if value != sent:
+            raise RuntimeError(f"job {i} returned {value!r}, not {sent!r}")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(WARMUP + ctx.samples):
+            await pace()
+            tg.start_soon(one, i)
+    return [taken[i] for i in sorted(taken) if i >= WARMUP]
+
+
+def round_trip_ms(trips: list[float], records: list[Record]) -> dict[str, float]:
+    """p50/p99/max of the round trips in ms, and of enqueue -> job start (``start_*``) from the records."""
+    started = latency_ms(sorted(records, key=lambda r: r.sent)[WARMUP:])
+    ms = [t * 1000 for t in trips]
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms) if ms else float("nan"),
+        "samples": len(ms),
+        "start_p50_ms": started["p50_ms"],
+        "start_p99_ms": started["p99_ms"],
     }
 
 

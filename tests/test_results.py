@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 
 import anyio
 import pytest
@@ -233,6 +234,26 @@ async def test_events_can_be_turned_off(nats_url: str, namespace: str) -> None:
             assert await handle.result(timeout=20) == 10
         info = await quiet.js.stream_info(quiet.names.events_stream)
         assert info.state.messages == 0
+
+
+async def test_a_nodes_running_and_succeeded_events_are_the_documents_of_the_guide(
+    client: natskiq.Client,
+) -> None:
+    """Their subjects, and compact JSON with the fields in the guide's order and their types."""
+    async with node(client):
+        handle = await Add.perform_async(2, 3)
+        assert (await handle.wait(timeout=20)).state == "succeeded"
+    for state in ("running", "succeeded"):
+        subject = f"{client.namespace}.evt.default.tests:results:Add.{state}.{handle.jid}"
+        msg = await client.js.get_msg(client.names.events_stream, subject=subject)
+        doc = json.loads(msg.data)
+        assert list(doc) == ["jid", "queue", "class", "state", "at", "node", "attempt"]
+        assert doc == {
+            "jid": handle.jid, "queue": "default", "class": Add.name, "state": state,
+            "at": doc["at"], "node": "r1", "attempt": 1,
+        }  # fmt: skip
+        assert type(doc["at"]) is float and abs(doc["at"] - time.time()) < 60
+        assert msg.data == json.dumps(doc, separators=(",", ":")).encode()
 
 
 async def test_hostile_events_do_not_break_a_status(client: natskiq.Client) -> None:

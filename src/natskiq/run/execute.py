@@ -201,7 +201,7 @@ class Executor:
             await emit("expired", job.jid, job.queue, job.cls, node=self.node_id)
             return
         attempt = 1 if job.retry_count is None else job.retry_count + 2
-        await emit("running", job.jid, job.queue, job.cls, node=self.node_id, attempt=attempt)
+        await self.emitter.emit_run("running", job.jid, job.queue, job.cls, self.node_id, attempt)
         self._running_info[job.jid] = {
             "jid": job.jid,
             "class": job.cls,
@@ -235,7 +235,7 @@ class Executor:
         if locked:
             await unique.on_success(js, self.names, job)
         await ack()
-        await emit("succeeded", job.jid, job.queue, job.cls, node=self.node_id, attempt=attempt)
+        await self.emitter.emit_run("succeeded", job.jid, job.queue, job.cls, self.node_id, attempt)
 
     async def _keep(self, job: jobs.Job, doc: bytes, *, raising: bool = False) -> None:
         """Store ``doc`` as the job's result when it keeps one (``keep_result``).

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import attrs
@@ -53,37 +54,69 @@ class Emitter:
     nc: NATS
     names: Names
     enabled: bool = True
-    _heads: dict[tuple[str, str], tuple[str, str]] = attrs.field(init=False, factory=dict)
-
-    def _head(self, queue: str, cls: str) -> tuple[str, str]:
-        """The subject prefix and the JSON ``"queue":...,"class":...`` of a queue and class."""
-        head = self._heads.get((queue, cls))
-        if head is None:
-            if len(self._heads) > 10_000:
-                self._heads.clear()
-            subject = f"{self.names.namespace}.evt.{queue}.{class_token(cls)}."
-            fields = f'"queue":{json.dumps(queue)},"class":{json.dumps(cls)}'
-            head = self._heads[queue, cls] = (subject, fields)
-        return head
+    _heads: dict[tuple[str, str, str], tuple[str, str]] = attrs.field(init=False, factory=dict)
+    _nodes: dict[str, str] = attrs.field(init=False, factory=dict)
 
     async def emit(self, state: str, jid: str, queue: str, cls: str, **fields: Any) -> None:
         """Publish one event; never raises for a connection problem."""
         if not self.enabled:
             return
-        subject, head = self._head(queue, cls)
-        # Built by hand: json.dumps of the whole dict costs more than the publish.
-        text = f'{{"jid":{json.dumps(jid)},{head},"state":"{state}","at":{time.time()!r}'
-        for key, value in fields.items():
-            text += f',"{key}":{_json(value)}'
+        tail = "".join([f',"{key}":{_json(value)}' for key, value in fields.items()]) if fields else ""
         try:
-            await self.nc.publish(f"{subject}{state}.{jid}", (text + "}").encode())
+            await self.nc.publish(*self._event(state, jid, queue, cls, tail))
         except NatsError as exc:
-            log.debug("event %s of job %s not published: %s", state, jid, exc)
+            _lost(state, jid, exc)
+
+    async def emit_run(self, state: str, jid: str, queue: str, cls: str, node: str, attempt: int) -> None:
+        """``emit(state, jid, queue, cls, node=node, attempt=attempt)``, the same subject and
+        document, the node's part cached: a node's ``running`` and ``succeeded``, two per job."""
+        if not self.enabled:
+            return
+        tail = self._nodes.get(node) or self._node(node)
+        try:
+            await self.nc.publish(*self._event(state, jid, queue, cls, f"{tail}{attempt}"))
+        except NatsError as exc:
+            _lost(state, jid, exc)
+
+    def _event(self, state: str, jid: str, queue: str, cls: str, tail: str) -> tuple[str, bytes]:
+        """An event's subject and document, ``tail`` its own fields in JSON (each after a comma).
+
+        Built by hand from cached pieces: json.dumps of the whole dict costs
+        more than the publish.
+        """
+        subject, middle = self._heads.get((state, queue, cls)) or self._head(state, queue, cls)
+        return subject + jid, f'{{"jid":{_quote(jid)}{middle}{time.time()!r}{tail}}}'.encode()
+
+    def _head(self, state: str, queue: str, cls: str) -> tuple[str, str]:
+        """The subject up to the jid and the JSON from ``,"queue":`` to ``"at":`` of a state, queue, class."""
+        if len(self._heads) > 10_000:
+            self._heads.clear()
+        subject = f"{self.names.namespace}.evt.{queue}.{class_token(cls)}.{state}."
+        middle = f',"queue":{json.dumps(queue)},"class":{json.dumps(cls)},"state":"{state}","at":'
+        head = self._heads[state, queue, cls] = (subject, middle)
+        return head
+
+    def _node(self, node: str) -> str:
+        """``,"node":<node>,"attempt":`` in JSON."""
+        if len(self._nodes) > 100:
+            self._nodes.clear()
+        tail = self._nodes[node] = f',"node":{_quote(node)},"attempt":'
+        return tail
+
+
+def _lost(state: str, jid: str, exc: Exception) -> None:
+    log.debug("event %s of job %s not published: %s", state, jid, exc)
+
+
+_quote = encode_basestring_ascii
+"""A ``str`` in JSON, as ``json.dumps`` writes it (which calls this), without its dispatch."""
 
 
 def _json(value: Any) -> str:
-    """A field's value in JSON (ints and floats as they are, the rest by json.dumps)."""
+    """A field's value in JSON (strs, ints and floats directly, the rest by json.dumps)."""
     kind = type(value)
+    if kind is str:
+        return _quote(value)
     if kind is int:
         return str(value)
     if kind is float and value == value and value not in (math.inf, -math.inf):
