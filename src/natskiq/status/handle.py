@@ -15,7 +15,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.js import api as jsapi
+from nats.js.errors import NotFoundError
 
 from natskiq.errors import NatskiqError, NotConnected, NotFound
 from natskiq.status.events import TERMINAL
@@ -137,13 +140,13 @@ class JobHandle(str):
         return stored
 
     async def _until_finished(self) -> None:
-        """Return once the job's latest state is final: subscribe to its events, then read the latest.
+        """Return once the job's latest state is final: follow its new events, then read the latest.
 
         Raises:
             NotFound: no event of the jid, and this process did not store it.
         """
         client = self.client
-        sub = await client.nc.subscribe(client.names.events_filter(jid=self.jid))
+        sub = await self._follow_events()
         try:
             last = await last_event(client.js, client.names, self.jid)
             if last is None and not self._known:
@@ -152,7 +155,8 @@ class JobHandle(str):
                 )
             if last is not None and last.state in TERMINAL:
                 return
-            async for msg in sub.messages:
+            while True:
+                msg = await sub.next_msg(timeout=None)
                 event = Event.parse(msg.data)
                 if event is not None and event.state in TERMINAL:
                     return
@@ -162,6 +166,27 @@ class JobHandle(str):
                     await sub.unsubscribe()
                 except NatsError:
                     pass
+
+    async def _follow_events(self) -> Subscription:
+        """The job's events stored from now on: an ordered consumer on the events stream.
+
+        Not a core subscription: the server hands an event to core subscribers
+        before the stream stores it, so one handed out just before the
+        subscription existed and stored just after the read that follows
+        reached neither, and the wait hung (2 waits in 100 begun as their job
+        ended). The consumer starts at the stream's next sequence: an event
+        stored after it was made reaches it, one stored before, the read.
+        """
+        client = self.client
+        subject = client.names.events_filter(jid=self.jid)
+        config = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.NEW)
+        try:
+            return await client.js.subscribe(
+                subject, stream=client.names.events_stream, ordered_consumer=True, config=config
+            )
+        except NotFoundError:
+            # No worker has made the stream yet, so none of the job's events is stored.
+            return await client.nc.subscribe(subject)
 
 
 def _seconds(timeout: float | None) -> float:
