@@ -259,3 +259,22 @@ async def test_wait_begun_as_the_job_ends_sees_it_end(client: natskiq.Client) ->
                 await Plain.perform_async()  # shifts the next wait's start against the job's end
             with anyio.fail_after(10):
                 assert (await handle.wait()).state == "succeeded"
+
+
+async def test_result_with_a_timeout_of_0_answers_at_once(client: natskiq.Client) -> None:
+    """result(timeout=0) gives a kept result that is there; a job still running times out, an
+    unknown jid and a job that keeps none are NotFound."""
+    async with node(client):
+        done = await Add.perform_async(4, 5)
+        assert (await done.wait(timeout=20)).state == "succeeded"
+        assert await done.result(timeout=0) == 9
+        unkept = await Plain.perform_async()
+        await unkept.wait(timeout=20)
+        with pytest.raises(natskiq.NotFound, match="without a result"):
+            await unkept.result(timeout=0)
+        with pytest.raises(natskiq.NotFound, match="no job"):
+            await client.job("nosuchjob").result(timeout=0)
+        slow = await Sleeper.perform_async(5)
+        await until(lambda: is_running(slow), timeout=20)
+        with pytest.raises(TimeoutError):
+            await slow.result(timeout=0)

@@ -108,16 +108,36 @@ class JobHandle(str):
             NotFound: the jid is unknown, its result expired, or the job
                 finished without keeping one (its class has no ``keep_result``).
         """
-        client = self.client
-        with anyio.fail_after(_seconds(timeout)):
-            stored = await read_result(client.js, client.names, self.jid)
-            if stored is None:
+        client, seconds = self.client, _seconds(timeout)
+        # Read once outside the deadline: under fail_after(0) even this read
+        # would be cancelled, and a timeout of 0 means "only if it is there".
+        stored = await read_result(client.js, client.names, self.jid)
+        if stored is None and seconds == 0:
+            stored = await self._stored_now()
+        elif stored is None:
+            with anyio.fail_after(seconds):
                 stored = await self._wait_stored()
         if stored is None:
             raise NotFound(
                 f"job {self.jid} finished without a result: it expired, or the job keeps none (keep_result)"
             )
         return outcome(self.jid, stored)
+
+    async def _stored_now(self) -> bytes | None:
+        """The outcome of a job that has finished, without waiting (a timeout of 0).
+
+        Raises:
+            TimeoutError: it has not finished.
+            NotFound: no event of the jid, and this process did not store it.
+        """
+        client = self.client
+        last = await last_event(client.js, client.names, self.jid)
+        if last is None and not self._known:
+            raise NotFound(f"no job {self.jid}: unknown, expired from the events stream, or events are off")
+        if last is None or last.state not in TERMINAL:
+            raise TimeoutError(f"job {self.jid} has not finished")
+        # The node stores a result before it reports the end: read once more.
+        return await read_result(client.js, client.names, self.jid)
 
     async def _wait_stored(self) -> bytes | None:
         """The outcome once stored, or None once the job finished without one."""
