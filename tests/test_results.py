@@ -274,7 +274,8 @@ async def test_result_with_a_timeout_of_0_answers_at_once(client: natskiq.Client
             await unkept.result(timeout=0)
         with pytest.raises(natskiq.NotFound, match="no job"):
             await client.job("nosuchjob").result(timeout=0)
-        slow = await Sleeper.perform_async(5)
+        slow = await Sleeper.perform_async(30)
         await until(lambda: is_running(slow), timeout=20)
         with pytest.raises(TimeoutError):
             await slow.result(timeout=0)
+        await natskiq.api.cancel(client, slow.jid)  # so that the node stops at once
