@@ -30,6 +30,17 @@ class ResizeImage(natskiq.Worker):
         print(f"[{self.job.queue}] resized {path} to {width}px (jid={self.jid})", flush=True)
 
 
+class BuildReport(natskiq.Worker, keep_result=600):
+    """Keeps what it returns for ten minutes (``await handle.result()``) and reports its progress."""
+
+    async def perform(self, month: str, pages: int = 3) -> dict[str, object]:
+        for page in range(1, pages + 1):
+            await anyio.sleep(0.6)  # render a page
+            await self.progress(page / pages, f"page {page} of {pages}")
+        print(f"[{self.job.queue}] built the {month} report: {pages} pages (jid={self.jid})", flush=True)
+        return {"month": month, "pages": pages}
+
+
 class ChargeCard(natskiq.Worker, queue="critical", retries=3):
     """Lives on the ``critical`` queue, which the node above serves first."""
 

@@ -201,6 +201,17 @@ class Chaos(natskiq.Worker, name="tests.Chaos"):
         record(self.jid, started, note)
 
 
+class Kept(natskiq.Worker, keep_result=300, name="tests.Kept"):
+    """Records its start and end around a sleep; keeps its result: the note and the pid that ran it."""
+
+    async def perform(self, sleep: float = 0.0, note: object = None) -> dict[str, object]:
+        started = time.time()
+        record(self.jid, started, note, kind="start")
+        await anyio.sleep(sleep)
+        record(self.jid, started, note)
+        return {"note": note, "pid": os.getpid()}
+
+
 class Tick(natskiq.Worker, name="tests.Tick"):
     """A periodic job: records each run."""
 

@@ -22,6 +22,10 @@ import anyio
 import httpx
 import pytest
 
+import natskiq
+
+from .conftest import until
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 MAX_LINES = 60
@@ -145,6 +149,36 @@ async def test_producer_jobs_run(example_worker: ExampleWorker, nats_url: str, n
     await example_worker.stop_cleanly()
 
 
+async def test_results_example_prints_the_result_and_timeline(
+    example_worker: ExampleWorker, nats_url: str, namespace: str
+) -> None:
+    """examples/results.py enqueues a report, prints the result the worker kept for it, then the
+    job's status and its timeline: queued, running, the progress reports, succeeded."""
+    async with natskiq.connect(nats_url, namespace=namespace) as client:
+
+        async def started() -> bool:  # and so has made the events stream, which keeps the first event
+            return bool(await natskiq.api.nodes(client))
+
+        await until(started, timeout=30)
+    env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
+    result = await anyio.run_process(
+        [sys.executable, "-m", "examples.results"], cwd=ROOT, env=env, check=False
+    )
+    stdout = result.stdout.decode()
+    assert result.returncode == 0, stdout + result.stderr.decode()
+    found = re.search(r"^queued jid=(\w+)$", stdout, re.MULTILINE)
+    assert found is not None, stdout
+    jid = found[1]
+    lines = await example_worker.wait_for([jid])
+    assert lines[jid]["what"] == "built the 2025-11 report: 3 pages"
+    assert 'result {"month": "2025-11", "pages": 3}' in stdout.splitlines()
+    assert re.search(r"^status succeeded on \S+ \(attempt 1\)$", stdout, re.MULTILINE), stdout
+    timeline = re.findall(r"^  \+\d+\.\d\ds (\w+)", stdout, re.MULTILINE)
+    assert sorted(set(timeline)) == ["progress", "queued", "running", "succeeded"], stdout
+    assert timeline[-1] == "succeeded" and "message=page 3 of 3" in stdout
+    await example_worker.stop_cleanly()
+
+
 async def signups(app: Any, emails: list[str], refused: list[dict[str, str]]) -> tuple[list[str], list[int]]:
     """POST /signup to an example web app (its lifespan around the requests): the
     jids answered for ``emails`` (each a 202), and the status codes of ``refused``."""
@@ -221,7 +255,8 @@ async def test_fastapi_signup_enqueues(
     example_worker: ExampleWorker, nats_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """POST /signup on examples/fastapi_app.py answers 202 with a jid, each job runs, and a
-    bad email is refused (400) before anything is enqueued, as is a body without one (422)."""
+    bad email is refused (400) before anything is enqueued, as is a body without one (422);
+    GET /signup/{jid} then answers each job's state, and 404 for a jid it does not know."""
     monkeypatch.setenv("NATSKIQ_URL", nats_url)
     monkeypatch.setenv("NATSKIQ_NAMESPACE", namespace)
     from examples import fastapi_app
@@ -230,6 +265,17 @@ async def test_fastapi_signup_enqueues(
     jids, codes = await signups(fastapi_app.app, emails, [{"email": "nobody"}, {"name": "x"}])
     assert codes == [400, 422]
     await assert_welcomed(example_worker, jids, emails)
+    transport = httpx.ASGITransport(app=fastapi_app.app)
+    async with (
+        fastapi_app.app.router.lifespan_context(fastapi_app.app),
+        httpx.AsyncClient(transport=transport, base_url="http://example") as http,
+    ):
+        answers = [await http.get(f"/signup/{jid}") for jid in jids]
+        unknown = [(await http.get(f"/signup/{jid}")).status_code for jid in ("nosuchjob", "not.a.jid")]
+    assert [(a.status_code, a.json()) for a in answers] == [
+        (200, {"jid": jid, "state": "succeeded", "finished": True}) for jid in jids
+    ]
+    assert unknown == [404, 404]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -246,6 +292,7 @@ def test_every_example_is_exercised() -> None:
         "cron.py",
         "fastapi_app.py",
         "producer.py",
+        "results.py",
         "testing_example.py",
         "webapp.py",
         "workers.py",

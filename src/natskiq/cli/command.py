@@ -157,7 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--class", dest="cls", help="one worker class's events")
     events.add_argument("--jid", help="one job's events")
     events.add_argument("--since", type=_when, help="from: ISO time, or an age like 90s 15m 2h 3d")
-    events.add_argument("--limit", type=int, default=100, help="the latest N found (100), without --follow")
+    events.add_argument(
+        "--limit", type=_count, default=100, help="the latest N found (100), without --follow"
+    )
     events.add_argument("--follow", "-f", action="store_true", help="then print new events as they come")
     _connection_args(events)
     _json_arg(events)
@@ -181,6 +183,17 @@ def _parser() -> argparse.ArgumentParser:
 def _json_arg(parser: argparse.ArgumentParser) -> None:
     """``--json``, for a command that prints data."""
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -15,7 +15,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.js import api as jsapi
+from nats.js.errors import NotFoundError
 
 from natskiq.errors import NatskiqError, NotConnected, NotFound
 from natskiq.status.events import TERMINAL
@@ -105,16 +108,36 @@ class JobHandle(str):
             NotFound: the jid is unknown, its result expired, or the job
                 finished without keeping one (its class has no ``keep_result``).
         """
-        client = self.client
-        with anyio.fail_after(_seconds(timeout)):
-            stored = await read_result(client.js, client.names, self.jid)
-            if stored is None:
+        client, seconds = self.client, _seconds(timeout)
+        # Read once outside the deadline: under fail_after(0) even this read
+        # would be cancelled, and a timeout of 0 means "only if it is there".
+        stored = await read_result(client.js, client.names, self.jid)
+        if stored is None and seconds == 0:
+            stored = await self._stored_now()
+        elif stored is None:
+            with anyio.fail_after(seconds):
                 stored = await self._wait_stored()
         if stored is None:
             raise NotFound(
                 f"job {self.jid} finished without a result: it expired, or the job keeps none (keep_result)"
             )
         return outcome(self.jid, stored)
+
+    async def _stored_now(self) -> bytes | None:
+        """The outcome of a job that has finished, without waiting (a timeout of 0).
+
+        Raises:
+            TimeoutError: it has not finished.
+            NotFound: no event of the jid, and this process did not store it.
+        """
+        client = self.client
+        last = await last_event(client.js, client.names, self.jid)
+        if last is None and not self._known:
+            raise NotFound(f"no job {self.jid}: unknown, expired from the events stream, or events are off")
+        if last is None or last.state not in TERMINAL:
+            raise TimeoutError(f"job {self.jid} has not finished")
+        # The node stores a result before it reports the end: read once more.
+        return await read_result(client.js, client.names, self.jid)
 
     async def _wait_stored(self) -> bytes | None:
         """The outcome once stored, or None once the job finished without one."""
@@ -137,13 +160,13 @@ class JobHandle(str):
         return stored
 
     async def _until_finished(self) -> None:
-        """Return once the job's latest state is final: subscribe to its events, then read the latest.
+        """Return once the job's latest state is final: follow its new events, then read the latest.
 
         Raises:
             NotFound: no event of the jid, and this process did not store it.
         """
         client = self.client
-        sub = await client.nc.subscribe(client.names.events_filter(jid=self.jid))
+        sub = await self._follow_events()
         try:
             last = await last_event(client.js, client.names, self.jid)
             if last is None and not self._known:
@@ -152,7 +175,8 @@ class JobHandle(str):
                 )
             if last is not None and last.state in TERMINAL:
                 return
-            async for msg in sub.messages:
+            while True:
+                msg = await sub.next_msg(timeout=None)
                 event = Event.parse(msg.data)
                 if event is not None and event.state in TERMINAL:
                     return
@@ -162,6 +186,27 @@ class JobHandle(str):
                     await sub.unsubscribe()
                 except NatsError:
                     pass
+
+    async def _follow_events(self) -> Subscription:
+        """The job's events stored from now on: an ordered consumer on the events stream.
+
+        Not a core subscription: the server hands an event to core subscribers
+        before the stream stores it, so one handed out just before the
+        subscription existed and stored just after the read that follows
+        reached neither, and the wait hung (2 waits in 100 begun as their job
+        ended). The consumer starts at the stream's next sequence: an event
+        stored after it was made reaches it, one stored before, the read.
+        """
+        client = self.client
+        subject = client.names.events_filter(jid=self.jid)
+        config = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.NEW)
+        try:
+            return await client.js.subscribe(
+                subject, stream=client.names.events_stream, ordered_consumer=True, config=config
+            )
+        except NotFoundError:
+            # No worker has made the stream yet, so none of the job's events is stored.
+            return await client.nc.subscribe(subject)
 
 
 def _seconds(timeout: float | None) -> float:
