@@ -143,7 +143,8 @@ async def test_a_job_that_failed_for_good_raises_job_failed(client: natskiq.Clie
             handle.jid, "ValueError", "bad address",
         )  # fmt: skip
         assert any("bad address" in line for line in caught.value.backtrace)
-        status = await handle.status()
+        # The failure is kept before the failed event is published: wait for the event.
+        status = await handle.wait(timeout=10)
         assert (status.state, status.error_class) == ("failed", "ValueError")
 
 
