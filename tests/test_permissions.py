@@ -44,6 +44,15 @@ def producer_permissions(
                 *(f"$JS.API.STREAM.INFO.{stream}" for stream in streams),
                 *(f"$JS.API.CONSUMER.INFO.{stream}.*" for stream in streams),
                 *(f"$JS.API.STREAM.MSG.GET.{stream}" for stream in (reads if follow else [])),
+                *(
+                    [
+                        f"$JS.API.CONSUMER.CREATE.{names.events_stream}",
+                        f"$JS.API.CONSUMER.CREATE.{names.events_stream}.>",
+                        f"$JS.FC.{names.events_stream}.>",
+                    ]
+                    if follow
+                    else []
+                ),
             ]
         },
         "subscribe": {"allow": ["_INBOX.>", *([f"{ns}.evt.>", f"$KV.{ns}_results.>"] if follow else [])]},

@@ -12,6 +12,7 @@ import pytest
 import natskiq
 from natskiq import testing
 from natskiq.ops.launcher import Launcher
+from natskiq.ops.settings import Settings
 from natskiq.status.view import Event, fold, job_status
 from natskiq.topology import ensure_events, ensure_results
 
@@ -340,3 +341,18 @@ async def test_result_with_a_timeout_of_0_answers_at_once(client: natskiq.Client
         with pytest.raises(TimeoutError):
             await slow.result(timeout=0)
         await natskiq.api.cancel(client, slow.jid)  # so that the node stops at once
+
+
+async def test_the_events_stream_limits_come_from_the_worker(client: natskiq.Client) -> None:
+    """--events-max-msgs/-bytes/-days set the stream's limits; by default it has no byte limit
+    (JetStream reserves a byte limit from the server's storage up front)."""
+    async with running_node(client.url, client.namespace, node_id="l1"):  # type: ignore[arg-type]
+        config = (await client.js.stream_info(client.names.events_stream)).config
+        assert (config.max_msgs, config.max_bytes, config.max_age) == (1_000_000, -1, 7 * 24 * 3600)
+    settings = {"events_max_msgs": 50, "events_max_bytes": 1 << 20, "events_max_days": 1}
+    async with running_node(client.url, client.namespace, node_id="l2", **settings):  # type: ignore[arg-type]
+        config = (await client.js.stream_info(client.names.events_stream)).config
+        assert (config.max_msgs, config.max_bytes, config.max_age) == (50, 1 << 20, 24 * 3600)
+    for bad in ({"events_max_msgs": 0}, {"events_max_days": -1}, {"events": "yes"}):
+        with pytest.raises(natskiq.ConfigError):
+            Settings(**bad)  # type: ignore[arg-type]

@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--events-max-msgs", type=int, help="events the events stream keeps at most (1000000)"
     )
-    worker.add_argument("--events-max-bytes", type=int, help="bytes the events stream keeps at most (1 GiB)")
+    worker.add_argument("--events-max-bytes", type=int, help="bytes the events stream keeps at most (none)")
     worker.add_argument("--events-max-days", type=float, help="days events are kept (7)")
     worker.add_argument("--config", type=Path, help="a natskiq.toml or pyproject.toml")
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"))

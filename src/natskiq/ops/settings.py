@@ -72,7 +72,7 @@ class Settings:
     events_max_msgs: int | None = None
     events_max_bytes: int | None = None
     events_max_days: float | None = None
-    """The events stream's limits (1,000,000 events, 1 GiB, 7 days when not given)."""
+    """The events stream's limits (1,000,000 events and 7 days, no byte limit, when not given)."""
     node_id: str = attrs.field(factory=_default_node_id)
     event_loop: str = "asyncio"
     """``"asyncio"`` or ``"uvloop"``: the loop ``natskiq worker`` runs the launcher on."""

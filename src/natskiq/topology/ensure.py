@@ -205,7 +205,6 @@ async def ensure_failed(
 
 
 EVENTS_MAX_MSGS = 1_000_000
-EVENTS_MAX_BYTES = 1 << 30  # 1 GiB
 EVENTS_MAX_AGE = 7 * 24 * 3600.0
 
 
@@ -220,7 +219,8 @@ async def ensure_events(
 ) -> None:
     """Create the bounded stream of lifecycle events if missing.
 
-    It keeps at most ``max_msgs`` events (1,000,000), ``max_bytes`` (1 GiB),
+    It keeps at most ``max_msgs`` events (1,000,000), ``max_bytes`` (no byte
+    limit unless given: JetStream reserves a stream's byte limit up front),
     for ``max_age`` seconds (7 days), dropping the oldest first. Limits
     given are applied to an existing stream too (logged).
     """
@@ -232,7 +232,7 @@ async def ensure_events(
         storage=jsapi.StorageType.FILE,
         num_replicas=replicas or 1,
         max_msgs=max_msgs or EVENTS_MAX_MSGS,
-        max_bytes=max_bytes or EVENTS_MAX_BYTES,
+        max_bytes=max_bytes or -1,
         max_age=max_age or EVENTS_MAX_AGE,
         allow_direct=True,
     )
