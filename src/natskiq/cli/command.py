@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -235,6 +235,20 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# The commands that talk to a running natskiq: each returns its exit code (None: 0).
+_INSPECTIONS: dict[str, Callable[[argparse.Namespace], Awaitable[int | None]]] = {
+    "stats": inspection.stats,
+    "nodes": inspection.nodes,
+    "queues": inspection.queues,
+    "periodic": inspection.periodic,
+    "cancel": inspection.cancel,
+    "node": inspection.node,
+    "job": jobs.job,
+    "result": jobs.result,
+    "events": jobs.events,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``natskiq`` command; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -245,26 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             processes.server(args)
         elif args.command == "demo":
             processes.demo()
-        elif args.command == "stats":
-            anyio.run(inspection.stats, args)
-        elif args.command == "nodes":
-            anyio.run(inspection.nodes, args)
-        elif args.command == "queues":
-            return anyio.run(inspection.queues, args)
-        elif args.command == "periodic":
-            return anyio.run(inspection.periodic, args)
-        elif args.command == "cancel":
-            return anyio.run(inspection.cancel, args)
-        elif args.command == "job":
-            return anyio.run(jobs.job, args)
-        elif args.command == "result":
-            return anyio.run(jobs.result, args)
-        elif args.command == "events":
-            return anyio.run(jobs.events, args)
         elif args.command == "web":
             processes.web(args)
-        elif args.command == "node":
-            anyio.run(inspection.node, args)
+        elif args.command in _INSPECTIONS:
+            return anyio.run(_INSPECTIONS[args.command], args) or 0
         else:
             return anyio.run(sets.act, args)
     except KeyboardInterrupt:
