@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from nats.aio.subscription import Subscription
-from nats.errors import Error as NatsError
 from nats.js import api as jsapi
 from nats.js.errors import NotFoundError
 
 from natskiq.errors import NatskiqError, NotConnected, NotFound
 from natskiq.status.events import TERMINAL
-from natskiq.status.results import outcome, read_result, wait_result
+from natskiq.status.results import outcome, read_result, unsubscribe, wait_result
 from natskiq.status.view import Event, JobStatus, job_status, last_event
 
 if TYPE_CHECKING:
@@ -184,11 +183,7 @@ class JobHandle(str):
                 if event is not None and event.state in TERMINAL:
                     return
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await sub.unsubscribe()
-                except NatsError:
-                    pass
+            await unsubscribe(sub)
 
     async def _follow_events(self) -> Subscription:
         """The job's events stored from now on: an ordered consumer on the events stream.

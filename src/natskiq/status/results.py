@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JSError
@@ -110,6 +111,15 @@ async def read_result(js: JetStreamContext, names: Names, jid: str) -> bytes | N
     return msg.data
 
 
+async def unsubscribe(sub: Subscription) -> None:
+    """End a subscription, shielded (safe in a ``finally``); one already ended is left alone."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await sub.unsubscribe()
+        except NatsError:
+            pass
+
+
 def _marker(headers: dict[str, str] | None) -> bool:
     """Whether a message on a result's subject is a delete, a purge or an expiry marker."""
     return bool(headers and (headers.get("KV-Operation") or headers.get("Nats-Marker-Reason")))
@@ -152,8 +162,4 @@ async def wait_result(
                 tg.start_soon(done)
         return found[0] if found else None
     finally:
-        with anyio.CancelScope(shield=True):
-            try:
-                await sub.unsubscribe()
-            except NatsError:
-                pass
+        await unsubscribe(sub)
