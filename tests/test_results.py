@@ -356,3 +356,16 @@ async def test_the_events_stream_limits_come_from_the_worker(client: natskiq.Cli
     for bad in ({"events_max_msgs": 0}, {"events_max_days": -1}, {"events": "yes"}):
         with pytest.raises(natskiq.ConfigError):
             Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_a_late_queued_event_does_not_take_a_finished_job_back() -> None:
+    """The producer's queued event stored after the node's (two connections) leaves the job
+    succeeded; a replay's queued event, published after the failure, makes it queued again."""
+
+    def event(state: str, at: float) -> Event:
+        return Event(jid="j1", queue="default", cls="C", state=state, at=at)
+
+    late = fold([event("running", 2.0), event("succeeded", 3.0), event("queued", 1.0)])
+    assert late is not None and late.state == "succeeded" and late.enqueued_at == 1.0
+    replayed = fold([event("queued", 1.0), event("running", 2.0), event("failed", 3.0), event("queued", 5.0)])
+    assert replayed is not None and replayed.state == "queued"

@@ -113,13 +113,14 @@ def fold(events: list[Event]) -> JobStatus | None:
     facts: dict[str, Any] = {}
     # A progress event leaves a job running, even when its running event has left the stream.
     state = "running" if events[0].state == "progress" else events[0].state
+    state_at = events[0].at
     for event in events:
         fields = event.fields
-        # The producer's queued event can be stored just after the node's
-        # running one (two processes): it does not take a running job back.
-        late = event.state in ("queued", "scheduled") and state == "running"
-        if event.state != "progress" and not late:
-            state = event.state
+        # The state is the latest event's by publication time: the producer's
+        # queued event can be stored after the node's running or succeeded
+        # (two connections), and it does not take the job back.
+        if event.state != "progress" and event.at >= state_at:
+            state, state_at = event.state, event.at
         if event.state in ("queued", "scheduled"):
             facts["enqueued_at"] = facts.get("enqueued_at") or event.at
             facts["next_at"] = fields.get("next_at") if event.state == "scheduled" else None
