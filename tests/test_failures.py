@@ -350,3 +350,12 @@ async def test_a_stats_increment_sent_again_counts_once(client: natskiq.Client) 
     assert await api.counter(client, "processed") == 2 + 5
     node._send.close()  # the node never ran: close its job stream as run() would
     node._recv.close()
+
+
+async def test_a_queue_whose_consumer_is_not_made_yet_still_has_its_info(client: natskiq.Client) -> None:
+    """While a worker starting up has made a queue's stream but not yet its consumer, the
+    queue's info (natskiq stats) reports it with nothing ready or running, not as missing."""
+    await client.ensure_queue("early")
+    await client.js.delete_consumer(client.names.queue_stream("early"), client.names.consumer(0))
+    info = await api.queue_info(client, "early")
+    assert (info.name, info.partitions, info.ready, info.running) == ("early", 1, 0, 0)

@@ -251,8 +251,9 @@ async def test_valid_schedules_are_left_alone_and_fire(client: natskiq.Client) -
     retried = jobs.new_job("tests.Record", [2], {}, queue=Q, retry=3, at=soon)
     headers = {"Nats-Msg-Id": f"{retried.jid}:retry:1", **schedule(soon, names.queue_subject(Q))}
     await store(client, names.retry_subject(Q, retried.jid), jobs.encode(retried), headers)
-    periodic = {"Nats-Schedule": "@hourly", "Nats-Schedule-Target": names.queue_subject(Q)}
-    await store(client, names.scheduled_subject(Q, "periodic-hourly"), b'{"periodic": "x"}', periodic)
+    # A day away: an @hourly one fired during a run at the top of the hour, and its body is no job.
+    periodic = {"Nats-Schedule": "@every 24h", "Nats-Schedule-Target": names.queue_subject(Q)}
+    await store(client, names.scheduled_subject(Q, "periodic-daily"), b'{"periodic": "x"}', periodic)
     far = await store(client, names.retry_subject(Q, "far"), b"{}", schedule(later, names.queue_subject(Q)))
     ready = await store(client, names.queue_subject(Q), b"a ready job: no schedule header, and none needed")
     moved, last = await sweep.sweep(js, names, Q)

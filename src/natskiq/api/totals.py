@@ -68,12 +68,15 @@ async def queue_info(client: Client, queue: str) -> QueueInfo:
     stream = names.queue_stream(check_name("queue", queue))
     try:
         info = await client.js.stream_info(stream, subjects_filter=names.schedule_filter(queue))
-        consumers = [
-            await client.js.consumer_info(stream, names.consumer(shard))
-            for shard in range(partitions_of(names, queue, info.config.subjects))
-        ]
     except NotFoundError:
         raise NotFound(f"no queue named {queue!r} in namespace {names.namespace!r}") from None
+    partitions = partitions_of(names, queue, info.config.subjects)
+    consumers = []
+    for shard in range(partitions):
+        try:
+            consumers.append(await client.js.consumer_info(stream, names.consumer(shard)))
+        except NotFoundError:
+            continue  # a worker starting up has made the stream, not yet this consumer: none ready or running
     subjects = info.state.subjects or {}
     scheduled = sum(n for s, n in subjects.items() if names.kind_of(queue, s) == "scheduled")
     retries = sum(n for s, n in subjects.items() if names.kind_of(queue, s) == "retry")
@@ -85,7 +88,7 @@ async def queue_info(client: Client, queue: str) -> QueueInfo:
     return QueueInfo(
         name=queue, ready=sum(c.num_pending or 0 for c in consumers),
         running=sum(c.num_ack_pending or 0 for c in consumers),
-        scheduled=scheduled, retries=retries, latency=latency, partitions=len(consumers),
+        scheduled=scheduled, retries=retries, latency=latency, partitions=partitions,
     )  # fmt: skip
 
 
