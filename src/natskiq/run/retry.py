@@ -215,17 +215,15 @@ async def route(
             log.info("jid=%s class=%s retry %d in %.1fs: %r", job.jid, job.cls, count + 1, delay, exc)
             await _emit(emitter, "retrying", job, next_at=now + delay, **error)
             return "retry"
-        await _keep_failure(js, names, job, record, max_payload)
-    elif options is not None and not options.dead:
-        await _keep_failure(js, names, job, record, max_payload)
+    # From here on the job has failed for good: its failure is its result.
+    await _keep_failure(js, names, job, record, max_payload)
+    if isinstance(verdict, str) and options is not None and not options.dead:
         await ack()  # dropped, as the worker asks (dead=False)
         log.warning("jid=%s class=%s dropped after %d retries (dead=False): %r", job.jid, job.cls, count, exc)
         await _emit(emitter, "failed", job, **error)
         await _call_death_hooks(worker, record, exc)
         return "failed"
-    elif await _keep_failure(js, names, job, record, max_payload) and await _store_failed(
-        js, names, record, seq, max_payload
-    ):
+    if isinstance(verdict, str) and await _store_failed(js, names, record, seq, max_payload):
         await ack()
         log.warning("jid=%s class=%s failed for good after %d retries: %r", job.jid, job.cls, count, exc)
         await _emit(emitter, "failed", job, **error)
@@ -246,15 +244,14 @@ async def _emit(emitter: Emitter | None, state: str, job: jobs.Job, **fields: An
 
 async def _keep_failure(
     js: JetStreamContext, names: Names, job: jobs.Job, record: jobs.Job, max_payload: int
-) -> bool:
-    """Store the failure as the job's result when it keeps one (before the ack); always True."""
+) -> None:
+    """Store the failure as the job's result when it keeps one (before the ack)."""
     if job.keep_result is not None:
         doc = encode_failure(record.error_class or "", record.error_message or "", record.backtrace)
         try:
             await store_result(js, names, job.jid, doc, job.keep_result, max_payload)
         except EnqueueError as exc:
             log.warning("jid=%s class=%s: failure not kept as its result: %s", job.jid, job.cls, exc)
-    return True
 
 
 async def _store_retry(
