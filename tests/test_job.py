@@ -310,6 +310,7 @@ def test_decode_refuses_a_missing_required_field(field: str) -> None:
         ("error_message", 3),
         ("backtrace", "line"),
         ("at", "soon"),
+        ("reply", 7),
     ],
 )
 def test_decode_refuses_fields_of_the_wrong_type(field: str, value: object) -> None:
@@ -373,10 +374,13 @@ def test_decode_refuses_non_finite_numbers(constant: str) -> None:
         ("queue", "a.b"),
         ("queue", ">"),
         ("queue", "q\n"),
+        ("reply", "a.b"),
+        ("reply", ">"),
+        ("reply", ""),
     ],
 )
 def test_decode_refuses_names_that_cannot_be_subject_tokens(field: str, value: str) -> None:
-    """A jid or queue that could inject '.', '*' or '>' into a retry/failed subject is refused."""
+    """A jid, queue or reply token that could inject '.', '*' or '>' into a subject is refused."""
     _invalid(_raw(_envelope(**{field: value})))
 
 

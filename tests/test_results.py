@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 import natskiq
+from natskiq import job as jobs
 from natskiq import testing
 from natskiq.ops.launcher import Launcher
 from natskiq.ops.settings import Settings
@@ -104,6 +105,52 @@ async def test_result_called_before_during_and_after_the_run(client: natskiq.Cli
         await until(lambda: is_running(running), timeout=20)
         assert await client.job(running.jid).result(timeout=20) == 4
         assert await client.job(handle.jid).result(timeout=5) == 2  # after: read at once
+
+
+async def test_the_node_replies_the_outcome_to_the_client_that_enqueued_it(client: natskiq.Client) -> None:
+    """A job that keeps its result carries its client's reply token; its outcome, success or
+    failure, reaches that client as a reply, and many waiters at once each get their own."""
+    async with node(client):
+        handles = [await Add.perform_async(i, 1, sleep=0.05 * (i % 5)) for i in range(30)]
+        got = {}
+
+        async def wait(handle: natskiq.JobHandle) -> None:
+            got[handle.jid] = await handle.result(timeout=20)
+
+        async with anyio.create_task_group() as tg:
+            for handle in reversed(handles):
+                tg.start_soon(wait, handle)
+        assert [got[h.jid] for h in handles] == [i + 1 for i in range(30)]
+        assert [h for h in handles if h.client.replies.heard(h.jid) is None] == []
+        doomed = await Doomed.perform_async()
+        with pytest.raises(natskiq.JobFailed, match="bad address"):
+            await doomed.result(timeout=20)
+        assert doomed.client.replies.heard(doomed.jid) is not None
+
+
+async def test_only_jobs_that_keep_their_result_ask_for_a_reply(client: natskiq.Client) -> None:
+    """The envelope of a job that keeps its result names the client's reply token; others do not."""
+    kept, plain = await client.enqueue(Add, 1, 2), await client.enqueue(Plain)
+    stream = client.names.queue_stream("default")
+    stored = [jobs.decode((await client.js.get_msg(stream, seq=seq)).data or b"") for seq in (1, 2)]
+    assert [(job.jid, job.reply) for job in stored] == [(kept.jid, client.replies.token), (plain.jid, None)]
+
+
+async def test_a_lost_reply_falls_back_to_the_stored_result(client: natskiq.Client) -> None:
+    """With no reply reaching the client (its reply subscription gone), result() still returns
+    the stored outcome, once the job's events say it finished; and junk on the reply subject
+    is not taken for an outcome."""
+    async with node(client):
+        handle = await client.enqueue(Add, 3, 4, sleep=0.5)
+        await client.replies.close()
+        assert await handle.result(timeout=20) == 7
+        assert client.replies.heard(handle.jid) is None
+        await client.replies.listen()
+        other = await client.enqueue(Add, 5, 5, sleep=0.5)
+        for junk in (b"junk", b'{"state":"?"}'):
+            await client.nc.publish(client.names.reply_subject(client.replies.token, other.jid), junk)
+        assert await other.result(timeout=20) == 10
+        assert client.replies.heard(other.jid) is not None
 
 
 async def test_two_processes_wait_on_one_result(client: natskiq.Client) -> None:

@@ -88,6 +88,8 @@ class Job:
     unique_revision: int | None = None
     unique_until: str | None = None
     keep_result: float | None = None
+    reply: str | None = None
+    """The enqueuing client's token: the node tells it the kept outcome at once (see ``keep_result``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict (optional fields only when set)."""
@@ -126,6 +128,7 @@ OPTIONAL_FIELDS = (
     "unique_revision",
     "unique_until",
     "keep_result",
+    "reply",
 )
 _optional_values = operator.attrgetter(*OPTIONAL_FIELDS)
 _UNSET = (None,) * len(OPTIONAL_FIELDS)
@@ -196,6 +199,7 @@ def new_job(
     now: float | None = None,
     expires_at: float | None = None,
     keep_result: float | None = None,
+    reply: str | None = None,
 ) -> Job:
     """A fresh envelope for a call, checking that the arguments are JSON-native."""
     check_arguments(args, kwargs)
@@ -203,4 +207,5 @@ def new_job(
     return Job(
         jid=new_jid(), cls=name, args=list(args), kwargs=dict(kwargs), queue=queue, retry=retry,
         created_at=now, enqueued_at=now, at=at, expires_at=expires_at, keep_result=keep_result,
+        reply=reply,
     )  # fmt: skip

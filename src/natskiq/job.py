@@ -107,6 +107,7 @@ def encode_new(
     at: float | None = None,
     expires_at: float | None = None,
     keep_result: float | None = None,
+    reply: str | None = None,
 ) -> bytes:
     """``encode(Job(...))`` of a new job, byte for byte, without building the Job.
 
@@ -127,6 +128,8 @@ def encode_new(
         text += f',"expires_at":{_dumps(expires_at)}'
     if keep_result is not None:
         text += f',"keep_result":{_dumps(keep_result)}'
+    if reply is not None:
+        text += f',"reply":{_quote(reply)}'
     return (text + "}").encode()
 
 
@@ -173,6 +176,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "unique_revision": (int,),
     "unique_until": (str,),
     "keep_result": (int, float),
+    "reply": (str,),
 }
 _REQUIRED = ("jid", "class", "args", "queue")
 _USUAL = frozenset(("jid", "class", "args", "kwargs", "queue", "retry", "created_at", "enqueued_at"))
@@ -239,7 +243,7 @@ def _check_values(data: dict[str, Any], raw: bytes, usual: bool) -> None:
         value = data.get(key)
         if value is not None and not 0 <= value <= most:
             raise InvalidJob(f"field {key!r} must be between 0 and {most}", raw)
-    for key in ("jid", "queue", "unique_key"):
+    for key in ("jid", "queue", "unique_key", "reply"):
         value = data.get(key)
         if value is not None and not _is_name(value):
             raise InvalidJob(f"field {key!r} must be 1-64 letters, digits, '_' or '-'", raw)

@@ -51,6 +51,7 @@ from natskiq.middleware import ClientMiddleware
 from natskiq.options import Options
 from natskiq.status.events import Emitter
 from natskiq.status.handle import JobHandle
+from natskiq.status.replies import Replies
 from natskiq.topology import Names, check_name, ensure_queue
 from natskiq.worker import Worker, open_clients
 
@@ -98,6 +99,7 @@ class Client:
     _max_bytes: int = attrs.field(init=False, default=MAX_JOB_BYTES)
     _locks: UniqueLocks = attrs.field(init=False, default=attrs.Factory(UniqueLocks, takes_self=True))
     _emitter: Emitter | None = attrs.field(init=False, default=None, repr=False)
+    _replies: Replies | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.names = Names(self.namespace)
@@ -127,6 +129,7 @@ class Client:
         self._nc = await connector.connect(options)
         self._js = self._nc.jetstream()
         self._emitter = Emitter(self._nc, self.names, enabled=self.events)
+        self._replies = Replies(self._nc, self.names)
         # Room for what natskiq adds on the way: enqueue, dispatch and retry
         # headers, a failure's error fields (the server's limit counts headers).
         self._max_bytes = min(MAX_JOB_BYTES, self._nc.max_payload or MAX_JOB_BYTES) - jobs.MAX_OVERHEAD
@@ -137,6 +140,8 @@ class Client:
         """Flush and disconnect; stop being the default client."""
         if self in open_clients:
             open_clients.remove(self)
+        if self._replies is not None:
+            await self._replies.close()
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None and not nc.is_closed:
             try:
@@ -196,7 +201,31 @@ class Client:
         return jobs.new_job(
             worker.name, args, kwargs, queue=options.queue, retry=options.retries, at=at, now=now,
             expires_at=_expires_at(options, at, now), keep_result=options.keep_result,
+            reply=self._reply_token(options),
         )  # fmt: skip
+
+    @property
+    def replies(self) -> Replies:
+        """Where the outcomes of this client's jobs that keep their result arrive."""
+        if self._replies is None:
+            raise NotConnected()
+        return self._replies
+
+    async def listen(self, options: Options) -> None:
+        """Before storing jobs that keep their result: subscribe to their replies (once)."""
+        if options.keep_result is not None and not self.replies.listening:
+            await self.replies.listen()
+
+    def _reply_token(self, options: Options) -> str | None:
+        """The envelope's ``reply``: this client's token, for a job that keeps its result."""
+        if options.keep_result is None or self._replies is None or not self._replies.listening:
+            return None
+        return self._replies.token
+
+    def _handle(self, jid: str, options: Options) -> JobHandle:
+        """The handle of a job this client has just stored."""
+        replied = options.keep_result if self._reply_token(options) is not None else None
+        return JobHandle(jid, self, known=True, replied=replied)
 
     async def push(
         self,
@@ -232,18 +261,16 @@ class Client:
             at = now + delay
         if at is not None and at <= now:
             at = None
+        await self.listen(options)
         chain = middleware.client_chain(self.middleware)
         if chain:
-            return JobHandle(
-                await self._push_through(
-                    chain, self.build(worker, args, kwargs, options=options, at=at), options
-                ),
-                self,
-                known=True,
-            )
+            job = self.build(worker, args, kwargs, options=options, at=at)
+            return self._handle(await self._push_through(chain, job, options), options)
         if options.unique_for is not None:
             job = self.build(worker, args, kwargs, options=options, at=at)
-            return JobHandle((await self._locks.store(job, options))[1], self, known=True)
+            holder = (await self._locks.store(job, options))[1]
+            # The jid of the job holding the lock may be another client's: no reply comes here.
+            return self._handle(holder, options) if holder == job.jid else JobHandle(holder, self, known=True)
         # The plain enqueue, the hot path: its envelope encoded straight from the call.
         _check_worker(worker)
         jobs.check_arguments(args, kwargs)
@@ -251,11 +278,12 @@ class Client:
         payload = jobs.encode_new(
             jid, worker.name, args, kwargs, queue=options.queue, retry=options.retries, now=now, at=at,
             expires_at=_expires_at(options, at, now), keep_result=options.keep_result,
+            reply=self._reply_token(options),
         )  # fmt: skip
         self._check_size(jid, payload)
         await self._send(jid, options.queue, at, payload)
         await self._stored(jid, options.queue, worker.name, at)
-        return JobHandle(jid, self, known=True)
+        return self._handle(jid, options)
 
     async def _push_through(self, chain: list[ClientMiddleware], job: jobs.Job, options: Options) -> str:
         """push() for a job that client middleware sees first."""
@@ -308,8 +336,9 @@ class Client:
                 the jids that were.
         """
         _check_worker(worker)
+        await self.listen(options)
         jids = await bulk.push_many(self, worker, args_list, options=options, batch_size=batch_size)
-        return [JobHandle(jid, self, known=True) for jid in jids]
+        return [self._handle(jid, options) for jid in jids]
 
     def _check_size(self, jid: str, payload: bytes) -> None:
         if len(payload) > self._max_bytes:

@@ -251,6 +251,8 @@ class Executor:
             if raising:
                 raise
             log.warning("jid=%s class=%s: outcome not kept: %s", job.jid, job.cls, exc)
+            return
+        await self.emitter.reply(job.reply, job.jid, doc)
 
     async def _perform(self, worker: type[Worker], job: jobs.Job, delivery: Delivery) -> Any:
         instance = worker()

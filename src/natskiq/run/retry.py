@@ -216,7 +216,7 @@ async def route(
             await _emit(emitter, "retrying", job, next_at=now + delay, **error)
             return "retry"
     # From here on the job has failed for good: its failure is its result.
-    await _keep_failure(js, names, job, record, max_payload)
+    await _keep_failure(js, names, job, record, max_payload, emitter)
     if isinstance(verdict, str) and options is not None and not options.dead:
         await ack()  # dropped, as the worker asks (dead=False)
         log.warning("jid=%s class=%s dropped after %d retries (dead=False): %r", job.jid, job.cls, count, exc)
@@ -243,15 +243,24 @@ async def _emit(emitter: Emitter | None, state: str, job: jobs.Job, **fields: An
 
 
 async def _keep_failure(
-    js: JetStreamContext, names: Names, job: jobs.Job, record: jobs.Job, max_payload: int
+    js: JetStreamContext,
+    names: Names,
+    job: jobs.Job,
+    record: jobs.Job,
+    max_payload: int,
+    emitter: Emitter | None,
 ) -> None:
-    """Store the failure as the job's result when it keeps one (before the ack)."""
+    """Store the failure as the job's result when it keeps one (before the ack),
+    and tell the client waiting for it."""
     if job.keep_result is not None:
         doc = encode_failure(record.error_class or "", record.error_message or "", record.backtrace)
         try:
             await store_result(js, names, job.jid, doc, job.keep_result, max_payload)
         except EnqueueError as exc:
             log.warning("jid=%s class=%s: failure not kept as its result: %s", job.jid, job.cls, exc)
+            return
+        if emitter is not None:
+            await emitter.reply(job.reply, job.jid, doc)
 
 
 async def _store_retry(

@@ -78,6 +78,17 @@ class Emitter:
         except NatsError as exc:
             _lost(state, jid, exc)
 
+    async def reply(self, token: str | None, jid: str, doc: bytes) -> None:
+        """Tell the client that enqueued ``jid`` (its envelope's ``reply`` token) the
+        outcome just kept, even with events off; never raises for a connection problem
+        (the client finds the outcome in the results bucket all the same)."""
+        if token is None:
+            return
+        try:
+            await self.nc.publish(self.names.reply_subject(token, jid), doc)
+        except NatsError as exc:
+            log.debug("outcome of job %s not replied: %s", jid, exc)
+
     def _event(self, state: str, jid: str, queue: str, cls: str, tail: str) -> tuple[str, bytes]:
         """An event's subject and document, ``tail`` its own fields in JSON (each after a comma).
 

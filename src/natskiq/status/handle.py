@@ -27,6 +27,9 @@ from natskiq.status.view import Event, JobStatus, job_status, last_event
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client
 
+REPLY_GRACE = 1.0
+"""Seconds ``result()`` waits on the reply alone before it also follows the job's events."""
+
 
 class JobHandle(str):
     """A job's jid (a ``str``), with ways to follow the job.
@@ -35,15 +38,20 @@ class JobHandle(str):
     :meth:`natskiq.Client.job` for a jid received from elsewhere.
     """
 
-    __slots__ = ("_client", "_known")
+    __slots__ = ("_client", "_keep", "_known")
 
     _client: Client | None
     _known: bool
+    _keep: float | None
 
-    def __new__(cls, jid: str, client: Client | None, *, known: bool = False) -> JobHandle:
+    def __new__(
+        cls, jid: str, client: Client | None, *, known: bool = False, replied: float | None = None
+    ) -> JobHandle:
         handle = super().__new__(cls, jid)
         handle._client = client
         handle._known = known  # stored by this process just now: it exists even before its first event
+        # Its envelope asks the node to reply its outcome to this client, kept ``replied`` seconds.
+        handle._keep = replied
         return handle
 
     @property
@@ -108,6 +116,14 @@ class JobHandle(str):
                 finished without keeping one (its class has no ``keep_result``).
         """
         client, seconds = self.client, _seconds(timeout)
+        if self._keep is not None:
+            # Its outcome is replied to this client: at once, without a read.
+            heard = client.replies.heard(self.jid)
+            if heard is None and seconds > 0:
+                with anyio.fail_after(seconds):
+                    return outcome(self.jid, await self._wait_replied())
+            if heard is not None and heard[1] < self._keep:
+                return outcome(self.jid, heard[0])
         # Read once outside the deadline: under fail_after(0) even this read
         # would be cancelled, and a timeout of 0 means "only if it is there".
         # A job this process has just stored is waited for at once (the wait
@@ -124,6 +140,35 @@ class JobHandle(str):
                 f"job {self.jid} finished without a result: it expired, or the job keeps none (keep_result)"
             )
         return outcome(self.jid, stored)
+
+    async def _wait_replied(self) -> bytes:
+        """The outcome the node replies to this client; if none came within
+        :data:`REPLY_GRACE`, whichever comes first of it and the stored one.
+
+        The reply is a core message, lost if the connection drops at the
+        wrong moment: after the grace the handle also follows the job the
+        way a handle without a reply does (:meth:`_wait_stored`).
+        """
+        replies, found = self.client.replies, []
+        stored: bytes | None = None
+        with anyio.move_on_after(REPLY_GRACE):
+            return await replies.wait(self.jid)
+        async with anyio.create_task_group() as tg:
+
+            async def reply() -> None:
+                found.append(await replies.wait(self.jid))
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(reply)
+            stored = await self._wait_stored()
+            tg.cancel_scope.cancel()
+        if found:
+            return found[0]
+        if stored is None:
+            raise NotFound(
+                f"job {self.jid} finished without a result: it expired, or the job keeps none (keep_result)"
+            )
+        return stored
 
     async def _stored_now(self) -> bytes | None:
         """The outcome of a job that has finished, without waiting (a timeout of 0).

@@ -96,6 +96,15 @@ def outcome(jid: str, data: bytes) -> Any:
     raise ValueError(f"result of job {jid} is not an outcome document")
 
 
+def is_outcome(data: bytes) -> bool:
+    """Whether ``data`` is an outcome document (:func:`outcome` reads it without a ValueError)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("state") in ("succeeded", "failed", "cancelled")
+
+
 def _raise(exc: Exception) -> Any:
     raise exc
 

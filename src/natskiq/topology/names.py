@@ -226,6 +226,15 @@ class Names:
         """The KV subject a job's result is stored on."""
         return self.kv_subject(self.results_bucket, check_name("jid", jid))
 
+    def reply_subject(self, token: str, jid: str) -> str:
+        """``<ns>.reply.<token>.<jid>``: where a node tells the client that enqueued a job
+        (the envelope's ``reply`` token) the outcome it just kept."""
+        return f"{self.namespace}.reply.{check_name('reply token', token)}.{check_name('jid', jid)}"
+
+    def reply_filter(self, token: str) -> str:
+        """Every outcome told to the client with this ``reply`` token."""
+        return f"{self.namespace}.reply.{check_name('reply token', token)}.*"
+
     @property
     def stats_stream(self) -> str:
         return f"{self._stream_prefix}_STATS"
