@@ -55,7 +55,12 @@ def producer_permissions(
                 ),
             ]
         },
-        "subscribe": {"allow": ["_INBOX.>", *([f"{ns}.evt.>", f"$KV.{ns}_results.>"] if follow else [])]},
+        "subscribe": {
+            "allow": [
+                "_INBOX.>",
+                *([f"{ns}.evt.>", f"$KV.{ns}_results.>", f"{ns}.reply.>"] if follow else []),
+            ]
+        },
     }
 
 
@@ -127,7 +132,7 @@ async def test_a_producer_with_enqueue_rights_only_enqueues(
                 kept = await Record.set(client=producer, keep_result=60).perform_async(sleep=0.5, note="kept")
                 assert await kept.result(timeout=20) is None
                 assert (await later.wait(timeout=20)).state == "succeeded"
-                assert (await now.status()).state == "succeeded"
+                assert (await now.wait(timeout=20)).state == (await now.status()).state == "succeeded"
             rows = await wait_for_ledger(ledger, 3)
             assert {r.jid for r in rows} == {now, later, kept}
 
@@ -159,15 +164,17 @@ async def test_a_producer_without_event_rights_still_enqueues(
     guarded: str, ledger: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A producer denied the events' subjects enqueues and its jobs run; the server refuses
-    their queued and scheduled events (so the status starts at running), the connection
-    stays up, and the client logs the refusal once as a warning naming the subject."""
+    their queued and scheduled events (so the status starts at running), and the reply
+    subscription of a job that keeps its result; the connection stays up, and the client logs
+    each refusal once as a warning naming the subject."""
     async with running_node(guarded.format("worker:worker-secret"), NAMESPACE) as node:
         async with natskiq.connect(guarded.format("worker:worker-secret"), namespace=NAMESPACE) as admin:
             with caplog.at_level(logging.DEBUG, logger="natskiq"):
                 async with natskiq.connect(guarded.format("bare:bare-secret"), namespace=NAMESPACE) as bare:
                     jids = [await Record.set(client=bare).perform_async(note=n) for n in range(3)]
                     jids.append(await Record.set(client=bare).perform_in(0.2, note="later"))
-                    rows = await wait_for_ledger(ledger, 4)
+                    jids.append(await Record.set(client=bare, keep_result=60).perform_async(note="kept"))
+                    rows = await wait_for_ledger(ledger, 5)
                     assert bare.nc.is_connected
             assert {r.jid for r in rows} == set(jids)
             for jid in jids:
@@ -178,7 +185,11 @@ async def test_a_producer_without_event_rights_still_enqueues(
     denials = [r for r in caplog.records if r.getMessage().startswith("NATS refused a publish")]
     warned = [r for r in denials if r.levelno >= logging.WARNING]
     assert len(warned) == 1, [r.getMessage() for r in denials]
-    assert len(denials) == 4  # each refused event: the first warned of, the others at debug
+    assert len(denials) == 5  # each refused event: the first warned of, the others at debug
+    replies = [r for r in caplog.records if r.getMessage().startswith("NATS refused a subscription")]
+    assert [r.levelno for r in replies] == [logging.WARNING] and f"{NAMESPACE}.reply." in replies[
+        0
+    ].getMessage()
     assert f"{NAMESPACE}.evt.default.tests:record.queued." in warned[0].getMessage()  # (lowercased)
     assert "lifecycle events are not stored" in warned[0].getMessage()
 

@@ -317,6 +317,21 @@ async def test_hostile_events_do_not_break_a_status(client: natskiq.Client) -> N
         assert status.state == "succeeded" and status.progress is None and status.node == "r1"
 
 
+async def test_a_queued_event_stored_after_the_end_does_not_hold_up_a_wait(client: natskiq.Client) -> None:
+    """A fast job can run and finish before its producer, back from the PubAck, publishes
+    its queued event (stamped before the publish): wait() and result(timeout=0) see it finished."""
+    async with node(client):
+        handle = await client.enqueue(Add, 2, 2)
+        assert await handle.result(timeout=20) == 4
+    await ensure_events(client.js, client.names)
+    late = {"jid": handle.jid, "queue": "default", "class": Add.name, "state": "queued", "at": 1.0}
+    subject = client.names.event_subject("default", Add.name, "queued", handle.jid)
+    await client.js.publish(subject, json.dumps(late).encode())
+    other = client.job(handle.jid)
+    assert (await other.wait(timeout=5)).state == "succeeded"
+    assert await other.result(timeout=0) == 4
+
+
 def test_a_progress_event_first_means_running() -> None:
     """A job whose running event has left the bounded stream, progress first, reads as running."""
     progress = Event(jid="j1", queue="default", cls="C", state="progress", at=1.0, fields={"progress": 0.5})

@@ -85,16 +85,17 @@ async def push_many(
         [(jid, subject(options.queue), payload) for jid, payload in zip(jids, payloads, strict=True)],
         window,
     )
-    await _stored(client, [(jid, options.queue, worker.name) for jid in jids])
+    await _stored(client, [(jid, options.queue, worker.name, template.enqueued_at) for jid in jids])
     return jids
 
 
-async def _stored(client: Client, stored: list[tuple[str, str, str]]) -> None:
-    """The ``queued`` events of jobs JetStream has just stored (jid, queue, class)."""
+async def _stored(client: Client, stored: list[tuple[str, str, str, float]]) -> None:
+    """The ``queued`` events of jobs JetStream has just stored (jid, queue, class, enqueued_at:
+    stamped before the publish, as :meth:`natskiq.Client._stored` does)."""
     emitter = client._emitter
     if emitter is not None and emitter.enabled:
-        for jid, queue, cls in stored:
-            await emitter.emit("queued", jid, queue, cls)
+        for jid, queue, cls, enqueued_at in stored:
+            await emitter.emit("queued", jid, queue, cls, at=enqueued_at)
 
 
 async def _push_many_through(
@@ -139,7 +140,7 @@ async def _push_many_through(
             for job, payload in zip(accepted, payloads, strict=True)
         ]
         await _publish_all(client, batch, window)
-        await _stored(client, [(job.jid, job.queue, job.cls) for job in accepted])
+        await _stored(client, [(job.jid, job.queue, job.cls, job.enqueued_at) for job in accepted])
     except BaseException as exc:
         stored = set(exc.stored) if isinstance(exc, EnqueueError) else set()
         with anyio.CancelScope(shield=True):

@@ -282,7 +282,7 @@ class Client:
         )  # fmt: skip
         self._check_size(jid, payload)
         await self._send(jid, options.queue, at, payload)
-        await self._stored(jid, options.queue, worker.name, at)
+        await self._stored(jid, options.queue, worker.name, at, now)
         return self._handle(jid, options)
 
     async def _push_through(self, chain: list[ClientMiddleware], job: jobs.Job, options: Options) -> str:
@@ -352,15 +352,20 @@ class Client:
     async def publish(self, job: jobs.Job, *, attempt: int | str = 0) -> None:
         """Store an envelope in its queue's stream (scheduled if ``job.at`` is set)."""
         await self._send(job.jid, job.queue, job.at, self._payload(job), attempt)
-        await self._stored(job.jid, job.queue, job.cls, job.at)
+        await self._stored(job.jid, job.queue, job.cls, job.at, job.enqueued_at)
 
-    async def _stored(self, jid: str, queue: str, cls: str, at: float | None) -> None:
-        """The ``queued`` (or ``scheduled``) event of a job JetStream has just stored."""
+    async def _stored(self, jid: str, queue: str, cls: str, at: float | None, enqueued_at: float) -> None:
+        """The ``queued`` (or ``scheduled``) event of a job JetStream has just stored.
+
+        Stamped with the envelope's ``enqueued_at``, taken before the publish:
+        a fast job can run and finish before its PubAck is back here, and its
+        status is that of its latest event by that stamp.
+        """
         if self._emitter is not None:
             if at is None:
-                await self._emitter.emit("queued", jid, queue, cls)
+                await self._emitter.emit("queued", jid, queue, cls, at=enqueued_at)
             else:
-                await self._emitter.emit("scheduled", jid, queue, cls, next_at=at)
+                await self._emitter.emit("scheduled", jid, queue, cls, at=enqueued_at, next_at=at)
 
     async def _send(
         self, jid: str, queue: str, at: float | None, payload: bytes, attempt: int | str = 0

@@ -57,13 +57,16 @@ class Emitter:
     _heads: dict[tuple[str, str, str], tuple[str, str]] = attrs.field(init=False, factory=dict)
     _nodes: dict[str, str] = attrs.field(init=False, factory=dict)
 
-    async def emit(self, state: str, jid: str, queue: str, cls: str, **fields: Any) -> None:
-        """Publish one event; never raises for a connection problem."""
+    async def emit(
+        self, state: str, jid: str, queue: str, cls: str, *, at: float | None = None, **fields: Any
+    ) -> None:
+        """Publish one event (``at`` when it happened, now by default); never raises for a
+        connection problem."""
         if not self.enabled:
             return
         tail = "".join([f',"{key}":{_json(value)}' for key, value in fields.items()]) if fields else ""
         try:
-            await self.nc.publish(*self._event(state, jid, queue, cls, tail))
+            await self.nc.publish(*self._event(state, jid, queue, cls, tail, at))
         except NatsError as exc:
             _lost(state, jid, exc)
 
@@ -89,14 +92,17 @@ class Emitter:
         except NatsError as exc:
             log.debug("outcome of job %s not replied: %s", jid, exc)
 
-    def _event(self, state: str, jid: str, queue: str, cls: str, tail: str) -> tuple[str, bytes]:
+    def _event(
+        self, state: str, jid: str, queue: str, cls: str, tail: str, at: float | None = None
+    ) -> tuple[str, bytes]:
         """An event's subject and document, ``tail`` its own fields in JSON (each after a comma).
 
         Built by hand from cached pieces: json.dumps of the whole dict costs
         more than the publish.
         """
         subject, middle = self._heads.get((state, queue, cls)) or self._head(state, queue, cls)
-        return subject + jid, f'{{"jid":{_quote(jid)}{middle}{time.time()!r}{tail}}}'.encode()
+        stamp = time.time() if at is None else at
+        return subject + jid, f'{{"jid":{_quote(jid)}{middle}{stamp!r}{tail}}}'.encode()
 
     def _head(self, state: str, queue: str, cls: str) -> tuple[str, str]:
         """The subject up to the jid and the JSON from ``,"queue":`` to ``"at":`` of a state, queue, class."""

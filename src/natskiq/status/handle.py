@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 from natskiq.errors import NatskiqError, NotConnected, NotFound
 from natskiq.status.events import TERMINAL
 from natskiq.status.results import outcome, read_result, unsubscribe, wait_result
-from natskiq.status.view import Event, JobStatus, job_status, last_event
+from natskiq.status.view import Event, JobStatus, current_state, job_status
 
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client
@@ -178,10 +178,10 @@ class JobHandle(str):
             NotFound: no event of the jid, and this process did not store it.
         """
         client = self.client
-        last = await last_event(client.js, client.names, self.jid)
-        if last is None and not self._known:
+        state = await current_state(client.js, client.names, self.jid)
+        if state is None and not self._known:
             raise NotFound(f"no job {self.jid}: unknown, expired from the events stream, or events are off")
-        if last is None or last.state not in TERMINAL:
+        if state not in TERMINAL:
             raise TimeoutError(f"job {self.jid} has not finished")
         # The node stores a result before it reports the end: read once more.
         return await read_result(client.js, client.names, self.jid)
@@ -215,12 +215,12 @@ class JobHandle(str):
         client = self.client
         sub = await self._follow_events()
         try:
-            last = await last_event(client.js, client.names, self.jid)
-            if last is None and not self._known:
+            state = await current_state(client.js, client.names, self.jid)
+            if state is None and not self._known:
                 raise NotFound(
                     f"no job {self.jid}: unknown, expired from the events stream, or events are off"
                 )
-            if last is not None and last.state in TERMINAL:
+            if state in TERMINAL:
                 return
             while True:
                 msg = await sub.next_msg(timeout=None)

@@ -193,3 +193,14 @@ async def last_event(js: JetStreamContext, names: Names, jid: str) -> Event | No
         return None
     event = Event.parse(msg.data or b"", msg.seq or 0)
     return event if event is not None and event.jid == jid else None
+
+
+async def current_state(js: JetStreamContext, names: Names, jid: str) -> str | None:
+    """The state of ``jid`` now (None without events): its latest stored event's, read at
+    once, unless that is the producer's ``queued`` or ``scheduled``, which can be stored after
+    a fast job's own events (two connections): then the state its events add up to (:func:`fold`)."""
+    last = await last_event(js, names, jid)
+    if last is None or last.state not in ("queued", "scheduled"):
+        return None if last is None else ("running" if last.state == "progress" else last.state)
+    status = await job_status(js, names, jid)
+    return last.state if status is None else status.state
