@@ -78,6 +78,7 @@ async def test_a_chain_runs_in_order_and_passes_results_when_asked(client: natsk
             Store.s("extra").set(pass_result=True, queue="default"),
         ).enqueue()
         assert await handle.result(timeout=20) == "stored 22"
+        assert await handle.result(timeout=0) == "stored 22"  # 0: only if it has ended
         status = await handle.wait(timeout=10)
         assert (status.jid, status.state, status.cls) == (handle.jids[-1], "succeeded", Store.name)
         assert (await handle.status()).jid == handle.jids[-1]
@@ -108,6 +109,8 @@ async def test_a_failed_step_stops_the_chain_and_replay_resumes_it(client: natsk
             await handle.result(timeout=20)
         assert (caught.value.jid, caught.value.error_class) == (handle.jids[1], "RuntimeError")
         assert (await handle.wait(timeout=10)).jid == handle.jids[1]
+        with pytest.raises(natskiq.JobFailed):
+            await handle.result(timeout=0)
         [entry] = await api.find(client, "failed")
         assert entry.jid == handle.jids[1] and entry.chain_id == handle.chain_id
         chain = entry.to_dict()["job"]["chain"]
@@ -225,6 +228,8 @@ async def test_a_cancelled_step_stops_the_chain(client: natskiq.Client) -> None:
     async with node(client):
         handle = await natskiq.chain(Fetch.s("slow", sleep=30), Fetch.s("never")).enqueue()
         await until(lambda: ran("fetch") == ["slow"], timeout=20)
+        with pytest.raises(TimeoutError, match="step 1 has not finished"):
+            await handle.result(timeout=0)
         await api.cancel(client, handle.jids[0])
         with pytest.raises(natskiq.JobCancelled):
             await handle.result(timeout=20)
@@ -259,7 +264,7 @@ async def test_chains_run_in_the_testing_modes_and_drain(client: natskiq.Client)
     steps = (Fetch.s("i"), Parse.s().set(pass_result=True), Store.s().set(pass_result=True))
     with testing.inline():
         await natskiq.chain(*steps).enqueue()
-    assert [name for name, _ in RUNS] == ["fetch", "parse", "store"]
+    assert RUNS == [("fetch", "i"), ("parse", "<html>i</html>"), ("store", [{"tag": "html", "length": 14}])]
     RUNS.clear()
     with testing.fake() as fake:
         await natskiq.chain(*steps).enqueue()

@@ -28,6 +28,7 @@ earlier step failed for good or was cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable
@@ -35,7 +36,9 @@ from typing import Any, Protocol, cast
 
 import anyio
 import attrs
+from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
+from nats.js.errors import Error as JSError
 
 from natskiq import job as jobs
 from natskiq import worker as workers
@@ -209,7 +212,8 @@ async def advance(
 
     Raises:
         TypeError: the next step asks for ``value``, which is not JSON-native.
-        EnqueueError: the next step would be larger than the server takes.
+        EnqueueError: the next step would be larger than the server takes,
+            or could not be stored (no stream for its queue, NATS unreachable).
     """
     successor = following(job, value)
     if successor is None:
@@ -217,12 +221,19 @@ async def advance(
     headers = {"Nats-Msg-Id": f"{successor.jid}:0"}  # what an enqueue of that jid sends
     payload = jobs.encode(successor)
     room = max_payload - jobs.headers_size(headers) - jobs.MAX_OVERHEAD
+    step, chain_id = _chain_of(successor)["step"], _chain_of(job)["id"]
     if len(payload) > room:
         raise EnqueueError(
-            f"step {successor.chain and successor.chain['step']} of chain {_chain_of(job)['id']} would be "
-            f"{len(payload)} bytes, over the {room} the server takes (its arguments, or the result passed on)"
+            f"step {step} of chain {chain_id} would be {len(payload)} bytes, over the {room} "
+            "the server takes (its arguments, or the result passed on)"
         )
-    await js.publish(names.enqueue_subject(successor.queue), payload, headers=headers)
+    try:
+        await js.publish(names.enqueue_subject(successor.queue), payload, headers=headers)
+    except (NatsError, JSError, TimeoutError) as exc:
+        # The step is retried, and stores its successor then (at least once).
+        raise EnqueueError(
+            f"step {step} of chain {chain_id} was not stored in queue {successor.queue!r}: {exc!r}"
+        ) from exc
     if emitter is not None:
         await emitter.emit(
             "queued", successor.jid, successor.queue, successor.cls, chain=_chain_of(job)["id"]
@@ -273,14 +284,9 @@ class ChainHandle(JobHandle):
         cancelled, expired or was discarded.
 
         Raises:
-            TimeoutError: it did not end within ``timeout`` seconds.
+            TimeoutError: it did not end within ``timeout`` seconds (0: it has not ended).
         """
-        with anyio.fail_after(_seconds(timeout)):
-            for index in range(len(self.jids)):
-                status = await self.step(index).wait()
-                if status.state != "succeeded":
-                    return status
-        return status
+        return await self._ended(_seconds(timeout))
 
     async def result(self, timeout: float | None = None) -> Any:
         """The last step's return value, once the chain ran to its end.
@@ -289,15 +295,35 @@ class ChainHandle(JobHandle):
             JobFailed: a step failed for good (its jid, error class and
                 message), or was discarded or expired.
             JobCancelled: a step was cancelled.
-            TimeoutError: the chain did not end within ``timeout`` seconds.
+            TimeoutError: the chain did not end within ``timeout`` seconds (0: it has not ended).
             NotFound: the last step's result has expired.
         """
-        deadline = anyio.current_time() + _seconds(timeout)
-        with anyio.fail_after(_seconds(timeout)):
-            for index in range(len(self.jids) - 1):
-                _raise_unless_succeeded(await self.step(index).wait())
-        left = None if timeout is None else max(0.0, deadline - anyio.current_time())
-        return await super().result(left)
+        _raise_unless_succeeded(await self._ended(_seconds(timeout)))
+        # The node stores a result before it reports the step succeeded: it is there.
+        return await super().result(0)
+
+    async def _ended(self, seconds: float) -> JobStatus:
+        """The status of the step the chain ended with, waited for up to ``seconds``."""
+        with anyio.fail_after(seconds) if seconds > 0 else contextlib.nullcontext():
+            for index in range(len(self.jids)):
+                status = await (self.step(index).wait() if seconds > 0 else self._finished_now(index))
+                if status.state != "succeeded":
+                    break
+        return status
+
+    async def _finished_now(self, index: int) -> JobStatus:
+        """The status of step ``index`` if it has finished.
+
+        Raises:
+            TimeoutError: it has not (or has not been stored yet).
+        """
+        try:
+            status = await self.step(index).status()
+        except NotFound:
+            status = None
+        if status is None or not status.finished:
+            raise TimeoutError(f"chain {self.chain_id} has not ended: step {index + 1} has not finished")
+        return status
 
 
 def _raise_unless_succeeded(status: JobStatus) -> None:
