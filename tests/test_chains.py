@@ -251,6 +251,8 @@ async def test_bad_signatures_and_chains_raise_at_call_time(client: natskiq.Clie
         Fetch.s("u").set(pass_result="yes")
     with pytest.raises(natskiq.ConfigError, match="1 to"):
         natskiq.chain()
+    with pytest.raises(natskiq.ConfigError, match="no previous result"):
+        natskiq.chain(Parse.s().set(pass_result=True))
     with pytest.raises(natskiq.ConfigError, match="not a signature"):
         natskiq.chain(Fetch.s("u"), Fetch)  # type: ignore[arg-type]
     with pytest.raises(natskiq.EnqueueError, match="bytes"):

@@ -65,7 +65,7 @@ def chain(*steps: Signature) -> Chain:
 
     Raises:
         ConfigError: no step, more than :data:`~natskiq.envelope.MAX_CHAIN_STEPS`,
-            or something that is not a signature.
+            something that is not a signature, or a first step with ``pass_result``.
     """
     return Chain(steps=steps)
 
@@ -82,6 +82,8 @@ def _check_steps(_: object, __: object, steps: tuple[Signature, ...]) -> None:
             raise ConfigError(
                 f"step {index + 1} of the chain is {step!r:.60}, not a signature: write Worker.s(...)"
             )
+    if steps[0].pass_result:
+        raise ConfigError("the first step of a chain has no previous result to pass: drop its pass_result")
 
 
 @attrs.frozen(kw_only=True)
@@ -112,17 +114,17 @@ class Chain:
             NotConnected: no client is open.
         """
         first = self.first_job()
+        jids = (first.jid, *(str(step["jid"]) for step in _chain_of(first)["rest"]))
         if workers._modes and client is None:
             mode = cast(_TestMode, workers._modes[-1])  # natskiq.testing's Inline and Fake both have it
             await mode.push_job(first)
-            return ChainHandle(
-                self._last_jid(first), None, chain_id=_chain_of(first)["id"], jids=_jids(first)
-            )
+            return ChainHandle(jids[-1], None, chain_id=_chain_of(first)["id"], jids=jids)
         client = client if client is not None else current_client()
         for queue in dict.fromkeys(step.options.queue for step in self.steps):
-            await client.ensure_queue(queue)  # steps are stored by nodes, which create no queues
+            # Later steps are stored by nodes, which make no streams on the way: make them now.
+            await client.ensure_queue(queue)
         await client.publish(first)
-        return ChainHandle(self._last_jid(first), client, chain_id=_chain_of(first)["id"], jids=_jids(first))
+        return ChainHandle(jids[-1], client, chain_id=_chain_of(first)["id"], jids=jids)
 
     def first_job(self, now: float | None = None) -> jobs.Job:
         """The envelope of the first step, carrying the rest (every step's jid made here)."""
@@ -140,11 +142,6 @@ class Chain:
             keep_result=head.options.keep_result,
             chain={"id": ids[0], "step": 1, "of": len(steps), "rest": rest},
         )  # fmt: skip
-
-    @staticmethod
-    def _last_jid(first: jobs.Job) -> str:
-        rest = _chain_of(first)["rest"]
-        return str(rest[-1]["jid"]) if rest else first.jid
 
 
 class _TestMode(Protocol):
@@ -167,10 +164,6 @@ def _wire(step: Signature, jid: str) -> dict[str, Any]:
 def _chain_of(job: jobs.Job) -> dict[str, Any]:
     assert job.chain is not None
     return job.chain
-
-
-def _jids(first: jobs.Job) -> tuple[str, ...]:
-    return (first.jid, *(str(step["jid"]) for step in _chain_of(first)["rest"]))
 
 
 def following(job: jobs.Job, value: Any, now: float | None = None) -> jobs.Job | None:
