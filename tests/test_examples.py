@@ -1,6 +1,6 @@
 """The examples in examples/ run against a real server, so they never rot.
 
-A ``natskiq worker --app examples.workers`` (or ``examples.cron``)
+A ``natskiq worker --app examples.workers`` (or ``examples.cron``, ``examples.chain``)
 subprocess runs the jobs; each example job prints ``[<queue>] ...
 (jid=<jid>)``, which the tests read back from the worker's output.
 ``examples/testing_example.py`` is run by pytest in a subprocess.
@@ -179,6 +179,33 @@ async def test_results_example_prints_the_result_and_timeline(
     await example_worker.stop_cleanly()
 
 
+async def test_chain_example_runs_its_steps_in_order(nats_url: str, namespace: str, tmp_path: Path) -> None:
+    """examples/chain.py enqueues a 3-step chain: a worker with --app examples.chain runs the steps
+    in order, each with the result before it, and the script prints the last step's result."""
+    worker = ExampleWorker(
+        nats_url, namespace, tmp_path / "chain.log", app="examples.chain", queues=("default",)
+    )
+    try:
+        env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
+        result = await anyio.run_process(
+            [sys.executable, "-m", "examples.chain"], cwd=ROOT, env=env, check=False
+        )
+        stdout = result.stdout.decode()
+        assert result.returncode == 0, stdout + result.stderr.decode()
+        found = re.search(r"^chain \w+: steps (\w+) (\w+) (\w+)$", stdout, re.MULTILINE)
+        assert found is not None, stdout
+        lines = await worker.wait_for(found.groups())
+        assert [lines[jid]["what"] for jid in found.groups()] == [
+            "fetched https://example.com",
+            "counted 7 words",
+            "stored 7 for https://example.com",
+        ]
+        assert "result https://example.com: 7 words" in stdout.splitlines()
+        await worker.stop_cleanly()
+    finally:
+        worker.stop()
+
+
 async def signups(app: Any, emails: list[str], refused: list[dict[str, str]]) -> tuple[list[str], list[int]]:
     """POST /signup to an example web app (its lifespan around the requests): the
     jids answered for ``emails`` (each a 202), and the status codes of ``refused``."""
@@ -289,6 +316,7 @@ def test_every_example_is_exercised() -> None:
     """The examples are exactly the ones the tests above run (add a test with a new one)."""
     assert [p.name for p in EXAMPLES] == [
         "__init__.py",
+        "chain.py",
         "cron.py",
         "fastapi_app.py",
         "producer.py",

@@ -33,6 +33,10 @@ async def ok() -> None:
     await SendEmail.perform_at(datetime.now(UTC), 42)
     await SendEmail.set(queue="urgent").perform_async(7)
     await Resize.perform_async("cat.png")
+    chained: natskiq.ChainHandle = await natskiq.chain(
+        Resize.s("cat.png"), SendEmail.set(queue="q").s(7), SendEmail.s().set(pass_result=True)
+    ).enqueue()
+    print(await chained.result(timeout=1), chained.chain_id, chained.jids[0])
 
 
 async def wrong() -> None:
@@ -40,6 +44,7 @@ async def wrong() -> None:
     await SendEmail.perform_async(42, bogus=1)  # error: unknown keyword
     await Resize.perform_in(5)  # error: missing path
     await SendEmail.set(queue="q").perform_async()  # error: missing user_id
+    natskiq.chain(SendEmail)  # error: a class, not a signature
 """
 
 
@@ -54,5 +59,5 @@ def test_mypy_rejects_calls_that_do_not_match_perform(tmp_path: Path) -> None:
     )  # fmt: skip
     flagged = sorted(int(line.split(":")[1]) for line in result.stdout.splitlines() if ": error:" in line)
     expected = [n for n, line in enumerate(SNIPPET.splitlines(), 1) if "# error:" in line]
-    assert len(expected) == 4
+    assert len(expected) == 5
     assert flagged == expected, result.stdout

@@ -31,10 +31,12 @@ from natskiq.errors import (
     Retry,
     UnknownWorker,
 )
+from natskiq.flow.chains import Chain, ChainHandle, chain
 from natskiq.job import Job
 from natskiq.middleware import client_middleware, server_middleware
 from natskiq.options import Options
 from natskiq.run.retry import on_death
+from natskiq.signature import Signature
 from natskiq.status.handle import JobHandle
 from natskiq.status.view import JobStatus
 from natskiq.worker import Configured, Worker
@@ -42,6 +44,8 @@ from natskiq.worker import Configured, Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chain",
+    "ChainHandle",
     "Client",
     "ConfigError",
     "Configured",
@@ -59,10 +63,12 @@ __all__ = [
     "NotFound",
     "Options",
     "Retry",
+    "Signature",
     "UnknownWorker",
     "Worker",
     "__version__",
     "api",
+    "chain",
     "client_middleware",
     "connect",
     "on_death",

@@ -19,7 +19,12 @@ plus, once a job has failed, ``retry_count``, ``error_class``,
 * ``unique_key``, ``unique_revision``, ``unique_until``: the unique lock
   this job holds (the key in the ``<ns>_unique`` bucket, the revision that
   created it, and ``"start"`` or ``"success"``: when a node releases it).
-  See :mod:`natskiq.enqueue.unique`.
+  See :mod:`natskiq.enqueue.unique`;
+* ``chain``: the job is one step of a chain (:mod:`natskiq.flow.chains`):
+  ``{"id": <chain id>, "step": <this step, from 1>, "of": <steps>,
+  "rest": [<step>, ...]}``, each step of the rest ``{"jid", "class",
+  "args", "kwargs", "queue", "retry"}`` with optional ``keep_result`` and
+  ``pass_result``; :func:`check_chain` says what is valid.
 
 This module receives a call's name and arguments and hands on a
 :class:`Job` (:func:`new_job`), with a fresh jid. It guarantees what the
@@ -90,6 +95,7 @@ class Job:
     keep_result: float | None = None
     reply: str | None = None
     """The enqueuing client's token: the node tells it the kept outcome at once (see ``keep_result``)."""
+    chain: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict (optional fields only when set)."""
@@ -129,6 +135,7 @@ OPTIONAL_FIELDS = (
     "unique_until",
     "keep_result",
     "reply",
+    "chain",
 )
 _optional_values = operator.attrgetter(*OPTIONAL_FIELDS)
 _UNSET = (None,) * len(OPTIONAL_FIELDS)
@@ -209,3 +216,60 @@ def new_job(
         created_at=now, enqueued_at=now, at=at, expires_at=expires_at, keep_result=keep_result,
         reply=reply,
     )  # fmt: skip
+
+
+MAX_CHAIN_STEPS = 1000
+"""The most steps a chain may have."""
+_STEP_TYPES: dict[str, tuple[type, ...]] = {
+    "jid": (str,), "class": (str,), "args": (list,), "kwargs": (dict,), "queue": (str,), "retry": (int,),
+    "keep_result": (int, float), "pass_result": (bool,),
+}  # fmt: skip
+_STEP_REQUIRED = ("jid", "class", "args", "kwargs", "queue", "retry")
+
+
+def check_chain(chain: dict[str, Any]) -> None:
+    """Raise TypeError saying what is wrong with an envelope's ``chain`` field.
+
+    Valid is ``{"id", "step", "of", "rest"}``: a subject-safe id, ``1 <=
+    step <= of <=`` :data:`MAX_CHAIN_STEPS`, and ``rest`` a list of the
+    ``of - step`` steps still to run, each an object with a subject-safe
+    ``jid`` and ``queue``, a ``class`` name, JSON-native ``args`` and
+    ``kwargs``, a ``retry`` count and optionally ``keep_result`` (seconds)
+    and ``pass_result`` (a bool).
+    """
+    cid, step, of, rest = (chain.get(key) for key in ("id", "step", "of", "rest"))
+    if type(cid) is not str or not NAME_RE.fullmatch(cid):
+        raise TypeError("field 'chain' needs an 'id' of 1-64 letters, digits, '_' or '-'")
+    if type(step) is not int or type(of) is not int or not 1 <= step <= of <= MAX_CHAIN_STEPS:
+        raise TypeError(f"field 'chain' needs whole numbers 1 <= 'step' <= 'of' <= {MAX_CHAIN_STEPS}")
+    if type(rest) is not list or len(rest) != of - step:
+        raise TypeError("field 'chain' needs 'rest', a list of the 'of' - 'step' steps still to run")
+    for index, item in enumerate(rest):
+        _check_step(item, f"field 'chain' step {step + index + 1}")
+
+
+def _check_step(item: Any, where: str) -> None:
+    """Raise TypeError naming ``where`` unless ``item`` is a valid step of a chain's rest."""
+    if type(item) is not dict:
+        raise TypeError(f"{where} is a {type(item).__name__}, not an object")
+    for key in _STEP_REQUIRED:
+        if key not in item:
+            raise TypeError(f"{where} lacks {key!r}")
+    for key, value in item.items():
+        kinds = _STEP_TYPES.get(key)
+        if kinds is not None and type(value) not in kinds and not (key == "keep_result" and value is None):
+            raise TypeError(f"{where} has {key!r} of type {type(value).__name__}")
+    for key in ("jid", "queue"):
+        if not NAME_RE.fullmatch(item[key]):
+            raise TypeError(f"{where} has {key!r} that is not 1-64 letters, digits, '_' or '-'")
+    if not 0 < len(item["class"]) <= 1000:
+        raise TypeError(f"{where} has a 'class' of {len(item['class'])} characters")
+    if not 0 <= item["retry"] <= 1_000_000:
+        raise TypeError(f"{where} has a 'retry' out of range")
+    keep = item.get("keep_result")
+    if keep is not None and not 1 <= keep <= MAX_KEEP_RESULT:
+        raise TypeError(f"{where} has a 'keep_result' out of range")
+    try:
+        check_arguments(item["args"], item["kwargs"])
+    except TypeError as exc:
+        raise TypeError(f"{where}: {exc}") from None

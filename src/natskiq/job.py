@@ -18,12 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from natskiq.envelope import (
+    MAX_CHAIN_STEPS,
     MAX_DEPTH,
     MAX_KEEP_RESULT,
     NAME_RE,
     OPTIONAL_FIELDS,
     Job,
     check_arguments,
+    check_chain,
     check_job,
     check_value,
     new_jid,
@@ -33,6 +35,7 @@ from natskiq.envelope import (
 from natskiq.errors import InvalidJob
 
 __all__ = [
+    "MAX_CHAIN_STEPS",
     "MAX_CLASS_CHARS",
     "MAX_DEPTH",
     "MAX_KEEP_RESULT",
@@ -43,7 +46,9 @@ __all__ = [
     "TIME_RANGE",
     "Job",
     "check_arguments",
+    "check_chain",
     "check_job",
+    "check_value",
     "decode",
     "encode",
     "encode_many",
@@ -177,6 +182,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "unique_until": (str,),
     "keep_result": (int, float),
     "reply": (str,),
+    "chain": (dict,),
 }
 _REQUIRED = ("jid", "class", "args", "queue")
 _USUAL = frozenset(("jid", "class", "args", "kwargs", "queue", "retry", "created_at", "enqueued_at"))
@@ -256,6 +262,8 @@ def _check_values(data: dict[str, Any], raw: bytes, usual: bool) -> None:
         for key in ("headers", "backtrace"):
             if data.get(key) is not None:
                 check_value(data[key], f"field {key!r}", 0)
+        if data.get("chain") is not None:
+            check_chain(data["chain"])
     except TypeError as exc:
         raise InvalidJob(str(exc), raw) from exc
 

@@ -17,7 +17,9 @@ Without a server, like Sidekiq's testing modes:
   ``SendEmail.clear()``, and ``fake.drain()`` to run them).
 
 Both modes pass each job through the process-wide client middleware; unique
-locks and expiry need a server and do not apply in them. Each mode restores
+locks and expiry need a server and do not apply in them. Both run chains
+(:func:`natskiq.chain`), as :func:`drain` does: ``inline`` every step at
+once, ``fake`` records the first step and ``fake.drain()`` runs the rest. Each mode restores
 the previous state when its block ends. Installed as a
 pytest plugin, natskiq also provides the fixtures ``natskiq_server`` (one
 server per session), ``natskiq_namespace`` and ``natskiq_client`` (an open
@@ -43,6 +45,7 @@ from natskiq import middleware, worker
 from natskiq.enqueue import unique
 from natskiq.enqueue.client import Client
 from natskiq.errors import InvalidJob
+from natskiq.flow import chains
 from natskiq.ops.server import Server
 from natskiq.options import Options
 from natskiq.run import retry
@@ -177,7 +180,9 @@ async def _run_message(client: Client, queue: str, msg: Any) -> None:
         await msg.ack()  # expired: skipped, as a node skips it
         return
     try:
-        await run_job(job)
+        value = await run_job(job)
+        # The next step of a chain, stored as a node stores it.
+        await chains.advance(client.js, client.names, job, value, max_payload=limit, emitter=None)
     except Exception as exc:
         cls = worker.registered().get(job.cls)
         await retry.route(
@@ -242,6 +247,13 @@ class _Mode:
         built = [_round_trip(worker, list(args), {}, options, None) for args in args_list]
         return [JobHandle(await self._accept(job), None) for job in built]
 
+    async def push_job(self, job: jobs.Job) -> JobHandle:
+        """Take a built envelope (a chain's first step), round-tripped through JSON; client
+        middleware does not see it, as a client's does not (see :mod:`natskiq.flow.chains`)."""
+        job = jobs.decode(jobs.encode(job))
+        await self.take(job)
+        return JobHandle(job.jid, None)
+
     async def _accept(self, job: jobs.Job) -> str:
         """Take the job through the client middleware; its jid, or "" if vetoed (as a client does)."""
         chain = middleware.client_chain()
@@ -266,7 +278,12 @@ class Inline(_Mode):
     """Runs each job as soon as it is enqueued (``perform_*`` waits for it)."""
 
     async def take(self, job: jobs.Job) -> None:
-        await run_job(job)
+        while True:  # a chain's steps run one after the other, each as its own job
+            value = await run_job(job)
+            successor = chains.following(job, value)
+            if successor is None:
+                return
+            job = jobs.decode(jobs.encode(successor))
 
 
 @attrs.define
@@ -298,7 +315,9 @@ class Fake(_Mode):
                 self.enqueued[name] = []
             for job in batch:
                 ran += 1
-                await run_job(job)
+                successor = chains.following(job, await run_job(job))
+                if successor is not None:  # a chain's next step, recorded as a node would store it
+                    await self.take(jobs.decode(jobs.encode(successor)))
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import attrs
 
 from natskiq.errors import ConfigError, NotConnected, UnknownWorker
 from natskiq.options import PER_CALL_OPTIONS, Options, to_seconds
+from natskiq.signature import Signature
 
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client
@@ -201,6 +202,19 @@ class Worker:
         return Configured(worker=worker, options=attrs.evolve(cls.options, **options), client=client)
 
     @classmethod
+    def s(cls, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this call, to run later as a step of :func:`natskiq.chain`.
+
+        ``Fetch.s(url)`` takes the arguments ``perform`` takes, except the
+        previous step's result, which a step asks for with
+        ``.set(pass_result=True)`` and receives as its first argument.
+
+        Raises:
+            TypeError: an argument is not JSON-native.
+        """
+        return Signature(name=cls.name, args=args, kwargs=kwargs, options=cls.options)
+
+    @classmethod
     async def perform_async(cls: type[_Performs[P]], *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue a job to run as soon as a node is free; returns its jid.
 
@@ -250,6 +264,10 @@ class Configured(Generic[P]):
         if self.client is not None:
             return self.client
         return _default_client()
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this call with these options (see :meth:`Worker.s`)."""
+        return Signature(name=self.worker.name, args=args, kwargs=kwargs, options=self.options)
 
     async def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Enqueue now; returns the jid."""

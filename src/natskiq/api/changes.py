@@ -79,6 +79,7 @@ async def replay(client: Client, entry: Entry) -> str:
     fresh = jobs.Job(
         jid=job.jid, cls=job.cls, args=job.args, kwargs=job.kwargs, queue=entry.queue,
         retry=job.retry, created_at=_time_or(job.created_at, now), enqueued_at=now,
+        keep_result=job.keep_result, chain=job.chain,
     )  # fmt: skip
     await client.publish(_encodable(entry, fresh), attempt=f"replay{entry.seq}")
     await _remove(client, entry)

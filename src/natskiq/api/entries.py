@@ -91,6 +91,11 @@ class Entry:
         return self.job.jid if self.job else None
 
     @property
+    def chain_id(self) -> str | None:
+        """The id of the chain the job is a step of, or None (see :mod:`natskiq.flow.chains`)."""
+        return str(self.job.chain["id"]) if self.job is not None and self.job.chain else None
+
+    @property
     def enqueued_at(self) -> float | None:
         """When the job entered its queue: the envelope's time if plausible, else the server's."""
         since = timestamp(self.job.enqueued_at) if self.job is not None else None

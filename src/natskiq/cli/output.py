@@ -67,5 +67,6 @@ def print_entries(entries: list[api.Entry], as_json: bool) -> None:
         when = ago(job.failed_at if e.kind == "failed" else job.at or job.enqueued_at)
         tries = "-" if job.retry_count is None else str(job.retry_count + 1)
         error = f"{job.error_class}: {job.error_message}" if job.error_class else ""
-        print(f"{job.jid:24}  {job.cls[-28:]:28} {e.queue:12} {tries:>5}  {when:>14}  {error[:60]}")
+        step = f"  (chain {e.chain_id}, step {job.chain['step']} of {job.chain['of']})" if job.chain else ""
+        print(f"{job.jid:24}  {job.cls[-28:]:28} {e.queue:12} {tries:>5}  {when:>14}  {error[:60]}{step}")
     print(f"({len(entries)} job{'s' if len(entries) != 1 else ''})")

@@ -40,6 +40,7 @@ from natskiq import middleware
 from natskiq.dispatch.protocol import Delivery, ack_tokens
 from natskiq.enqueue import unique
 from natskiq.errors import DeliveryLimit, EnqueueError, InvalidJob, UnknownWorker
+from natskiq.flow import chains
 from natskiq.run import retry
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
@@ -211,6 +212,12 @@ class Executor:
         self._running[job.jid] = scope
         try:
             value = await self._perform(worker, job, delivery)
+            if job.chain is not None:
+                # The next step is stored before this one is acked (and before its
+                # result, so a step whose successor cannot be stored fails as a whole).
+                await chains.advance(
+                    js, self.names, job, value, max_payload=self.nc.max_payload, emitter=self.emitter
+                )
             if job.keep_result is not None:
                 # Stored before the ack: a result that was reported is durable.
                 await self._keep(job, encode_result(value), raising=True)
