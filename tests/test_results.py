@@ -383,12 +383,13 @@ async def test_wait_begun_as_the_job_ends_sees_it_end(client: natskiq.Client) ->
 
 
 async def test_result_with_a_timeout_of_0_answers_at_once(client: natskiq.Client) -> None:
-    """result(timeout=0) gives a kept result that is there; a job still running times out, an
-    unknown jid and a job that keeps none are NotFound."""
+    """result(timeout=0) and wait(timeout=0) give what is there: a kept result, a finished
+    status; a job still running times out, an unknown jid and a job that keeps none are NotFound."""
     async with node(client):
         done = await Add.perform_async(4, 5)
         assert (await done.wait(timeout=20)).state == "succeeded"
         assert await done.result(timeout=0) == 9
+        assert (await done.wait(timeout=0)).state == "succeeded"
         unkept = await Plain.perform_async()
         await unkept.wait(timeout=20)
         with pytest.raises(natskiq.NotFound, match="without a result"):
@@ -399,6 +400,10 @@ async def test_result_with_a_timeout_of_0_answers_at_once(client: natskiq.Client
         await until(lambda: is_running(slow), timeout=20)
         with pytest.raises(TimeoutError):
             await slow.result(timeout=0)
+        with pytest.raises(TimeoutError, match="has not finished"):
+            await slow.wait(timeout=0)
+        with pytest.raises(natskiq.NotFound):
+            await client.job("nosuchjob").wait(timeout=0)
         await natskiq.api.cancel(client, slow.jid)  # so that the node stops at once
 
 

@@ -97,10 +97,18 @@ class JobHandle(str):
         or discarded) and return its status.
 
         Raises:
-            TimeoutError: it did not finish within ``timeout`` seconds.
+            TimeoutError: it did not finish within ``timeout`` seconds (with 0: it has
+                not finished).
             NotFound: the jid is unknown (see :meth:`status`).
         """
-        with anyio.fail_after(_seconds(timeout)):
+        seconds = _seconds(timeout)
+        if seconds == 0:
+            # Only if it has finished: read, without a deadline that would cancel the read.
+            status = await self.status()
+            if not status.finished:
+                raise TimeoutError(f"job {self.jid} has not finished")
+            return status
+        with anyio.fail_after(seconds):
             await self._until_finished()
         return await self.status()
 
