@@ -19,7 +19,9 @@ plus, once a job has failed, ``retry_count``, ``error_class``,
 * ``unique_key``, ``unique_revision``, ``unique_until``: the unique lock
   this job holds (the key in the ``<ns>_unique`` bucket, the revision that
   created it, and ``"start"`` or ``"success"``: when a node releases it).
-  See :mod:`natskiq.enqueue.unique`.
+  See :mod:`natskiq.enqueue.unique`;
+* ``batch``: the id of the batch the job belongs to (a jid-like name, set
+  inside ``async with natskiq.batch(...)``). See :mod:`natskiq.flow.batches`.
 
 This module receives a call's name and arguments and hands on a
 :class:`Job` (:func:`new_job`), with a fresh jid. It guarantees what the
@@ -88,6 +90,7 @@ class Job:
     unique_revision: int | None = None
     unique_until: str | None = None
     keep_result: float | None = None
+    batch: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict (optional fields only when set)."""
@@ -126,6 +129,7 @@ OPTIONAL_FIELDS = (
     "unique_revision",
     "unique_until",
     "keep_result",
+    "batch",
 )
 _optional_values = operator.attrgetter(*OPTIONAL_FIELDS)
 _UNSET = (None,) * len(OPTIONAL_FIELDS)
@@ -196,6 +200,7 @@ def new_job(
     now: float | None = None,
     expires_at: float | None = None,
     keep_result: float | None = None,
+    batch: str | None = None,
 ) -> Job:
     """A fresh envelope for a call, checking that the arguments are JSON-native."""
     check_arguments(args, kwargs)
@@ -203,4 +208,5 @@ def new_job(
     return Job(
         jid=new_jid(), cls=name, args=list(args), kwargs=dict(kwargs), queue=queue, retry=retry,
         created_at=now, enqueued_at=now, at=at, expires_at=expires_at, keep_result=keep_result,
+        batch=batch,
     )  # fmt: skip

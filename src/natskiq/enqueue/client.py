@@ -44,6 +44,7 @@ from natskiq.enqueue import bulk
 from natskiq.enqueue.auth import env_auth, redact_url
 from natskiq.enqueue.bulk import BULK_WINDOW
 from natskiq.enqueue.connection import Connector, nats_defaults, split_urls
+from natskiq.enqueue.joining import current as current_batch
 from natskiq.enqueue.publish import addressed, store, store_retrying
 from natskiq.enqueue.unique_locks import UniqueLocks
 from natskiq.errors import ConfigError, EnqueueError, NotConnected
@@ -190,12 +191,15 @@ class Client:
         options: Options,
         at: float | None = None,
     ) -> jobs.Job:
-        """The envelope for a call, checking that the arguments are JSON-native."""
+        """The envelope for a call, checking that the arguments are JSON-native; inside a
+        batch block (:data:`natskiq.enqueue.joining.current`) it carries the batch's id."""
         _check_worker(worker)
         now = time.time()
+        joining = current_batch.get()
         return jobs.new_job(
             worker.name, args, kwargs, queue=options.queue, retry=options.retries, at=at, now=now,
             expires_at=_expires_at(options, at, now), keep_result=options.keep_result,
+            batch=None if joining is None else joining.bid,
         )  # fmt: skip
 
     async def push(
@@ -233,7 +237,7 @@ class Client:
         if at is not None and at <= now:
             at = None
         chain = middleware.client_chain(self.middleware)
-        if chain:
+        if chain or current_batch.get() is not None:  # a batch's job is built by build()
             return JobHandle(
                 await self._push_through(
                     chain, self.build(worker, args, kwargs, options=options, at=at), options
@@ -326,7 +330,11 @@ class Client:
         await self._stored(job.jid, job.queue, job.cls, job.at)
 
     async def _stored(self, jid: str, queue: str, cls: str, at: float | None) -> None:
-        """The ``queued`` (or ``scheduled``) event of a job JetStream has just stored."""
+        """The ``queued`` (or ``scheduled``) event of a job JetStream has just stored
+        (and, inside a batch block, the job counted in its batch)."""
+        joining = current_batch.get()
+        if joining is not None:
+            joining.joined()
         if self._emitter is not None:
             if at is None:
                 await self._emitter.emit("queued", jid, queue, cls)
