@@ -11,8 +11,9 @@ import pytest
 import natskiq
 from natskiq import testing
 
-from .conftest import Row, failed_count, read_ledger, running_node, until, wait_for_ledger
+from .conftest import Row, failed_count, read_ledger, running_node, until
 from .sample_workers import Adder, Doomed, OnComplete, OnDeath, OnSuccess, Record, SecondTime
+from .test_cli_more import natskiq_cli
 
 
 def callbacks(ledger: Path, bid: str) -> list[str]:
@@ -141,3 +142,40 @@ async def test_callback_must_be_a_worker(client: natskiq.Client) -> None:
         natskiq.batch(on_success=print)  # type: ignore[arg-type]
     with anyio.fail_after(5):
         assert await natskiq.api.batches(client) == []
+
+
+STATUS_KEYS = {
+    "bid", "description", "parent", "created_at", "total", "pending", "succeeded", "failed", "failures",
+    "open", "complete", "success", "completed_at", "callbacks", "fired",
+}  # fmt: skip
+
+
+async def test_batch_commands_print_status(client: natskiq.Client, ledger: Path) -> None:
+    """`natskiq batch BID` prints the counts and a progress bar, --json the status's keys;
+    `natskiq batches` lists it; a malformed id exits 2 and an unknown one 1, one line each."""
+    async with natskiq.batch("cli run", on_death=OnDeath) as batch:
+        dead = await Doomed.perform_async()
+        await Record.perform_async(0, "cli")
+    async with running_node(client.url, client.namespace):
+        await settled(client, batch.bid)
+    assert client.url is not None
+    shown = await natskiq_cli("batch", batch.bid, url=client.url, namespace=client.namespace)
+    assert shown.returncode == 0, shown.stderr
+    assert f"batch     {batch.bid}  cli run" in shown.stdout
+    assert "total 2  pending 0  succeeded 1  failed 1" in shown.stdout
+    assert f"failed    {dead}" in shown.stdout and "[" + "#" * 30 + "] 100%" in shown.stdout
+    as_json = await natskiq_cli("batch", batch.bid, "--json", url=client.url, namespace=client.namespace)
+    doc = json.loads(as_json.stdout)
+    assert set(doc) == STATUS_KEYS
+    assert (doc["total"], doc["failed"], doc["failures"], doc["success"]) == (2, 1, [dead], False)
+    listed = await natskiq_cli("batches", "--json", url=client.url, namespace=client.namespace)
+    assert [row["bid"] for row in json.loads(listed.stdout)] == [batch.bid]
+    table = await natskiq_cli("batches", url=client.url, namespace=client.namespace)
+    assert batch.bid in table.stdout and "failed" in table.stdout
+    for bid, code, message in (
+        ("no.such", 2, "natskiq: error: invalid batch name"),
+        ("nosuch", 1, "natskiq: no batch nosuch"),
+    ):
+        bad = await natskiq_cli("batch", bid, url=client.url, namespace=client.namespace)
+        assert (bad.returncode, bad.stdout) == (code, "")
+        assert bad.stderr.startswith(message) and len(bad.stderr.splitlines()) == 1
