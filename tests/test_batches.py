@@ -179,3 +179,13 @@ async def test_batch_commands_print_status(client: natskiq.Client, ledger: Path)
         bad = await natskiq_cli("batch", bid, url=client.url, namespace=client.namespace)
         assert (bad.returncode, bad.stdout) == (code, "")
         assert bad.stderr.startswith(message) and len(bad.stderr.splitlines()) == 1
+
+
+async def test_drain_counts_batch_outcomes(client: natskiq.Client, ledger: Path) -> None:
+    """natskiq.testing.drain runs a batch's jobs as a node would: the batch completes and its
+    callback is enqueued, and the next drain runs it."""
+    async with natskiq.batch("drained", on_complete=OnComplete) as batch:
+        await Record.perform_bulk([[0, "drained"]] * 2)
+    assert await testing.drain(client) == 3  # the two jobs, then the callback they made due
+    assert (await batch.status()).succeeded == 2
+    assert callbacks(ledger, batch.bid) == ["complete"]
