@@ -169,7 +169,7 @@ async def test_batch_commands_print_status(client: natskiq.Client, ledger: Path)
     assert set(doc) == STATUS_KEYS
     assert (doc["total"], doc["failed"], doc["failures"], doc["success"]) == (2, 1, [dead], False)
     listed = await natskiq_cli("batches", "--json", url=client.url, namespace=client.namespace)
-    assert [row["bid"] for row in json.loads(listed.stdout)] == [batch.bid]
+    assert [row["bid"] for row in json.loads(listed.stdout)["batches"]] == [batch.bid]
     table = await natskiq_cli("batches", url=client.url, namespace=client.namespace)
     assert batch.bid in table.stdout and "failed" in table.stdout
     for bid, code, message in (

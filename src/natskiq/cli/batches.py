@@ -48,7 +48,7 @@ async def batches(args: argparse.Namespace) -> int:
     async with config.client(args) as client:
         found = await api.batches(client, limit=args.limit)
     if args.json:
-        print(json.dumps([status.to_dict() for status in found], indent=2))
+        print(json.dumps({"batches": [status.to_dict() for status in found]}, indent=2))
         return 0
     print(f"{'batch':24} {'state':9} {'total':>7} {'pending':>7} {'failed':>7} {'created':>10}  description")
     for s in found:

@@ -174,8 +174,12 @@ def _refuse_finished(record: Record) -> None:
         raise BatchError(f"batch {record['bid']} has completed: no job can join it")
 
 
-async def _hold(client: Client, bid: str, *, child: str | None = None) -> None:
-    """Hold a batch open for a block (or count a new child batch in it); BatchError if finished."""
+async def _hold(client: Client, bid: str, block: str, *, child: str | None = None) -> None:
+    """Hold a batch open for a block (or count a new child batch in it); BatchError if finished.
+
+    The write's ``Nats-Msg-Id`` names the block (or the child), so a write
+    whose PubAck was lost and is sent again counts once.
+    """
 
     def hold(record: Record) -> None:
         _refuse_finished(record)
@@ -184,7 +188,7 @@ async def _hold(client: Client, bid: str, *, child: str | None = None) -> None:
         else:
             record["total"] += 1
 
-    msg_id = None if child is None else f"{bid}:child:{child}"
+    msg_id = f"{bid}:hold:{block}" if child is None else f"{bid}:child:{child}"
     try:
         found = await change(client.js, client.names, bid, hold, msg_id)
     except (NatsError, JSError, TimeoutError) as exc:
@@ -217,10 +221,12 @@ class Block:
     _joining: Joining | None = attrs.field(init=False, default=None)
     _token: Any = attrs.field(init=False, default=None)
     _created: bool = attrs.field(init=False, default=False)
+    _id: str = attrs.field(init=False, factory=jobs.new_jid)
+    """Names this block in the ``Nats-Msg-Id`` of its hold and its release."""
 
     async def __aenter__(self) -> Batch:
         if not self._created:
-            await _hold(self.batch._client(), self.batch.bid)
+            await _hold(self.batch._client(), self.batch.bid, self._id)
         self._joining = Joining(self.batch.bid)
         self._token = current.set(self._joining)
         return self.batch
@@ -229,7 +235,7 @@ class Block:
         # An exception inside the block keeps the jobs already stored, as Sidekiq does.
         current.reset(self._token)
         assert self._joining is not None
-        await _release(self.batch._client(), self.batch.bid, self._joining.count, jobs.new_jid())
+        await _release(self.batch._client(), self.batch.bid, self._joining.count, self._id)
 
 
 @attrs.define
@@ -261,7 +267,7 @@ class Opening(Block):
             parent = outer.bid
         if parent is not None and (outer is None or outer.bid != parent):
             # In a job of the parent: the child is one more job of it, counted before it exists.
-            await _hold(client, check_name("batch", parent), child=self.batch.bid)
+            await _hold(client, check_name("batch", parent), self._id, child=self.batch.bid)
         await self._create(client, specs, parent)
         if outer is not None and outer.bid == parent:
             outer.joined()
