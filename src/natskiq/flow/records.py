@@ -282,7 +282,7 @@ async def read_status(js: JetStreamContext, names: Names, bid: str) -> BatchStat
 
 
 async def read_statuses(js: JetStreamContext, names: Names, *, limit: int = 100) -> list[BatchStatus]:
-    """The batches the bucket holds, newest first, at most ``limit`` (of the last 1000 made)."""
+    """The batches the bucket holds, newest first, at most ``limit`` (of the first 1000 listed)."""
     try:
         info = await js.stream_info(
             names.kv_stream(names.batches_bucket), subjects_filter=names.batch_records
