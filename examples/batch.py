@@ -2,7 +2,7 @@
 
     python -m examples.batch [nats://127.0.0.1:4222]
 
-A ``natskiq worker --app examples.workers`` runs the jobs, then ``ImportDone``
+A ``natskiq worker --app examples.workers`` runs the jobs, then ``BatchDone``
 once all of them have succeeded. The URL is argv[1], else ``$NATSKIQ_URL``;
 ``$NATSKIQ_NAMESPACE`` picks the namespace.
 """
@@ -13,15 +13,15 @@ import asyncio
 import sys
 
 import natskiq
-from examples.workers import ImportDone, ResizeImage
+from examples.workers import BatchDone, SendEmail
 
 
 async def main(url: str | None) -> None:
     async with natskiq.connect(url):
         # Every job enqueued inside the block joins the batch; it cannot finish before the block exits.
-        async with natskiq.batch("photos", on_success=ImportDone) as batch:
-            await ResizeImage.perform_bulk([[f"photo{i}.jpg"] for i in range(5)])
-            await ResizeImage.perform_async("cover.jpg", width=1200)
+        async with natskiq.batch("newsletter", on_success=BatchDone) as batch:
+            await SendEmail.perform_bulk([[f"user{i}@example.com", "November news"] for i in range(5)])
+            await SendEmail.perform_async("editor@example.com", "November news sent")
         print(f"batch {batch.bid}")
         status = await batch.status()
         while not status.complete:

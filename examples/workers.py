@@ -48,7 +48,7 @@ class ChargeCard(natskiq.Worker, queue="critical", retries=3):
         print(f"[{self.job.queue}] charged order {order_id}: {cents} cents (jid={self.jid})", flush=True)
 
 
-class ImportDone(natskiq.Worker):
+class BatchDone(natskiq.Worker):
     """A batch callback (``on_success``): enqueued once, with the batch id and its counts."""
 
     async def perform(self, bid: str, status: dict[str, object]) -> None:

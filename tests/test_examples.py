@@ -182,7 +182,7 @@ async def test_results_example_prints_the_result_and_timeline(
 async def test_batch_example_follows_the_batch_to_its_callback(
     example_worker: ExampleWorker, nats_url: str, namespace: str
 ) -> None:
-    """examples/batch.py enqueues six jobs in a batch and follows it until it completes; the
+    """examples/batch.py enqueues six jobs in a batch and follows it until it completes, and the
     worker runs them, then the on_success callback once, with the batch's counts."""
     env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
     result = await anyio.run_process([sys.executable, "-m", "examples.batch"], cwd=ROOT, env=env, check=False)
@@ -190,10 +190,10 @@ async def test_batch_example_follows_the_batch_to_its_callback(
     assert result.returncode == 0, stdout + result.stderr.decode()
     assert re.search(r"^batch \w+$", stdout, re.MULTILINE), stdout
     assert stdout.splitlines()[-1] == "complete: 6 succeeded, 0 failed"
-    done = "batch photos done: 6 of 6 succeeded"
+    done = "batch newsletter done: 6 of 6 succeeded"
     await example_worker.wait_until(lambda lines: any(m["what"] == done for m in lines.values()), 30)
     lines = example_worker.job_lines().values()
-    assert sum(m["what"].startswith("resized ") for m in lines) == 6
+    assert sum(m["what"].startswith("sent email to ") for m in lines) == 6
     assert [m["what"] for m in lines if m["what"].startswith("batch ")] == [done]
     await example_worker.stop_cleanly()
 
