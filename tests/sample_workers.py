@@ -266,3 +266,13 @@ class Adder(natskiq.Worker, name="tests.Adder"):
         async with natskiq.batch("child", parent=self.batch, on_success=OnSuccess):
             await Record.perform_async(0, "grandchild")
         record(self.jid, time.time(), {"batch": self.batch_id})
+
+
+class StuckAdder(natskiq.Worker, timeout=0.3, retries=0, name="tests.StuckAdder"):
+    """Adds a Record job to its batch, then overruns its timeout inside the block."""
+
+    async def perform(self) -> None:
+        assert self.batch is not None
+        async with self.batch.jobs():
+            await Record.perform_async(0, "added before the timeout")
+            await anyio.sleep(30)

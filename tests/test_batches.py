@@ -10,9 +10,10 @@ import pytest
 
 import natskiq
 from natskiq import testing
+from natskiq.flow import batches, records
 
-from .conftest import Row, failed_count, read_ledger, running_node, until
-from .sample_workers import Adder, Doomed, OnComplete, OnDeath, OnSuccess, Record, SecondTime
+from .conftest import Row, failed_count, read_ledger, running_node, stored, until
+from .sample_workers import Adder, Doomed, OnComplete, OnDeath, OnSuccess, Record, SecondTime, StuckAdder
 from .test_cli_more import natskiq_cli
 
 
@@ -75,6 +76,29 @@ async def test_callbacks_fire_once_with_the_counts(client: natskiq.Client, ledge
     assert set(listed) == {good.bid, bad.bid, child.bid}
 
 
+async def test_a_redelivered_job_counts_once_and_finishes_the_firing(client: natskiq.Client) -> None:
+    """A job whose node counted it, entered "complete" and died before enqueueing the callback
+    is counted no second time when redelivered, and its settle enqueues the callback once."""
+    async with natskiq.batch("redelivered", on_complete=OnComplete) as batch:
+        await Record.perform_async(0, "once")
+    job, _ = await stored(client, 1)
+    js, names = client.js, client.names
+    # What the dead node did: the marker, then the counting write (which entered "complete").
+    await records.write(js, names.batch_marker_subject(batch.bid, job.jid), records.COUNTING, 0, 60)
+
+    def succeed(record: records.Record) -> None:
+        record["succeeded"] += 1
+
+    await records.change(js, names, batch.bid, succeed, msg_id=f"{batch.bid}:{job.jid}")
+    assert (await batch.status()).fired == []
+    for _ in range(2):  # the redelivery, and one more run for good measure
+        await batches.settle(js, names, job, succeeded=True)
+    status = await batch.status()
+    assert (status.succeeded, status.complete, status.fired) == (1, True, ["complete", "success"])
+    info = await js.stream_info(names.queue_stream("default"))
+    assert info.state.messages == 2  # the job (never acked here) and one callback
+
+
 async def test_jobs_add_jobs_and_child_batches_to_their_batch(client: natskiq.Client, ledger: Path) -> None:
     """A job adds jobs to its own batch (self.batch) and opens a child batch counted as one job,
     and the parent succeeds once, after all of them."""
@@ -93,6 +117,17 @@ async def test_jobs_add_jobs_and_child_batches_to_their_batch(client: natskiq.Cl
     with pytest.raises(natskiq.BatchError, match="has completed"):
         async with parent.jobs():
             pass
+
+
+async def test_a_block_cancelled_by_a_timeout_still_closes(client: natskiq.Client, ledger: Path) -> None:
+    """A job cancelled by its timeout inside self.batch.jobs() still adds what it stored, so
+    its batch completes (with the job failed and the added job succeeded)."""
+    async with natskiq.batch("stuck", on_complete=OnComplete) as batch:
+        stuck = await StuckAdder.perform_async()
+    async with running_node(client.url, client.namespace):
+        await settled(client, batch.bid)
+    status = await natskiq.api.batch(client, batch.bid)
+    assert (status.total, status.succeeded, status.failures, status.open) == (2, 1, [stuck], False)
 
 
 async def test_an_empty_batch_completes_when_closed(client: natskiq.Client, ledger: Path) -> None:

@@ -96,6 +96,7 @@ log = logging.getLogger(__name__)
 MAX_DESCRIPTION = 1000
 SETTLE_ATTEMPTS = 5
 SETTLE_TIMEOUT = 10.0
+RELEASE_TIMEOUT = 30.0  # seconds a closing block may take, even when cancelled
 
 
 async def settle(js: JetStreamContext, names: Names, job: jobs.Job, *, succeeded: bool) -> None:
@@ -206,9 +207,10 @@ async def _release(client: Client, bid: str, joined: int, block: str) -> None:
 
     js, names = client.js, client.names
     try:
-        record = await change(js, names, bid, release, msg_id=f"{bid}:close:{block}")
-        if record is not None:
-            await finish(js, names, record)
+        with anyio.fail_after(RELEASE_TIMEOUT):
+            record = await change(js, names, bid, release, msg_id=f"{bid}:close:{block}")
+            if record is not None:
+                await finish(js, names, record)
     except (NatsError, JSError, TimeoutError) as exc:
         raise BatchError(f"batch {bid} could not be closed ({joined} jobs joined it): {exc}") from exc
 
@@ -232,10 +234,13 @@ class Block:
         return self.batch
 
     async def __aexit__(self, *exc_info: object) -> None:
-        # An exception inside the block keeps the jobs already stored, as Sidekiq does.
+        # An exception inside the block keeps the jobs already stored, as Sidekiq does. A
+        # cancelled block (a job's timeout) closes too, shielded: an unreleased hold would keep
+        # the batch from ever completing.
         current.reset(self._token)
         assert self._joining is not None
-        await _release(self.batch._client(), self.batch.bid, self._joining.count, self._id)
+        with anyio.CancelScope(shield=True):
+            await _release(self.batch._client(), self.batch.bid, self._joining.count, self._id)
 
 
 @attrs.define
