@@ -8,9 +8,6 @@ nothing.
 
 from __future__ import annotations
 
-from nats.errors import Error as NatsError
-from nats.js.errors import Error as JSError
-
 from natskiq.enqueue.client import Client
 from natskiq.errors import NotFound
 from natskiq.flow.batches import BatchStatus, read_status, read_statuses
@@ -23,10 +20,7 @@ async def batch(client: Client, bid: str) -> BatchStatus:
         ConfigError: ``bid`` is not a batch id.
         NotFound: no such batch (never made, or expired after it finished).
     """
-    try:
-        status = await read_status(client.js, client.names, bid)
-    except (NatsError, JSError) as exc:
-        raise NotFound(f"batch {bid} could not be read: {exc}") from exc
+    status = await read_status(client.js, client.names, bid)
     if status is None:
         raise NotFound(f"no batch {bid}")
     return status

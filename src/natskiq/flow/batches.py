@@ -40,6 +40,11 @@ Records expire :data:`KEEP_FINISHED` after a batch completes and
 :data:`ACTIVE_TTL` after the last change of one that does not; markers
 after :data:`ACTIVE_TTL`. A record keeps the first :data:`MAX_FAILURES`
 failed jids (and the count of all).
+
+This module holds what users call (:func:`batch`, :class:`Batch`) and what
+the node calls once a job's outcome is known (:func:`settle`, :func:`settled`,
+before the ack); the record itself, its compare-and-set, the counting and
+the firing are :mod:`natskiq.flow.records`.
 """
 
 from __future__ import annotations
