@@ -39,9 +39,11 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # 10,000 jobs of 0.5 s on a local 3-node cluster under 20 injected faults; fails if a
-# job is lost, ran under a stale lease, or was not back within the recovery targets (see tests/chaos.py).
+# job is lost, ran under a stale lease, or was not back within the recovery targets (see tests/chaos.py);
+# then 10 batches of 200 jobs through a worker and a master killed (every callback exactly once).
 soak: $(STAMP)
 	$(BIN)/python -m tests.chaos --jobs 10000 --faults 20 --job-seconds 0.5
+	NATSKIQ_BATCH_SOAK=1 $(BIN)/python -m pytest -q -p no:xdist tests/test_batches_cluster.py
 
 # The documentation site (MkDocs Material, API reference by mkdocstrings) into site/;
 # --strict: a broken link, anchor or reference fails the build.

@@ -46,3 +46,11 @@ class ChargeCard(natskiq.Worker, queue="critical", retries=3):
 
     async def perform(self, order_id: int, cents: int) -> None:
         print(f"[{self.job.queue}] charged order {order_id}: {cents} cents (jid={self.jid})", flush=True)
+
+
+class BatchDone(natskiq.Worker):
+    """A batch callback (``on_success``): enqueued once, with the batch id and its counts."""
+
+    async def perform(self, bid: str, status: dict[str, object]) -> None:
+        done = f"{status['succeeded']} of {status['total']} succeeded"
+        print(f"[{self.job.queue}] batch {status['description']} done: {done} (jid={self.jid})", flush=True)

@@ -217,3 +217,62 @@ class Tick(natskiq.Worker, name="tests.Tick"):
 
     async def perform(self, label: str) -> None:
         record(self.jid, time.time(), label)
+
+
+class BatchCallback(natskiq.Worker, name="tests.BatchCallback"):
+    """A batch callback: records ``cb`` with its kind, the batch id and the counts it was given."""
+
+    kind = "?"
+
+    async def perform(self, bid: str, status: dict[str, object]) -> None:
+        record(self.jid, time.time(), {"kind": self.kind, "bid": bid, "status": status}, kind="cb")
+
+
+class OnSuccess(BatchCallback, name="tests.OnSuccess"):
+    kind = "success"
+
+
+class OnComplete(BatchCallback, name="tests.OnComplete"):
+    kind = "complete"
+
+
+class OnDeath(BatchCallback, name="tests.OnDeath"):
+    kind = "death"
+
+
+class Doomed(natskiq.Worker, retries=0, name="tests.Doomed"):
+    """Fails for good at once."""
+
+    async def perform(self) -> None:
+        raise RuntimeError("doomed")
+
+
+class SecondTime(natskiq.Worker, retries=3, name="tests.SecondTime"):
+    """Fails its first attempt, then succeeds and records."""
+
+    async def perform(self) -> None:
+        if self.job.retry_count is None:
+            raise RuntimeError("first attempt fails")
+        record(self.jid, time.time(), "second")
+
+
+class Adder(natskiq.Worker, name="tests.Adder"):
+    """Adds ``count`` Record jobs to its own batch, and opens a child batch of one job."""
+
+    async def perform(self, count: int) -> None:
+        assert self.batch is not None
+        async with self.batch.jobs():
+            await Record.perform_bulk([[0, "added"]] * count)
+        async with natskiq.batch("child", parent=self.batch, on_success=OnSuccess):
+            await Record.perform_async(0, "grandchild")
+        record(self.jid, time.time(), {"batch": self.batch_id})
+
+
+class StuckAdder(natskiq.Worker, timeout=0.3, retries=0, name="tests.StuckAdder"):
+    """Adds a Record job to its batch, then overruns its timeout inside the block."""
+
+    async def perform(self) -> None:
+        assert self.batch is not None
+        async with self.batch.jobs():
+            await Record.perform_async(0, "added before the timeout")
+            await anyio.sleep(30)

@@ -206,6 +206,25 @@ async def test_chain_example_runs_its_steps_in_order(nats_url: str, namespace: s
         worker.stop()
 
 
+async def test_batch_example_follows_the_batch_to_its_callback(
+    example_worker: ExampleWorker, nats_url: str, namespace: str
+) -> None:
+    """examples/batch.py enqueues six jobs in a batch and follows it until it completes, and the
+    worker runs them, then the on_success callback once, with the batch's counts."""
+    env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
+    result = await anyio.run_process([sys.executable, "-m", "examples.batch"], cwd=ROOT, env=env, check=False)
+    stdout = result.stdout.decode()
+    assert result.returncode == 0, stdout + result.stderr.decode()
+    assert re.search(r"^batch \w+$", stdout, re.MULTILINE), stdout
+    assert stdout.splitlines()[-1] == "complete: 6 succeeded, 0 failed"
+    done = "batch newsletter done: 6 of 6 succeeded"
+    await example_worker.wait_until(lambda lines: any(m["what"] == done for m in lines.values()), 30)
+    lines = example_worker.job_lines().values()
+    assert sum(m["what"].startswith("sent email to ") for m in lines) == 6
+    assert [m["what"] for m in lines if m["what"].startswith("batch ")] == [done]
+    await example_worker.stop_cleanly()
+
+
 async def signups(app: Any, emails: list[str], refused: list[dict[str, str]]) -> tuple[list[str], list[int]]:
     """POST /signup to an example web app (its lifespan around the requests): the
     jids answered for ``emails`` (each a 202), and the status codes of ``refused``."""
@@ -316,6 +335,7 @@ def test_every_example_is_exercised() -> None:
     """The examples are exactly the ones the tests above run (add a test with a new one)."""
     assert [p.name for p in EXAMPLES] == [
         "__init__.py",
+        "batch.py",
         "chain.py",
         "cron.py",
         "fastapi_app.py",

@@ -32,7 +32,7 @@ from .conftest import running_node, until
 from .sample_workers import Record, Tick
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(1)>"
-PAGES = ["/", "/busy", "/queues", "/scheduled", "/retries", "/failed", "/periodic"]
+PAGES = ["/", "/busy", "/queues", "/scheduled", "/retries", "/failed", "/periodic", "/batches"]
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
 
 
@@ -341,6 +341,32 @@ async def test_job_page_of_a_malformed_jid_is_404(web: httpx.AsyncClient) -> Non
         assert page.status_code == 404, jid
         assert "<script>alert" not in page.text
     assert "no jid named &#x27;&lt;script&gt;alert(1)&#x27;" in page.text
+
+
+async def test_batch_pages_list_batches_and_show_progress(
+    client: natskiq.Client, web: httpx.AsyncClient
+) -> None:
+    """/batches lists each batch with a progress bar and links to its page, which shows the
+    counts, the callbacks and the failed jobs (escaped); an unknown or malformed id is a 404."""
+    async with natskiq.batch(HOSTILE, on_death=Record) as parent:
+        async with natskiq.batch("child") as child:
+            await Record.perform_async(0, "child")
+        await Record.perform_async(0, "parent")
+    before = await web.get("/batches")
+    assert before.text.count('<progress max="100" value="0">') == 2
+    await testing.drain(client)
+    listed = await web.get("/batches")
+    assert listed.status_code == 200
+    assert f'href="/batches/{parent.bid}"' in listed.text and ESCAPED in listed.text
+    assert listed.text.count('<progress max="100" value="100">') == 2
+    shown = await web.get(f"/batches/{child.bid}")
+    assert shown.status_code == 200 and '<progress max="100" value="100">' in shown.text
+    assert f'href="/batches/{parent.bid}"' in shown.text  # its parent
+    page = await web.get(f"/batches/{parent.bid}")
+    assert "on_death: <b>tests.Record</b>" in page.text and "<script>" not in page.text
+    for bid, text in ((jobs.new_jid(), "no batch"), ("a.b", "no batch named")):
+        missing = await web.get(f"/batches/{bid}")
+        assert missing.status_code == 404 and text in missing.text
 
 
 async def test_job_page_escapes_hostile_events_and_results(

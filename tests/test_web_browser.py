@@ -287,6 +287,7 @@ def test_screenshots_of_every_page(live: Live, browser: Any) -> None:
     folder = Path(os.environ.get("NATSKIQ_SCREENSHOTS") or ROOT / "docs" / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     photos = live.run(ResizePhotos.perform_async, "spring-sale", 4)
+    receipts = live.run(_receipts_batch, live.client)
     _fill(live)
     browser.get(live.url)
     wait(browser, lambda d: stat(d, "busy") >= 2 and stat(d, "retries") >= 2 and stat(d, "dead") >= 2)
@@ -312,6 +313,8 @@ def test_screenshots_of_every_page(live: Live, browser: Any) -> None:
         "failed": "failed",
         "periodic": "periodic",
         "job": f"jobs/{photos}",
+        "batches": "batches",
+        "batch": f"batches/{receipts}",
     }
     assert live.run(photos.wait, 30).state == "succeeded"
     for name, path in pages.items():
@@ -322,6 +325,13 @@ def test_screenshots_of_every_page(live: Live, browser: Any) -> None:
         assert browser.execute_script("return [window.innerWidth, window.innerHeight]") == list(SIZE)
         browser.save_screenshot(str(folder / f"{name}.png"))
         assert (folder / f"{name}.png").stat().st_size > 10_000
+
+
+async def _receipts_batch(client: natskiq.Client) -> str:
+    """A batch of receipts (shown on the batch pages); returns its id."""
+    async with natskiq.batch("spring-sale receipts", client=client) as batch:
+        await SendReceipt.set(client=client).perform_bulk([[3000 + i, "ada@example.com"] for i in range(40)])
+    return batch.bid
 
 
 def _fill(live: Live) -> None:

@@ -18,6 +18,7 @@ from natskiq import api
 from natskiq.enqueue.client import Client, connect
 from natskiq.enqueue.cron import periodic
 from natskiq.errors import (
+    BatchError,
     ConfigError,
     DeliveryLimit,
     EnqueueError,
@@ -31,6 +32,7 @@ from natskiq.errors import (
     Retry,
     UnknownWorker,
 )
+from natskiq.flow.batches import Batch, BatchStatus, batch
 from natskiq.flow.chains import Chain, ChainHandle, chain
 from natskiq.job import Job
 from natskiq.middleware import client_middleware, server_middleware
@@ -44,6 +46,9 @@ from natskiq.worker import Configured, Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
+    "BatchError",
+    "BatchStatus",
     "Chain",
     "ChainHandle",
     "Client",
@@ -68,6 +73,7 @@ __all__ = [
     "Worker",
     "__version__",
     "api",
+    "batch",
     "chain",
     "client_middleware",
     "connect",

@@ -25,6 +25,8 @@ plus, once a job has failed, ``retry_count``, ``error_class``,
   "rest": [<step>, ...]}``, each step of the rest ``{"jid", "class",
   "args", "kwargs", "queue", "retry"}`` with optional ``keep_result`` and
   ``pass_result``; :func:`check_chain` says what is valid.
+* ``batch``: the id of the batch the job belongs to (a jid-like name, set
+  inside ``async with natskiq.batch(...)``). See :mod:`natskiq.flow.batches`.
 
 This module receives a call's name and arguments and hands on a
 :class:`Job` (:func:`new_job`), with a fresh jid. It guarantees what the
@@ -96,6 +98,7 @@ class Job:
     reply: str | None = None
     """The enqueuing client's token: the node tells it the kept outcome at once (see ``keep_result``)."""
     chain: dict[str, Any] | None = None
+    batch: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict (optional fields only when set)."""
@@ -136,6 +139,7 @@ OPTIONAL_FIELDS = (
     "keep_result",
     "reply",
     "chain",
+    "batch",
 )
 _optional_values = operator.attrgetter(*OPTIONAL_FIELDS)
 _UNSET = (None,) * len(OPTIONAL_FIELDS)
@@ -207,6 +211,7 @@ def new_job(
     expires_at: float | None = None,
     keep_result: float | None = None,
     reply: str | None = None,
+    batch: str | None = None,
 ) -> Job:
     """A fresh envelope for a call, checking that the arguments are JSON-native."""
     check_arguments(args, kwargs)
@@ -215,6 +220,7 @@ def new_job(
         jid=new_jid(), cls=name, args=list(args), kwargs=dict(kwargs), queue=queue, retry=retry,
         created_at=now, enqueued_at=now, at=at, expires_at=expires_at, keep_result=keep_result,
         reply=reply,
+        batch=batch,
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ of these ``from`` the original::
     ├── JobFailed                     a job whose result was awaited failed for good
     ├── JobCancelled                  a job whose result was awaited was cancelled
     ├── DeliveryLimit                 a job was delivered too often, never settled
+    ├── BatchError                    a batch could not be opened, closed or added to
     └── Retry                         raised by a job: retry it after ``defer``
 
 Arguments that are not JSON-native raise the builtin :class:`TypeError` at
@@ -112,6 +113,10 @@ class NotConnected(NatskiqError):
             or "no natskiq client is connected: use `async with natskiq.connect(url):` "
             "or pass client=... explicitly"
         )
+
+
+class BatchError(NatskiqError):
+    """A batch could not be opened, closed or added to: it has finished, is gone, or NATS failed."""
 
 
 class NotFound(NatskiqError, LookupError):

@@ -183,6 +183,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "keep_result": (int, float),
     "reply": (str,),
     "chain": (dict,),
+    "batch": (str,),
 }
 _REQUIRED = ("jid", "class", "args", "queue")
 _USUAL = frozenset(("jid", "class", "args", "kwargs", "queue", "retry", "created_at", "enqueued_at"))
@@ -249,7 +250,7 @@ def _check_values(data: dict[str, Any], raw: bytes, usual: bool) -> None:
         value = data.get(key)
         if value is not None and not 0 <= value <= most:
             raise InvalidJob(f"field {key!r} must be between 0 and {most}", raw)
-    for key in ("jid", "queue", "unique_key", "reply"):
+    for key in ("jid", "queue", "unique_key", "reply", "batch"):
         value = data.get(key)
         if value is not None and not _is_name(value):
             raise InvalidJob(f"field {key!r} must be 1-64 letters, digits, '_' or '-'", raw)

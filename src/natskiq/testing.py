@@ -45,7 +45,7 @@ from natskiq import middleware, worker
 from natskiq.enqueue import unique
 from natskiq.enqueue.client import Client
 from natskiq.errors import InvalidJob
-from natskiq.flow import chains
+from natskiq.flow import batches, chains
 from natskiq.ops.server import Server
 from natskiq.options import Options
 from natskiq.run import retry
@@ -91,6 +91,7 @@ async def run_job(job: jobs.Job) -> Any:
     instance = cls()
     instance.jid, instance.job = job.jid, job
     instance.lease_token, instance.delivered_at = 0, job.enqueued_at
+    instance.batch = batches.handle(job.batch)
     if inspect.iscoroutinefunction(cls.perform):
         return await instance.perform(*job.args, **job.kwargs)
     return await anyio.to_thread.run_sync(functools.partial(instance.perform, *job.args, **job.kwargs))
@@ -197,6 +198,7 @@ async def _run_message(client: Client, queue: str, msg: Any) -> None:
             max_payload=limit,
         )
         raise
+    await batches.settle(client.js, client.names, job, succeeded=True)
     await unique.on_success(client.js, client.names, job)
     await msg.ack()
 

@@ -24,6 +24,7 @@ from natskiq.signature import Signature
 
 if TYPE_CHECKING:
     from natskiq.enqueue.client import Client
+    from natskiq.flow.batches import Batch
     from natskiq.status.handle import JobHandle
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,15 @@ class Worker:
     lease_shard: int = 0
     delivered_at: float
     report_progress: Callable[[Worker, float, str], Awaitable[None]] | None = None
+    batch: Batch | None = None
+    """The batch this job belongs to (set by the node), or None: ``async with
+    self.batch.jobs():`` adds jobs to it, ``parent=self.batch`` opens a child batch."""
+
+    @property
+    def batch_id(self) -> str | None:
+        """The id of the batch this job belongs to, or None."""
+        return None if self.batch is None else self.batch.bid
+
     """Set by the node that runs the job: where :meth:`progress` reports go."""
 
     async def progress(self, fraction: float, message: str = "") -> None:

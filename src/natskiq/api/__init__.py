@@ -27,12 +27,14 @@ them, each one role, lowest first:
   (:func:`periodic_jobs`, :func:`remove_periodic`);
 - :mod:`~natskiq.api.jobs`: one job by jid (:func:`job`, :func:`result`)
   and the lifecycle events (:func:`events`, :func:`follow`);
+- :mod:`~natskiq.api.batches`: batches (:func:`batch`, :func:`batches`);
 - :mod:`~natskiq.api.cluster`: the masters and nodes (:func:`masters`,
   :func:`nodes`) and what to tell them (:func:`cancel`, :func:`command`).
 """
 
 from __future__ import annotations
 
+from natskiq.api.batches import batch, batches
 from natskiq.api.changes import MSG_DELETE_FAILED, clear, delete, replay, run_now
 from natskiq.api.cluster import cancel, command, master, masters, nodes
 from natskiq.api.entries import (
@@ -61,6 +63,8 @@ __all__ = [
     "PeriodicInfo",
     "QueueInfo",
     "Stats",
+    "batch",
+    "batches",
     "cancel",
     "clear",
     "command",

@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 
 from natskiq import __version__
-from natskiq.cli import inspection, jobs, processes, sets
+from natskiq.cli import batches, inspection, jobs, processes, sets
 from natskiq.errors import NatskiqError, NotFound
 from natskiq.ops.launcher import EVENT_LOOPS
 
@@ -145,6 +145,16 @@ def _parser() -> argparse.ArgumentParser:
     _connection_args(job)
     _json_arg(job)
 
+    batch = sub.add_parser("batch", help="a batch's status: total, pending, succeeded, failed, failed jids")
+    batch.add_argument("bid", help="the batch's id")
+    _connection_args(batch)
+    _json_arg(batch)
+
+    listed = sub.add_parser("batches", help="the batches kept (running, and finished lately), newest first")
+    listed.add_argument("--limit", type=_count, default=100, help="show at most this many (100)")
+    _connection_args(listed)
+    _json_arg(listed)
+
     result = sub.add_parser("result", help="a job's kept result (keep_result), as JSON")
     result.add_argument("jid", help="the job's id")
     result.add_argument(
@@ -246,6 +256,8 @@ _INSPECTIONS: dict[str, Callable[[argparse.Namespace], Awaitable[int | None]]] =
     "job": jobs.job,
     "result": jobs.result,
     "events": jobs.events,
+    "batch": batches.batch,
+    "batches": batches.batches,
 }
 
 

@@ -32,6 +32,7 @@ import anyio
 from natskiq import job as jobs
 from natskiq import middleware
 from natskiq.enqueue import unique
+from natskiq.enqueue.joining import current as current_batch
 from natskiq.errors import EnqueueError
 from natskiq.middleware import ClientMiddleware
 from natskiq.options import Options
@@ -91,7 +92,11 @@ async def push_many(
 
 async def _stored(client: Client, stored: list[tuple[str, str, str, float]]) -> None:
     """The ``queued`` events of jobs JetStream has just stored (jid, queue, class, enqueued_at:
-    stamped before the publish, as :meth:`natskiq.Client._stored` does)."""
+    stamped before the publish, as :meth:`natskiq.Client._stored` does); inside a batch
+    block, they count in its batch."""
+    joining = current_batch.get()
+    if joining is not None:
+        joining.joined(len(stored))
     emitter = client._emitter
     if emitter is not None and emitter.enabled:
         for jid, queue, cls, enqueued_at in stored:

@@ -44,6 +44,7 @@ from natskiq.enqueue import bulk
 from natskiq.enqueue.auth import env_auth, redact_url
 from natskiq.enqueue.bulk import BULK_WINDOW
 from natskiq.enqueue.connection import Connector, nats_defaults, split_urls
+from natskiq.enqueue.joining import current as current_batch
 from natskiq.enqueue.publish import addressed, store, store_retrying
 from natskiq.enqueue.unique_locks import UniqueLocks
 from natskiq.errors import ConfigError, EnqueueError, NotConnected
@@ -195,13 +196,16 @@ class Client:
         options: Options,
         at: float | None = None,
     ) -> jobs.Job:
-        """The envelope for a call, checking that the arguments are JSON-native."""
+        """The envelope for a call, checking that the arguments are JSON-native; inside a
+        batch block (:data:`natskiq.enqueue.joining.current`) it carries the batch's id."""
         _check_worker(worker)
         now = time.time()
+        joining = current_batch.get()
         return jobs.new_job(
             worker.name, args, kwargs, queue=options.queue, retry=options.retries, at=at, now=now,
             expires_at=_expires_at(options, at, now), keep_result=options.keep_result,
             reply=self._reply_token(options),
+            batch=None if joining is None else joining.bid,
         )  # fmt: skip
 
     @property
@@ -263,7 +267,7 @@ class Client:
             at = None
         await self.listen(options)
         chain = middleware.client_chain(self.middleware)
-        if chain:
+        if chain or current_batch.get() is not None:  # a batch's job is built by build()
             job = self.build(worker, args, kwargs, options=options, at=at)
             return self._handle(await self._push_through(chain, job, options), options)
         if options.unique_for is not None:
@@ -355,12 +359,16 @@ class Client:
         await self._stored(job.jid, job.queue, job.cls, job.at, job.enqueued_at)
 
     async def _stored(self, jid: str, queue: str, cls: str, at: float | None, enqueued_at: float) -> None:
-        """The ``queued`` (or ``scheduled``) event of a job JetStream has just stored.
+        """The ``queued`` (or ``scheduled``) event of a job JetStream has just stored
+        (and, inside a batch block, the job counted in its batch).
 
         Stamped with the envelope's ``enqueued_at``, taken before the publish:
         a fast job can run and finish before its PubAck is back here, and its
         status is that of its latest event by that stamp.
         """
+        joining = current_batch.get()
+        if joining is not None:
+            joining.joined()
         if self._emitter is not None:
             if at is None:
                 await self._emitter.emit("queued", jid, queue, cls, at=enqueued_at)

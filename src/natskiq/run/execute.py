@@ -40,7 +40,7 @@ from natskiq import middleware
 from natskiq.dispatch.protocol import Delivery, ack_tokens
 from natskiq.enqueue import unique
 from natskiq.errors import DeliveryLimit, EnqueueError, InvalidJob, UnknownWorker
-from natskiq.flow import chains
+from natskiq.flow import batches, chains
 from natskiq.run import retry
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
@@ -239,6 +239,9 @@ class Executor:
             self._running.pop(job.jid, None)
             self._running_info.pop(job.jid, None)
         self.stats.count(failed=False)
+        if job.batch is not None and not await batches.settled(js, self.names, job, succeeded=True):
+            self.held.discard(delivery)  # not counted: left unacked, JetStream redelivers it
+            return
         if locked:
             await unique.on_success(js, self.names, job)
         await ack()
@@ -267,6 +270,7 @@ class Executor:
         instance.report_progress = self._report
         instance.lease_token, instance.delivered_at = delivery.token, delivery.delivered_at
         instance.lease_shard = delivery.shard
+        instance.batch = batches.handle(job.batch)
         timeout = worker.options.timeout
         call = functools.partial(instance.perform, *job.args, **job.kwargs)
         if timeout is None and is_async(worker):

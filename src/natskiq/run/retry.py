@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 from natskiq import job as jobs
 from natskiq.enqueue.publish import rfc3339
 from natskiq.errors import EnqueueError, Retry
+from natskiq.flow import batches
 from natskiq.status.events import Emitter
 from natskiq.status.results import encode_failure, store_result
 from natskiq.topology import Names, check_name
@@ -203,11 +204,6 @@ async def route(
     record = failed_job(job, exc, count=count, backtrace=options.backtrace if options else 0, now=now)
     verdict = decide(worker, count, exc) if count < job.retry and not kill else "kill"
     error = {"attempt": count + 1, "error_class": record.error_class, "error_message": record.error_message}
-    if verdict == "discard":
-        await ack()
-        log.info("jid=%s class=%s discarded by retry_in: %r", job.jid, job.cls, exc)
-        await _emit(emitter, "discarded", job, **error)
-        return "discarded"
     if not isinstance(verdict, str):
         delay = min(verdict, MAX_DELAY)
         if await _store_retry(js, names, attrs.evolve(record, at=now + delay), seq, max_payload):
@@ -215,6 +211,12 @@ async def route(
             log.info("jid=%s class=%s retry %d in %.1fs: %r", job.jid, job.cls, count + 1, delay, exc)
             await _emit(emitter, "retrying", job, next_at=now + delay, **error)
             return "retry"
+    await batches.settle(js, names, job, succeeded=False)  # failed for good (or discarded): an outcome
+    if verdict == "discard":
+        await ack()
+        log.info("jid=%s class=%s discarded by retry_in: %r", job.jid, job.cls, exc)
+        await _emit(emitter, "discarded", job, **error)
+        return "discarded"
     # From here on the job has failed for good: its failure is its result.
     await _keep_failure(js, names, job, record, max_payload, emitter)
     if isinstance(verdict, str) and options is not None and not options.dead:

@@ -236,6 +236,25 @@ class Names:
         return f"{self.namespace}.reply.{check_name('reply token', token)}.*"
 
     @property
+    def batches_bucket(self) -> str:
+        """The KV bucket of batches: one record per batch, one outcome marker per job of one."""
+        return f"{self.namespace}_batches"
+
+    def batch_subject(self, bid: str) -> str:
+        """The KV subject of a batch's record (key ``b.<bid>``)."""
+        return self.kv_subject(self.batches_bucket, f"b.{check_name('batch', bid)}")
+
+    @property
+    def batch_records(self) -> str:
+        """A filter on the batches bucket's stream matching every batch record and no marker."""
+        return self.kv_subject(self.batches_bucket, "b.*")
+
+    def batch_marker_subject(self, bid: str, jid: str) -> str:
+        """The KV subject of the marker saying a job's outcome counted in its batch
+        (key ``m.<bid>.<jid>``; a child batch's marker in its parent has the child's id as ``jid``)."""
+        return self.kv_subject(self.batches_bucket, f"m.{check_name('batch', bid)}.{check_name('jid', jid)}")
+
+    @property
     def stats_stream(self) -> str:
         return f"{self._stream_prefix}_STATS"
 

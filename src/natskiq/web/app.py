@@ -38,7 +38,7 @@ from natskiq.enqueue.client import Client
 from natskiq.errors import ConfigError, NatskiqError, NotFound
 from natskiq.job import NAME_RE
 from natskiq.status.results import read_result
-from natskiq.web import jobpage, listing, pages
+from natskiq.web import batchpages, jobpage, listing, pages
 from natskiq.web.actions import apply, entries_at, filter_of, valid_name, where_of
 from natskiq.web.dashboard import Dashboard
 from natskiq.web.security import Auth, AuthMiddleware, Csrf, SecurityHeaders
@@ -136,6 +136,16 @@ class Endpoints:
     async def periodic(self, request: Request) -> Response:
         definitions = await api.periodic_jobs(await self.dash.client())
         return self.dash.page(request, lambda view: pages.periodic(view, definitions))
+
+    async def batches(self, request: Request) -> Response:
+        statuses = await api.batches(await self.dash.client())
+        return self.dash.page(request, lambda view: batchpages.batches(view, statuses))
+
+    async def batch(self, request: Request) -> Response:
+        """One batch by id: its progress bar, counts, callbacks and failed jobs (404 if unknown)."""
+        client, bid = await self.dash.client(), valid_name("batch", request.path_params["bid"])
+        status = await api.batch(client, bid)
+        return self.dash.page(request, lambda view: batchpages.batch(view, status))
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -305,6 +315,8 @@ def create_app(
         Route("/jobs", endpoints.find_job, name="find_job"),
         Route("/jobs/{jid}", endpoints.job, name="job"),
         Route("/periodic", endpoints.periodic, name="periodic"),
+        Route("/batches", endpoints.batches, name="batches"),
+        Route("/batches/{bid}", endpoints.batch, name="batch"),
         Route("/periodic", endpoints.act_on_periodic, methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("natskiq.web", "static")]), name="static"),
     ]

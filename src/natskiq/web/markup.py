@@ -152,6 +152,7 @@ NAV = (
     ("retries", "/retries", "Retries"),
     ("failed", "/failed", "Failed"),
     ("periodic", "/periodic", "Periodic"),
+    ("batches", "/batches", "Batches"),
 )
 
 
