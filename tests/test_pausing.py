@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 import natskiq
-from natskiq import api
+from natskiq import api, cli
 from natskiq.topology import Pause, ensure_consumer, ensure_queue, pause_of
 
 from .conftest import Workers, read_ledger, running_node, until, wait_for_ledger
@@ -131,3 +133,69 @@ async def test_pause_outlives_killed_workers(workers: Workers, client: natskiq.C
     assert (await api.queue_info(client, "default")).paused
     await api.resume(client, "default")
     assert waiting.jid in {row.jid for row in await wait_for_ledger(ledger, 3)}
+
+
+async def test_cli_pauses_lists_and_resumes_a_queue(
+    client: natskiq.Client, nats_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`natskiq queue pause Q [--until]` and `resume Q` change the pause `queues` shows, as text and JSON."""
+    await ensure_queue(client.js, client.names, "emails")
+
+    async def natskiq_cli(*argv: str) -> tuple[int, str, str]:
+        code = await anyio.to_thread.run_sync(cli.main, [*argv, "--url", nats_url, "--namespace", namespace])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = await natskiq_cli("queue", "pause", "emails", "--until", "30m", "--json")
+    doc = json.loads(out)
+    assert (code, doc["queue"], doc["paused"]) == (0, "emails", True)
+    assert doc["until"] == pytest.approx(time.time() + 1800, abs=60)
+    code, out, _ = await natskiq_cli("queues", "--json")
+    (listed,) = json.loads(out)["queues"]
+    assert (listed["paused"], listed["paused_until"]) == (True, pytest.approx(doc["until"], abs=1e-3))
+    _, out, _ = await natskiq_cli("queues")
+    assert "until 30m from now" in out
+    _, out, _ = await natskiq_cli("queue", "pause", "emails")
+    assert out.startswith("paused queue emails until resumed")
+    _, out, _ = await natskiq_cli("stats")
+    assert "until resumed" in out
+    _, out, _ = await natskiq_cli("queue", "resume", "emails")
+    assert out.strip() == "resumed queue emails"
+    code, out, _ = await natskiq_cli("queue", "resume", "emails", "--json")
+    assert (code, json.loads(out)) == (0, {"queue": "emails", "paused": False, "was_paused": False})
+    assert not (await api.queue_info(client, "emails")).paused
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pause", "nope"], "no queue named 'nope'"),
+        (["resume", "nope"], "no queue named 'nope'"),
+        (["pause", "a.b"], "invalid queue name"),
+        (["pause", "emails", "--until", "2001-01-01T00:00:00Z"], "not in the future"),
+        (["resume", "emails", "--until", "1h"], "--until goes with pause"),
+        (["pause"], "needs a queue name"),
+        (["pause", "emails", "--until", "2030-01-01T10:00"], "has no time zone"),
+        (["pause", "emails", "--until", "soon"], "neither an ISO time nor a span"),
+    ],
+)
+async def test_cli_pause_bad_input_exits_2(
+    client: natskiq.Client,
+    nats_url: str,
+    namespace: str,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    """An unknown or malformed queue, a past or zoneless end or a stray --until exits 2 with one line."""
+    await ensure_queue(client.js, client.names, "emails")
+    try:
+        code = await anyio.to_thread.run_sync(
+            cli.main, ["queue", *argv, "--url", nats_url, "--namespace", namespace]
+        )
+    except SystemExit as exc:  # argparse refuses a malformed flag itself
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert not (await api.queue_info(client, "emails")).paused
