@@ -261,22 +261,25 @@ class Puller:
             self._look_at[queue] = now + PAUSE_CHECK
             if self.paused.pop(queue, None) is not None:
                 log.info("queue %s resumed: dispatching its jobs again", queue)
+                # A resume leaves the pull requests open since before the
+                # pause unserved (only a pause's own end serves them): pull anew.
+                self._pulls[queue].clear()
                 self.pending[queue] = info.num_pending or 0
                 self.wake_dispatch()
             return
-        end = now + pause.remaining
         # Look when the server should have ended it (its own count of the time
         # left, whatever the clocks say), and every PAUSE_CHECK meanwhile.
-        self._look_at[queue] = min(now + PAUSE_CHECK, end + PAUSE_END_MARGIN)
+        self._look_at[queue] = min(now + PAUSE_CHECK, now + pause.remaining + PAUSE_END_MARGIN)
         first = queue not in self.paused
-        self.paused[queue] = end
+        self.paused[queue] = now + pause.remaining
         self.pending[queue] = 0  # so no node's order waits for this queue
         if first:
             held = list(self.buffers[queue])
             self.buffers[queue].clear()  # before any await: nothing of it is dispatched now
             log.info("queue %s is paused: dispatching none of its jobs (%d handed back)", queue, len(held))
-            for msg, _ in held:
-                await self._hand_back(msg.reply, delay=self._until_pulls_end(queue))
+            for msg, held_since in held:
+                if now - held_since < self.ack_wait - STALE_MARGIN:  # else JetStream has given it out again
+                    await self.nc.publish(msg.reply, nak(self._until_pulls_end(queue)))
             self.wake_dispatch()
 
     async def _partitioned(self, queue: str) -> bool:
@@ -302,10 +305,17 @@ class Puller:
                 # status messages have none. (A producer may store a "Status"
                 # header of its own: it is a job all the same.)
                 status = None if msg.reply else (msg.headers or {}).get("Status")
-                if msg.reply and (not held or queue in self.paused):
-                    # Pulled under a lease since lost, or for a request opened
-                    # before the queue was paused: back, once the open pulls have ended.
+                if msg.reply and queue in self.paused and now >= self.paused[queue] - PAUSE_END_MARGIN:
+                    # The pause's end: the server serves the pull requests
+                    # still open at once, before a look at the consumer says so.
+                    self._pause_ended(queue)
+                if msg.reply and not held:
+                    # Pulled under a lease since lost: back, once the open pulls have ended.
                     await self._hand_back(msg.reply, delay=self._until_pulls_end(queue))
+                elif msg.reply and queue in self.paused:
+                    # Delivered, just now, for a request opened before the pause: back,
+                    # once the open pulls have ended (not straight back to them).
+                    await self.nc.publish(msg.reply, nak(self._until_pulls_end(queue)))
                 elif msg.reply:
                     buffer.append((msg, now))
                     last_reply = msg.reply
@@ -331,6 +341,13 @@ class Puller:
                 # A pull ended: both dispatching and pulling may act.
                 self.wake_dispatch()
                 self.wake()
+
+    def _pause_ended(self, queue: str) -> None:
+        """The server has ended the queue's pause: take its jobs again."""
+        del self.paused[queue]
+        log.info("queue %s: its pause has ended, dispatching its jobs again", queue)
+        self._look_at[queue] = anyio.current_time() + PAUSE_CHECK
+        self._changed[queue].set()
 
     def _until_pulls_end(self, queue: str) -> float:
         """Seconds until every pull request open on ``queue`` has surely ended
