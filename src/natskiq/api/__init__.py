@@ -49,7 +49,7 @@ from natskiq.api.entries import (
 )
 from natskiq.api.jobs import events, follow, job, result
 from natskiq.api.listing import find, queue_names
-from natskiq.api.pauses import pause, pause_end, resume
+from natskiq.api.pauses import pause, resume
 from natskiq.api.periodic import PeriodicInfo, periodic_jobs, remove_periodic
 from natskiq.api.totals import QueueInfo, Stats, counter, failed_set_size, queue_info, queues, stats
 
@@ -78,7 +78,6 @@ __all__ = [
     "masters",
     "nodes",
     "pause",
-    "pause_end",
     "periodic_jobs",
     "queue_info",
     "queue_names",

@@ -37,17 +37,11 @@ from natskiq.topology import (
 log = logging.getLogger(__name__)
 
 
-def pause_end(until: datetime | timedelta | None, now: float | None = None) -> float | None:
-    """When a pause given ``until`` ends, as epoch seconds (None: no end).
-
-    Args:
-        until: an aware datetime, a timedelta from now, or None for no end.
-        now: the current time (``time.time()`` if None).
-
-    Raises:
-        ConfigError: a naive datetime, something else than the above, or a time not in the future.
-    """
-    now = time.time() if now is None else now
+def _pause_end(until: datetime | timedelta | None) -> float | None:
+    """When a pause given ``until`` (an aware datetime, a timedelta from now, or None
+    for no end) ends, as epoch seconds (None: no end); ConfigError for anything else,
+    or a time not in the future."""
+    now = time.time()
     if until is None:
         return None
     if isinstance(until, timedelta):
@@ -90,7 +84,7 @@ async def pause(client: Client, queue: str, until: datetime | timedelta | None =
             pause consumers (nats-server 2.11 or later can).
         NotFound: no such queue.
     """
-    end = pause_end(until)
+    end = _pause_end(until)
     check_name("queue", queue)
     js, names = client.js, client.names
     try:
