@@ -13,7 +13,7 @@ import pytest
 
 import natskiq
 from natskiq import api, cli
-from natskiq.topology import Pause, ensure_consumer, ensure_queue, pause_of
+from natskiq.topology import Pause, ensure_consumer, ensure_queue, pause_of, read_partitions
 
 from .conftest import Workers, read_ledger, running_node, until, wait_for_ledger
 from .sample_workers import Record, Urgent
@@ -116,23 +116,33 @@ async def test_pause_bad_input_is_refused(client: natskiq.Client) -> None:
 
 
 @pytest.mark.slow
-async def test_pause_outlives_killed_workers(workers: Workers, client: natskiq.Client, ledger: Path) -> None:
-    """A queue paused under a worker stays paused when it is killed -9 and another starts
-    (with another ack wait, which updates the consumer), until resumed."""
+async def test_pause_outlives_killed_workers_and_covers_a_partition_added_later(
+    workers: Workers, client: natskiq.Client, ledger: Path
+) -> None:
+    """A queue paused under a worker stays paused when it is killed -9 and another starts with
+    a second partition and another ack wait (a new consumer, an updated one), until resumed."""
     first = workers.start("--queue", "default", "--queue", "critical")
     await Urgent.perform_async(note="up")
     await wait_for_ledger(ledger, 1)
     await api.pause(client, "default")
     first.send_signal(signal.SIGKILL)
     first.wait()
-    workers.start("--queue", "default", "--queue", "critical", "--ack-wait", "6")
-    waiting = await Record.perform_async(note="waits")
-    barrier = await Urgent.perform_async(note="barrier")
-    done = {row.jid for row in await wait_for_ledger(ledger, 2)}
-    assert barrier.jid in done and waiting.jid not in done
-    assert (await api.queue_info(client, "default")).paused
+    workers.start("--queue", "default", "--queue", "critical", "--ack-wait", "6", "--partitions", "2")
+
+    async def split() -> bool:
+        counts = [await read_partitions(client.js, client.names, q) for q in ("default", "critical")]
+        return counts == [2, 2]
+
+    await until(split)
+    # Enqueued in turn: one of each pair on each partition, so on each shard's master.
+    waiting = [(await Record.perform_async(note=n)).jid for n in range(2)]
+    barriers = [(await Urgent.perform_async(note=n)).jid for n in range(2)]
+    done = {row.jid for row in await wait_for_ledger(ledger, 3)}
+    assert set(barriers) <= done and done.isdisjoint(waiting)
+    info = await api.queue_info(client, "default")
+    assert (info.paused, info.partitions, info.ready) == (True, 2, 2)
     await api.resume(client, "default")
-    assert waiting.jid in {row.jid for row in await wait_for_ledger(ledger, 3)}
+    assert set(waiting) <= {row.jid for row in await wait_for_ledger(ledger, 5)}
 
 
 async def test_cli_pauses_lists_and_resumes_a_queue(
