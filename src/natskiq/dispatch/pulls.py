@@ -98,6 +98,7 @@ class Puller:
     paused: dict[str, float] = attrs.field(init=False, factory=dict)
     """The paused queues, each with when (``anyio.current_time()``) its pause ends (``inf``: no end)."""
     _look_at: dict[str, float] = attrs.field(init=False, factory=dict)
+    _rearm: dict[str, anyio.Event] = attrs.field(init=False, factory=dict)
     _pulls: dict[str, deque[_Pull]] = attrs.field(init=False, factory=dict)
     _changed: dict[str, anyio.Event] = attrs.field(init=False, factory=dict)
 
@@ -128,6 +129,7 @@ class Puller:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_pulled, queue, inbox)
+                tg.start_soon(self._watch_pause, queue)
                 await self._request_loop(queue, subject)
         finally:
             with anyio.CancelScope(shield=True):
@@ -178,11 +180,9 @@ class Puller:
                 pulls.popleft()
             if not ensured:
                 ensured = await self._ensure_consumer(queue)
-            elif now >= self._look_at.get(queue, math.inf):
-                await self._look(queue)
             if queue in self.paused:
-                # Nothing to pull: wait for an announcement, the next look or the pause's end.
-                with anyio.move_on_after(max(0.0, self._look_at[queue] - anyio.current_time())):
+                # Nothing to pull until the pause ends (_watch_pause, _read_pulled wake this loop).
+                with anyio.move_on_after(self.recheck):
                     await changed.wait()
                 continue
             # Hold a job for every slot that serves the queue, so a slot that
@@ -223,9 +223,23 @@ class Puller:
 
     def look(self, queue: str) -> None:
         """Read the queue's pause from its consumer now (a pause or resume was announced)."""
-        if queue in self._look_at:
-            self._look_at[queue] = 0.0
-            self._changed[queue].set()
+        if queue in self._look_at:  # else its consumer's first look is still to come
+            self._next_look(queue, 0.0)
+
+    async def _watch_pause(self, queue: str) -> None:
+        """Look at the queue's pause when due: every PAUSE_CHECK, at its end, at once when told.
+
+        Beside the request loop, so that a slow look (a server failing over)
+        never holds up pulling.
+        """
+        while True:
+            rearm = self._rearm[queue] = anyio.Event()
+            wait = self._look_at.get(queue, math.inf) - anyio.current_time()
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await rearm.wait()
+                continue
+            await self._look(queue)
 
     async def read_pauses(self, sub: Any) -> None:
         """Look at once at the pause of each served queue announced on ``sub`` (``<ns>.ctl.pause``).
@@ -241,6 +255,12 @@ class Puller:
                 continue
             self.look(queue)
 
+    def _next_look(self, queue: str, at: float) -> None:
+        """Have :meth:`_watch_pause` look at the queue's pause at ``at`` (``anyio.current_time()``)."""
+        self._look_at[queue] = at
+        if queue in self._rearm:
+            self._rearm[queue].set()
+
     async def _look(self, queue: str) -> None:
         """Read the queue's consumer, and act on the pause it reports."""
         try:
@@ -249,7 +269,7 @@ class Puller:
             )
         except (NatsError, JSError, TimeoutError) as exc:
             log.debug("cannot read the pause of queue %s: %r", queue, exc)
-            self._look_at[queue] = anyio.current_time() + PAUSE_CHECK
+            self._next_look(queue, anyio.current_time() + PAUSE_CHECK)
             return
         await self._learn_pause(queue, info)
 
@@ -258,18 +278,19 @@ class Puller:
         held jobs back; on its end, pull again."""
         pause, now = pause_of(info), anyio.current_time()
         if not pause.paused:
-            self._look_at[queue] = now + PAUSE_CHECK
+            self._next_look(queue, now + PAUSE_CHECK)
             if self.paused.pop(queue, None) is not None:
                 log.info("queue %s resumed: dispatching its jobs again", queue)
                 # A resume leaves the pull requests open since before the
                 # pause unserved (only a pause's own end serves them): pull anew.
                 self._pulls[queue].clear()
                 self.pending[queue] = info.num_pending or 0
+                self._changed[queue].set()
                 self.wake_dispatch()
             return
         # Look when the server should have ended it (its own count of the time
         # left, whatever the clocks say), and every PAUSE_CHECK meanwhile.
-        self._look_at[queue] = min(now + PAUSE_CHECK, now + pause.remaining + PAUSE_END_MARGIN)
+        self._next_look(queue, now + min(PAUSE_CHECK, pause.remaining + PAUSE_END_MARGIN))
         first = queue not in self.paused
         self.paused[queue] = now + pause.remaining
         self.pending[queue] = 0  # so no node's order waits for this queue
@@ -346,7 +367,7 @@ class Puller:
         """The server has ended the queue's pause: take its jobs again."""
         del self.paused[queue]
         log.info("queue %s: its pause has ended, dispatching its jobs again", queue)
-        self._look_at[queue] = anyio.current_time() + PAUSE_CHECK
+        self._next_look(queue, anyio.current_time() + PAUSE_CHECK)
         self._changed[queue].set()
 
     def _until_pulls_end(self, queue: str) -> float:
