@@ -323,6 +323,7 @@ def test_every_example_is_exercised() -> None:
         "__init__.py",
         "cron.py",
         "fastapi_app.py",
+        "pausing.py",
         "producer.py",
         "results.py",
         "testing_example.py",
