@@ -225,6 +225,38 @@ async def test_batch_example_follows_the_batch_to_its_callback(
     await example_worker.stop_cleanly()
 
 
+async def test_pausing_example_holds_the_email_until_resumed(
+    example_worker: ExampleWorker, nats_url: str, namespace: str
+) -> None:
+    """examples/pausing.py pauses the default queue: the critical charge runs, the email waits
+    until resumed; an email sent under a pause with an end runs once it ended."""
+    async with natskiq.connect(nats_url, namespace=namespace) as client:
+
+        async def started() -> bool:  # and so has made the events stream, which keeps the first event
+            return bool(await natskiq.api.nodes(client))
+
+        await until(started, timeout=30)
+    env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
+    result = await anyio.run_process(
+        [sys.executable, "-m", "examples.pausing"], cwd=ROOT, env=env, check=False
+    )
+    stdout = result.stdout.decode()
+    assert result.returncode == 0, stdout + result.stderr.decode()
+    assert stdout.splitlines() == [
+        "charge done; email queued",
+        "default paused=True ready=1",
+        "email sent after resume",
+        "email sent once the pause ended",
+    ]
+    order = [m["what"] for m in example_worker.job_lines().values()]
+    assert order == [
+        "charged order 1003: 1250 cents",
+        "sent email to ada@example.com: 'Your invoice'",
+        "sent email to ada@example.com: 'After the pause'",
+    ]
+    await example_worker.stop_cleanly()
+
+
 async def signups(app: Any, emails: list[str], refused: list[dict[str, str]]) -> tuple[list[str], list[int]]:
     """POST /signup to an example web app (its lifespan around the requests): the
     jids answered for ``emails`` (each a 202), and the status codes of ``refused``."""
@@ -339,6 +371,7 @@ def test_every_example_is_exercised() -> None:
         "chain.py",
         "cron.py",
         "fastapi_app.py",
+        "pausing.py",
         "producer.py",
         "results.py",
         "testing_example.py",

@@ -542,6 +542,35 @@ async def test_queue_delete_and_clear(client: natskiq.Client, web: httpx.AsyncCl
     assert await api.find(client, "queued") == []
 
 
+async def test_queue_pause_and_resume_buttons(client: natskiq.Client, web: httpx.AsyncClient) -> None:
+    """The queue page pauses its queue (until resumed, or for a while) and resumes it; a badge shows it."""
+    await Record.set(queue="mail").perform_async(note=1)
+    token = await csrf_token(web)
+    page = (await web.get("/queues/mail")).text
+    assert 'value="pause"' in page and "badge paused" not in page
+    paused = await post(web, "/queues/mail", token, action="pause", **{"for": ""})
+    assert paused.headers["location"] == "/queues/mail?done=pause&n=1"
+    info = await api.queue_info(client, "mail")
+    assert (info.paused, info.paused_until) == (True, None)
+    page = (await web.get("/queues/mail?done=pause&n=1")).text
+    assert 'value="resume"' in page and 'class="badge paused"' in page and "Paused the queue" in page
+    assert 'class="badge paused"' in (await web.get("/queues")).text
+    [listed] = (await web.get("/api/stats")).json()["queues"]
+    assert (listed["paused"], listed["paused_until"]) == (True, None)
+    await post(web, "/queues/mail", token, action="resume")
+    assert not (await api.queue_info(client, "mail")).paused
+    await post(web, "/queues/mail", token, action="pause", **{"for": "3600"})
+    info = await api.queue_info(client, "mail")
+    assert info.paused_until == pytest.approx(time.time() + 3600, abs=60)
+    assert "paused, resumes" in (await web.get("/queues/mail")).text
+    for bad in ("-5", "soon", "99999999999"):
+        refused = await post(web, "/queues/mail", token, action="pause", **{"for": bad})
+        assert refused.status_code == 400
+    gone = await post(web, "/queues/nope", token, action="pause")
+    assert gone.headers["location"] == "/queues/nope?problem=notfound"
+    assert (await api.queue_info(client, "mail")).paused_until == info.paused_until
+
+
 async def test_a_job_on_another_partition_is_deleted_from_the_queue_page(
     client: natskiq.Client, web: httpx.AsyncClient
 ) -> None:

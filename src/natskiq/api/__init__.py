@@ -1,7 +1,7 @@
 """Inspection and operations: queues, scheduled and retry sets, the failed
-set, nodes, the masters, cancellation, node commands, periodic jobs and
-cluster-wide stats, for Python code (the ``natskiq`` CLI and the dashboard
-are built on it).
+set, nodes, the masters, cancellation, node commands, periodic jobs,
+pausing queues and cluster-wide stats, for Python code (the ``natskiq``
+CLI and the dashboard are built on it).
 
 Every function takes an open :class:`~natskiq.enqueue.client.Client`::
 
@@ -29,7 +29,9 @@ them, each one role, lowest first:
   and the lifecycle events (:func:`events`, :func:`follow`);
 - :mod:`~natskiq.api.batches`: batches (:func:`batch`, :func:`batches`);
 - :mod:`~natskiq.api.cluster`: the masters and nodes (:func:`masters`,
-  :func:`nodes`) and what to tell them (:func:`cancel`, :func:`command`).
+  :func:`nodes`) and what to tell them (:func:`cancel`, :func:`command`);
+- :mod:`~natskiq.api.pauses`: pausing and resuming a queue (:func:`pause`,
+  :func:`resume`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from natskiq.api.entries import (
 )
 from natskiq.api.jobs import events, follow, job, result
 from natskiq.api.listing import find, queue_names
+from natskiq.api.pauses import pause, resume
 from natskiq.api.periodic import PeriodicInfo, periodic_jobs, remove_periodic
 from natskiq.api.totals import QueueInfo, Stats, counter, failed_set_size, queue_info, queues, stats
 
@@ -78,6 +81,7 @@ __all__ = [
     "master",
     "masters",
     "nodes",
+    "pause",
     "periodic_jobs",
     "queue_info",
     "queue_names",
@@ -86,6 +90,7 @@ __all__ = [
     "remove_periodic",
     "replay",
     "result",
+    "resume",
     "run_now",
     "stats",
     "timestamp",

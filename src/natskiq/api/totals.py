@@ -26,7 +26,7 @@ from natskiq.api.entries import Filter
 from natskiq.api.listing import find_in, queue_names
 from natskiq.enqueue.client import Client
 from natskiq.errors import NotFound
-from natskiq.topology import check_name, partitions_of
+from natskiq.topology import check_name, partitions_of, pause_of
 
 
 def _latency(value: float) -> float:
@@ -38,7 +38,11 @@ def _latency(value: float) -> float:
 class QueueInfo:
     """One queue: ready jobs, jobs running (delivered, not yet acked),
     scheduled and retry counts, the age of the oldest ready job
-    (seconds, finite; 0 for an empty queue), and its partitions."""
+    (seconds, finite; 0 for an empty queue), its partitions, and whether
+    it is paused (see :func:`natskiq.api.pause`) and until when
+    (``paused_until``, epoch seconds by the server's clock; None for a
+    pause until resumed, or no pause). A queue counts as paused while any
+    of its partitions is, until the last of their ends."""
 
     name: str
     ready: int
@@ -47,6 +51,8 @@ class QueueInfo:
     retries: int
     latency: float = attrs.field(converter=_latency)
     partitions: int = 1
+    paused: bool = False
+    paused_until: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, as a JSON-ready dict."""
@@ -85,10 +91,14 @@ async def queue_info(client: Client, queue: str) -> QueueInfo:
     since = oldest[0].enqueued_at if oldest else None
     if since is not None:
         latency = max(0.0, time.time() - since)
+    pauses = [p for p in map(pause_of, consumers) if p.paused]
+    ends = [p.until for p in pauses if p.until is not None]
+    until = max(ends) if pauses and len(ends) == len(pauses) else None  # None: one has no end
     return QueueInfo(
         name=queue, ready=sum(c.num_pending or 0 for c in consumers),
         running=sum(c.num_ack_pending or 0 for c in consumers),
         scheduled=scheduled, retries=retries, latency=latency, partitions=partitions,
+        paused=bool(pauses), paused_until=until,
     )  # fmt: skip
 
 

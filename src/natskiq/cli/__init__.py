@@ -9,6 +9,7 @@
     natskiq stats  [--json]
     natskiq nodes  [--json]
     natskiq queues [list | peek Q | clear Q] [--json]
+    natskiq queue  pause Q [--until TIME] | resume Q [--json]
     natskiq retry     list|now|delete    [--queue Q] [--class C] [--jid J] [--error E]
     natskiq scheduled list|now|delete       [--since T] [--until T] [--all] [--json]
     natskiq failed    list|replay|delete

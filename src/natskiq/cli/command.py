@@ -103,11 +103,21 @@ def _parser() -> argparse.ArgumentParser:
     _connection_args(nodes)
     _json_arg(nodes)
 
-    queues = sub.add_parser("queues", help="list queues, peek into one, or clear it")
-    queues.add_argument("action", nargs="?", choices=("list", "peek", "clear"), default="list")
-    queues.add_argument("queue", nargs="?", help="the queue (peek, clear)")
+    queues = sub.add_parser(
+        "queues", aliases=["queue"], help="list queues, peek into one, clear, pause or resume it"
+    )
+    queues.add_argument(
+        "action", nargs="?", choices=("list", "peek", "clear", "pause", "resume"), default="list"
+    )
+    queues.add_argument("queue", nargs="?", help="the queue (peek, clear, pause, resume)")
     queues.add_argument("--limit", type=int, default=20, help="jobs to show with peek (20)")
     queues.add_argument("--yes", action="store_true", help="clear without asking")
+    queues.add_argument(
+        "--until",
+        type=_ahead,
+        metavar="TIME",
+        help="pause until an ISO time with its zone, or for a span like 15m 2h 3d (default: until resumed)",
+    )
     _connection_args(queues)
     _json_arg(queues)
 
@@ -209,17 +219,43 @@ def _count(text: str) -> int:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _when(text: str) -> float:
-    """An ISO 8601 time (UTC if naive) or an age such as ``15m``, as epoch seconds."""
+def _span(text: str) -> float | None:
+    """A span such as ``90s``, ``15m``, ``2h``, ``3d`` or ``1w``, in seconds; None if ``text`` is none."""
     value = text.strip()
     if value and value[-1] in _UNITS and value[:-1].replace(".", "", 1).isdigit():
-        return time.time() - float(value[:-1]) * _UNITS[value[-1]]
+        return float(value[:-1]) * _UNITS[value[-1]]
+    return None
+
+
+def _when(text: str) -> float:
+    """An ISO 8601 time (UTC if naive) or an age such as ``15m``, as epoch seconds."""
+    span = _span(text)
+    if span is not None:
+        return time.time() - span
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither an ISO time nor an age like 15m") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _ahead(text: str) -> float:
+    """An ISO 8601 time with its zone, or a span from now such as ``30m``, as epoch seconds.
+
+    A time without a zone is refused: for an end, guessing UTC or local time is
+    off by hours as often as not.
+    """
+    span = _span(text)
+    if span is not None:
+        return time.time() + span
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an ISO time nor a span like 30m") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add one, such as Z or +01:00")
     return moment.timestamp()
 
 
@@ -250,6 +286,7 @@ _INSPECTIONS: dict[str, Callable[[argparse.Namespace], Awaitable[int | None]]] =
     "stats": inspection.stats,
     "nodes": inspection.nodes,
     "queues": inspection.queues,
+    "queue": inspection.queues,  # the alias of queues, for `natskiq queue pause Q`
     "periodic": inspection.periodic,
     "cancel": inspection.cancel,
     "node": inspection.node,

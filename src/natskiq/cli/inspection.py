@@ -1,6 +1,6 @@
 """The commands that look at a running natskiq, and the one-off changes beside them.
 
-``stats``, ``nodes``, ``queues`` (list, peek, clear), ``periodic`` (list,
+``stats``, ``nodes``, ``queues`` (list, peek, clear, pause, resume), ``periodic`` (list,
 remove), ``cancel`` and ``node`` (quiet, stop). Each receives the parsed
 command line, opens the client its connection flags ask for, calls
 :mod:`natskiq.api` (where the logic lives, for Python users too) and prints
@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 
 from natskiq import api
 from natskiq.cli import config, output
 from natskiq.cli.config import UsageError
+from natskiq.errors import NotFound
 from natskiq.topology import check_name
 
 
@@ -72,9 +74,14 @@ async def nodes(args: argparse.Namespace) -> None:
 
 
 async def queues(args: argparse.Namespace) -> int:
-    """List the queues, peek into one, or clear one after asking (``natskiq queues``)."""
+    """List the queues, peek into one, clear one after asking, pause or resume one (``natskiq queues``)."""
     if args.action != "list" and not args.queue:
         raise UsageError(f"queues {args.action} needs a queue name")
+    if args.until is not None and args.action != "pause":
+        raise UsageError("--until goes with pause")
+    if args.action in ("pause", "resume"):
+        check_name("queue", args.queue)  # before connecting
+        return await _pause_or_resume(args)
     async with config.client(args) as client:
         if args.action == "list":
             queues = await api.queues(client)
@@ -93,6 +100,37 @@ async def queues(args: argparse.Namespace) -> int:
             return 1
         removed = await api.clear(client, args.queue)
     print(json.dumps({"cleared": removed}) if args.json else f"cleared {removed} job(s) from {args.queue}")
+    return 0
+
+
+async def _pause_or_resume(args: argparse.Namespace) -> int:
+    """Pause a queue (until ``--until``) or resume it (``natskiq queue pause|resume Q``).
+
+    An unknown queue is bad input here (exit 2), not "nothing matched": a
+    pause that a typo sent nowhere would look done.
+    """
+    until = None if args.until is None else datetime.fromtimestamp(args.until, UTC)
+    async with config.client(args) as client:
+        try:
+            if args.action == "pause":
+                end = await api.pause(client, args.queue, until)
+            else:
+                was_paused = await api.resume(client, args.queue)
+        except NotFound as exc:
+            raise UsageError(str(exc)) from None
+    if args.action == "pause":
+        if args.json:
+            print(json.dumps({"queue": args.queue, "paused": True, "until": end}))
+        elif end is None:
+            print(f"paused queue {args.queue} until resumed (natskiq queue resume {args.queue})")
+        else:
+            stamp = datetime.fromtimestamp(end, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            print(f"paused queue {args.queue} until {stamp} ({output.ago(end)})")
+        return 0
+    if args.json:
+        print(json.dumps({"queue": args.queue, "paused": False, "was_paused": was_paused}))
+    else:
+        print(f"resumed queue {args.queue}" if was_paused else f"queue {args.queue} was not paused")
     return 0
 
 

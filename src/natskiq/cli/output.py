@@ -31,10 +31,20 @@ def ago(value: object) -> str:
 
 
 def print_queues(queues: list[api.QueueInfo]) -> None:
-    """One row per queue: ready, running, scheduled and retrying jobs, and latency."""
-    print(f"{'queue':24} {'ready':>8} {'running':>8} {'scheduled':>10} {'retries':>8} {'latency':>9}")
+    """One row per queue: ready, running, scheduled and retrying jobs, latency, and its pause."""
+    print(f"{'queue':24} {'ready':>8} {'running':>8} {'scheduled':>10} {'retries':>8} {'latency':>9}  paused")
     for q in queues:
-        print(f"{q.name:24} {q.ready:>8} {q.running:>8} {q.scheduled:>10} {q.retries:>8} {q.latency:>8.1f}s")
+        print(
+            f"{q.name:24} {q.ready:>8} {q.running:>8} {q.scheduled:>10} {q.retries:>8} {q.latency:>8.1f}s  "
+            f"{paused(q)}"
+        )
+
+
+def paused(queue: api.QueueInfo) -> str:
+    """``-``, ``until resumed``, or how long the queue's pause still lasts (``until 12m from now``)."""
+    if not queue.paused:
+        return "-"
+    return "until resumed" if queue.paused_until is None else f"until {ago(queue.paused_until)}"
 
 
 def print_nodes(nodes: list[dict[str, Any]], masters: list[dict[str, Any]]) -> None:

@@ -10,7 +10,9 @@ and wires two collaborators to its dispatch loop:
   node's credit;
 * :class:`~natskiq.dispatch.pulls.Puller` keeps pull requests open on each
   served queue's durable consumer ``aggregator``, sized by that credit, and
-  holds the jobs that arrive until they are dispatched.
+  holds the jobs that arrive until they are dispatched; it pulls nothing
+  from a paused queue, and learns of a pause or its end at once from the
+  announcements on ``<ns>.ctl.pause``.
 
 Whenever either changes, a dispatch round picks, for each node with
 credit, the queue its order serves next, and hands on :class:`Delivery`
@@ -122,6 +124,7 @@ class Aggregator:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Pull and dispatch until cancelled or the lease is lost."""
         demand_sub = await self.nc.subscribe(self.names.demand_subject)
+        pause_sub = await self.nc.subscribe(self.names.pause_subject)
         if self.local is not None:
             self.local.capacity_hooks.append(self._local_changed)
             self._local_peer = self._peers.add_local(self.local)
@@ -129,6 +132,7 @@ class Aggregator:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._peers.read_demand, demand_sub)
+                tg.start_soon(self._puller.read_pauses, pause_sub)
                 tg.start_soon(self._housekeeping)
                 announcement = {"token": self.token, "shard": self.shard}
                 await self.nc.publish(self.names.master_subject, json.dumps(announcement).encode())
@@ -141,6 +145,7 @@ class Aggregator:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._puller.release()
                 await demand_sub.unsubscribe()
+                await pause_sub.unsubscribe()
 
     def _reported(self, peer: Peer) -> None:
         """Another node's demand report was taken: serve its queues, and act on its credit."""

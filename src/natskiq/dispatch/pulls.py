@@ -16,15 +16,25 @@ It pulls only while the lease is held. Jobs arriving after the lease was
 lost, for requests still open, go back with a NAK delayed until those
 requests have ended, so they reach the next master, not these requests
 (see :meth:`Puller._refuse_late`).
+
+It pulls nothing from a paused queue (see :mod:`natskiq.topology.pausing`):
+it reads the pause from the queue's consumer when it starts, every
+:data:`PAUSE_CHECK` seconds, at once when a pause or resume is announced
+on ``<ns>.ctl.pause`` (:meth:`Puller.read_pauses`), and when the pause
+is due to end. Once it knows of a pause it hands the queue's held jobs back
+(NAK), and those still arriving for requests opened before, so a paused
+queue dispatches nothing; once the pause has ended it pulls again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import attrs
@@ -32,12 +42,13 @@ from anyio.abc import TaskGroup
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js import api as jsapi
 from nats.js.errors import Error as JSError
 
 from natskiq.dispatch.credit import Peers
 from natskiq.dispatch.protocol import STALE_MARGIN, Inbox, ack_field, nak
 from natskiq.errors import LeaseLost
-from natskiq.topology import Names, ensure_consumer, read_partitions
+from natskiq.topology import Names, check_name, ensure_consumer, pause_of, read_partitions
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,10 @@ PULL_EXPIRES = 2.0  # short, so a master that stops waits little for its open pu
 MAX_PULL_BATCH = 1024
 PREFETCH = 4
 UNPARTITIONED_RECHECK = 30.0  # seconds before a shard looks again whether a queue has its partition
+PAUSE_CHECK = 5.0
+"""Seconds between looks at a queue's pause, for one made without an announcement
+(another tool, or an announcement lost while the master reconnected)."""
+PAUSE_END_MARGIN = 0.05  # seconds past a pause's end before looking whether the server has ended it
 
 
 @attrs.define
@@ -80,6 +95,10 @@ class Puller:
     """Each queue's jobs left in JetStream, as last told."""
     recheck: float = 1.0
     """Seconds a request loop waits, without a wake-up, before it looks again."""
+    paused: dict[str, float] = attrs.field(init=False, factory=dict)
+    """The paused queues, each with when (``anyio.current_time()``) its pause ends (``inf``: no end)."""
+    _look_at: dict[str, float] = attrs.field(init=False, factory=dict)
+    _rearm: dict[str, anyio.Event] = attrs.field(init=False, factory=dict)
     _pulls: dict[str, deque[_Pull]] = attrs.field(init=False, factory=dict)
     _changed: dict[str, anyio.Event] = attrs.field(init=False, factory=dict)
 
@@ -110,6 +129,7 @@ class Puller:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_pulled, queue, inbox)
+                tg.start_soon(self._watch_pause, queue)
                 await self._request_loop(queue, subject)
         finally:
             with anyio.CancelScope(shield=True):
@@ -160,6 +180,11 @@ class Puller:
                 pulls.popleft()
             if not ensured:
                 ensured = await self._ensure_consumer(queue)
+            if queue in self.paused:
+                # Nothing to pull until the pause ends (_watch_pause, _read_pulled wake this loop).
+                with anyio.move_on_after(self.recheck):
+                    await changed.wait()
+                continue
             # Hold a job for every slot that serves the queue, so a slot that
             # frees finds its next job already here, plus PREFETCH per free
             # slot; pull in batches of at least a quarter of that, not one
@@ -192,8 +217,91 @@ class Puller:
             return False
         # The jobs waiting there, until pulled messages tell a newer count.
         self.pending[queue] = info.num_pending or 0
+        await self._learn_pause(queue, info)
         self.wake_dispatch()
         return True
+
+    def look(self, queue: str) -> None:
+        """Read the queue's pause from its consumer now (a pause or resume was announced)."""
+        if queue in self._look_at:  # else its consumer's first look is still to come
+            self._next_look(queue, 0.0)
+
+    async def _watch_pause(self, queue: str) -> None:
+        """Look at the queue's pause when due: every PAUSE_CHECK, at its end, at once when told.
+
+        Beside the request loop, so that a slow look (a server failing over)
+        never holds up pulling.
+        """
+        while True:
+            rearm = self._rearm[queue] = anyio.Event()
+            wait = self._look_at.get(queue, math.inf) - anyio.current_time()
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await rearm.wait()
+                continue
+            await self._look(queue)
+
+    async def read_pauses(self, sub: Any) -> None:
+        """Look at once at the pause of each served queue announced on ``sub`` (``<ns>.ctl.pause``).
+
+        An announcement only says where to look: the consumer's own info
+        decides, so a forged one costs a look and changes nothing.
+        """
+        async for msg in sub.messages:
+            try:
+                queue = check_name("queue", json.loads(msg.data)["queue"])
+            except (ValueError, KeyError, TypeError):
+                log.debug("ignoring a malformed pause announcement: %r", msg.data[:100])
+                continue
+            self.look(queue)
+
+    def _next_look(self, queue: str, at: float) -> None:
+        """Have :meth:`_watch_pause` look at the queue's pause at ``at`` (``anyio.current_time()``)."""
+        self._look_at[queue] = at
+        if queue in self._rearm:
+            self._rearm[queue].set()
+
+    async def _look(self, queue: str) -> None:
+        """Read the queue's consumer, and act on the pause it reports."""
+        try:
+            info = await self.nc.jetstream().consumer_info(
+                self.names.queue_stream(queue), self.names.consumer(self.shard)
+            )
+        except (NatsError, JSError, TimeoutError) as exc:
+            log.debug("cannot read the pause of queue %s: %r", queue, exc)
+            self._next_look(queue, anyio.current_time() + PAUSE_CHECK)
+            return
+        await self._learn_pause(queue, info)
+
+    async def _learn_pause(self, queue: str, info: jsapi.ConsumerInfo) -> None:
+        """Take the pause the consumer's ``info`` reports: on a pause, hand the
+        held jobs back; on its end, pull again."""
+        pause, now = pause_of(info), anyio.current_time()
+        if not pause.paused:
+            self._next_look(queue, now + PAUSE_CHECK)
+            if self.paused.pop(queue, None) is not None:
+                log.info("queue %s resumed: dispatching its jobs again", queue)
+                # A resume leaves the pull requests open since before the
+                # pause unserved (only a pause's own end serves them): pull anew.
+                self._pulls[queue].clear()
+                self.pending[queue] = info.num_pending or 0
+                self._changed[queue].set()
+                self.wake_dispatch()
+            return
+        # Look when the server should have ended it (its own count of the time
+        # left, whatever the clocks say), and every PAUSE_CHECK meanwhile.
+        self._next_look(queue, now + min(PAUSE_CHECK, pause.remaining + PAUSE_END_MARGIN))
+        first = queue not in self.paused
+        self.paused[queue] = now + pause.remaining
+        self.pending[queue] = 0  # so no node's order waits for this queue
+        if first:
+            held = list(self.buffers[queue])
+            self.buffers[queue].clear()  # before any await: nothing of it is dispatched now
+            log.info("queue %s is paused: dispatching none of its jobs (%d handed back)", queue, len(held))
+            for msg, held_since in held:
+                if now - held_since < self.ack_wait - STALE_MARGIN:  # else JetStream has given it out again
+                    await self.nc.publish(msg.reply, nak(self._until_pulls_end(queue)))
+            self.wake_dispatch()
 
     async def _partitioned(self, queue: str) -> bool:
         """Whether the queue has this shard's partition (read from its stream's
@@ -218,9 +326,17 @@ class Puller:
                 # status messages have none. (A producer may store a "Status"
                 # header of its own: it is a job all the same.)
                 status = None if msg.reply else (msg.headers or {}).get("Status")
+                if msg.reply and queue in self.paused and now >= self.paused[queue] - PAUSE_END_MARGIN:
+                    # The pause's end: the server serves the pull requests
+                    # still open at once, before a look at the consumer says so.
+                    self._pause_ended(queue)
                 if msg.reply and not held:
                     # Pulled under a lease since lost: back, once the open pulls have ended.
                     await self._hand_back(msg.reply, delay=self._until_pulls_end(queue))
+                elif msg.reply and queue in self.paused:
+                    # Delivered, just now, for a request opened before the pause: back,
+                    # once the open pulls have ended (not straight back to them).
+                    await self.nc.publish(msg.reply, nak(self._until_pulls_end(queue)))
                 elif msg.reply:
                     buffer.append((msg, now))
                     last_reply = msg.reply
@@ -246,6 +362,13 @@ class Puller:
                 # A pull ended: both dispatching and pulling may act.
                 self.wake_dispatch()
                 self.wake()
+
+    def _pause_ended(self, queue: str) -> None:
+        """The server has ended the queue's pause: take its jobs again."""
+        del self.paused[queue]
+        log.info("queue %s: its pause has ended, dispatching its jobs again", queue)
+        self._next_look(queue, anyio.current_time() + PAUSE_CHECK)
+        self._changed[queue].set()
 
     def _until_pulls_end(self, queue: str) -> float:
         """Seconds until every pull request open on ``queue`` has surely ended

@@ -3,7 +3,9 @@
 Only this package builds subject, stream, consumer and bucket names.
 :mod:`~natskiq.topology.names` hands out the :class:`Names` of a namespace
 (and checks every name that goes into a subject); :mod:`~natskiq.topology.ensure`
-creates the streams, consumers and buckets they name, idempotently. Everything
+creates the streams, consumers and buckets they name, idempotently;
+:mod:`~natskiq.topology.pausing` reads and changes a queue's pause, which
+its consumers hold. Everything
 is re-exported here: import from ``natskiq.topology``.
 """
 
@@ -35,6 +37,15 @@ from natskiq.topology.names import (
     class_token,
     partitions_of,
 )
+from natskiq.topology.pausing import (
+    INDEFINITE,
+    NOT_PAUSED,
+    Pause,
+    pause_consumer,
+    pause_of,
+    pause_until_of,
+    resume_consumer,
+)
 
 __all__ = [
     "CONSUMER",
@@ -42,12 +53,15 @@ __all__ = [
     "DUPLICATE_WINDOW",
     "FAILED_MAX_AGE",
     "FAILED_MAX_MSGS",
+    "INDEFINITE",
     "LEASE_KEY",
     "MAX_CACHED_SUBJECTS",
     "MAX_PARTITIONS",
     "NAMESPACE_RE",
+    "NOT_PAUSED",
     "PERIODIC_PREFIX",
     "Names",
+    "Pause",
     "check_name",
     "class_token",
     "ensure_bucket",
@@ -58,5 +72,9 @@ __all__ = [
     "ensure_results",
     "ensure_stats",
     "partitions_of",
+    "pause_consumer",
+    "pause_of",
+    "pause_until_of",
     "read_partitions",
+    "resume_consumer",
 ]

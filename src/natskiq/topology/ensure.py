@@ -5,7 +5,8 @@ of a namespace, and its ``ensure_*`` coroutines create streams, consumers and
 buckets idempotently. They guarantee that starting against objects that
 already exist (with whatever defaults the server filled in) never fails,
 and that an existing object whose configuration conflicts with natskiq's
-raises :class:`~natskiq.errors.ConfigError` saying what differs.
+raises :class:`~natskiq.errors.ConfigError` saying what differs, and that
+making or updating a queue's consumer never ends the queue's pause.
 :func:`read_partitions` learns a queue's partition count from its stream.
 """
 
@@ -16,11 +17,12 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from natskiq.errors import ConfigError
 from natskiq.topology.names import MAX_PARTITIONS, Names, partitions_of
+from natskiq.topology.pausing import pause_until_of
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,10 @@ async def ensure_consumer(
     the jobs there it has not delivered yet).
 
     Workers own its settings: a given ``ack_wait`` is applied to an existing
-    consumer too (a producer may have created it with the default).
+    consumer too (a producer may have created it with the default). A
+    paused consumer stays paused through that update, and a consumer made
+    for a partition added to a paused queue starts paused until the same
+    time as partition 0's (see :mod:`natskiq.topology.pausing`).
     """
     stream, name = names.queue_stream(queue), names.consumer(shard)
     info: jsapi.ConsumerInfo | None
@@ -163,10 +168,35 @@ async def ensure_consumer(
         max_ack_pending=100_000,
         max_waiting=512,
         max_deliver=-1,
+        # A paused queue stays paused: an update keeps the consumer's pause,
+        # and a partition's new consumer takes partition 0's.
+        pause_until=await _pause_to_keep(js, names, queue, shard, info),
     )
     if info is not None:
         log.info("queue %s: ack wait %.1fs -> %.1fs", queue, info.config.ack_wait or 0, config.ack_wait)
-    return await js.add_consumer(stream, config)
+    try:
+        return await js.add_consumer(stream, config)
+    except BadRequestError:
+        if config.pause_until is None:
+            raise
+        # The pause ended between the look and the request: the server
+        # refuses a pause_until in the past.
+        return await js.add_consumer(stream, config.evolve(pause_until=None))
+
+
+async def _pause_to_keep(
+    js: JetStreamContext, names: Names, queue: str, shard: int, info: jsapi.ConsumerInfo | None
+) -> str | None:
+    """The ``pause_until`` a consumer made or updated now must carry: its own, or partition 0's."""
+    if info is not None:
+        return pause_until_of(info)
+    if shard == 0:
+        return None
+    try:
+        first = await js.consumer_info(names.queue_stream(queue), names.consumer(0))
+    except NotFoundError:
+        return None
+    return pause_until_of(first)
 
 
 async def ensure_failed(

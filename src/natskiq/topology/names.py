@@ -340,6 +340,12 @@ class Names:
         return f"{self.namespace}.ctl.dispatch.{check_name('node', node_id)}"
 
     @property
+    def pause_subject(self) -> str:
+        """Where a queue's pause or resume is announced to the masters (every master
+        listens; the body names the queue, and each master asks its consumer)."""
+        return f"{self.namespace}.ctl.pause"
+
+    @property
     def cancel_subject(self) -> str:
         """Where cancel requests for running jobs go (every node listens)."""
         return f"{self.namespace}.ctl.cancel"

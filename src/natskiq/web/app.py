@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -46,6 +47,7 @@ from natskiq.web.security import Auth, AuthMiddleware, Csrf, SecurityHeaders
 PER_PAGE = 25
 MAX_PAGE = 400  # 10,000 jobs: the failed set's default size
 HISTORY_DAYS = 7
+MAX_PAUSE = 366 * 86400  # seconds a pause from the dashboard may last at most (until resumed: no end)
 SETS: dict[str, api.Kind] = {"/scheduled": "scheduled", "/retries": "retry", "/failed": "failed"}
 
 
@@ -166,7 +168,25 @@ class Endpoints:
         if _first(form, "action") in ("clear", "delete_all"):
             cleared = await api.clear(client, name)
             return _back(request, path, {}, done="clear", n=cleared)
+        if _first(form, "action") in ("pause", "resume"):
+            return await self._pause_or_resume(request, client, name, form)
         return await self._act(request, "queued", path, form, {})
+
+    async def _pause_or_resume(
+        self, request: Request, client: Client, name: str, form: dict[str, list[str]]
+    ) -> Response:
+        """Pause the queue (for the seconds the form says, or until resumed), or resume it."""
+        path, action, seconds = f"/queues/{name}", _first(form, "action"), _first(form, "for").strip()
+        if seconds and not (seconds.isdigit() and 0 < int(seconds) <= MAX_PAUSE):
+            raise HTTPException(400, f"cannot pause for {seconds[:20]!r} seconds")
+        try:
+            if action == "pause":
+                await api.pause(client, name, timedelta(seconds=int(seconds)) if seconds else None)
+            else:
+                await api.resume(client, name)
+        except NotFound:
+            return _back(request, path, {}, problem="notfound")
+        return _back(request, path, {}, done=action, n=1)
 
     async def _act(
         self, request: Request, kind: api.Kind, path: str, form: dict[str, list[str]], where: dict[str, str]

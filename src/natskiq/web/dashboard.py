@@ -41,6 +41,8 @@ DONE = {
     "run_now": "Moved {n} job(s) to their queues.",
     "delete": "Deleted {n} job(s).",
     "clear": "Cleared {n} ready job(s) from the queue.",
+    "pause": "Paused the queue: none of its jobs is dispatched until it resumes (running ones finish).",
+    "resume": "Resumed the queue: its jobs are dispatched again.",
     "remove": "Removed the periodic job.",
     "quiet": "Told the node to go quiet: it takes no new jobs; running ones finish.",
     "stop": "Told the node to stop: it finishes or hands back its jobs and exits.",

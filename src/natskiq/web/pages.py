@@ -104,11 +104,12 @@ def dashboard(
 def queue_table(view: View, queues: Sequence[api.QueueInfo]) -> Safe:
     rows = [
         tag(
-            '<tr data-queue="$name"><td><a href="$href">$name</a></td><td class="num">$ready</td>'
+            '<tr data-queue="$name"><td><a href="$href">$name</a> $paused</td><td class="num">$ready</td>'
             '<td class="num">$running</td><td class="num">$scheduled</td><td class="num">$retries</td>'
             '<td class="num">$latency</td></tr>',
             name=q.name,
             href=view.url(f"/queues/{q.name}"),
+            paused=paused_badge(view, q),
             ready=number(q.ready),
             running=number(q.running),
             scheduled=number(q.scheduled),
@@ -119,6 +120,35 @@ def queue_table(view: View, queues: Sequence[api.QueueInfo]) -> Safe:
     ]
     head = ("Queue", "Ready", "Running", "Scheduled", "Retries", "Latency")
     return table(head, rows, "No queues yet: enqueue a job to create one.", "queues")
+
+
+def paused_badge(view: View, queue: api.QueueInfo) -> Safe:
+    """ "paused" (with when the pause ends, if it does) for a paused queue; nothing otherwise."""
+    if not queue.paused:
+        return Safe("")
+    if queue.paused_until is None:
+        return tag('<span class="badge paused" title="until resumed">paused</span>')
+    return tag(
+        '<span class="badge paused">paused, resumes $end</span>', end=when(queue.paused_until, view.now)
+    )
+
+
+PAUSE_FOR = (("", "until resumed"), ("900", "for 15 minutes"), ("3600", "for 1 hour"), ("86400", "for 1 day"))
+"""The pauses the queue page offers: seconds (blank: until resumed), and their labels."""
+
+
+def _pause_form(view: View, info: api.QueueInfo) -> Safe:
+    """Resume for a paused queue; for another, Pause with how long."""
+    if info.paused:
+        button = tag('<button class="btn" name="action" value="resume">Resume queue</button>')
+    else:
+        options = join(tag('<option value="$v">$label</option>', v=v, label=label) for v, label in PAUSE_FOR)
+        button = tag(
+            '<select name="for" aria-label="How long">$options</select> '
+            '<button class="btn" name="action" value="pause">Pause queue</button>',
+            options=options,
+        )
+    return view.form(f"/queues/{info.name}", button, css="inline right")
 
 
 # -- busy ------------------------------------------------------------------------
@@ -253,8 +283,9 @@ def queues(view: View, infos: Sequence[api.QueueInfo]) -> str:
 
 def queue(view: View, info: api.QueueInfo, entries: Sequence[api.Entry], page: int, more: bool) -> str:
     facts = tag(
-        '<p class="facts">$ready ready · $running running · $scheduled scheduled · $retries retries · '
-        "latency $latency</p>",
+        '<p class="facts">$paused $ready ready · $running running · $scheduled scheduled · '
+        "$retries retries · latency $latency</p>",
+        paused=paused_badge(view, info),
         ready=number(info.ready),
         running=number(info.running),
         scheduled=number(info.scheduled),
@@ -272,7 +303,9 @@ def queue(view: View, info: api.QueueInfo, entries: Sequence[api.Entry], page: i
     )
     path = f"/queues/{info.name}"
     listing = job_table(view, "queued", entries, path, {}, page, more)
-    return layout(view, "queues", f"Queue {info.name}", join([clear, facts, listing]))
+    return layout(
+        view, "queues", f"Queue {info.name}", join([clear, _pause_form(view, info), facts, listing])
+    )
 
 
 # -- scheduled, retries, failed -------------------------------------------------------
