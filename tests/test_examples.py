@@ -149,17 +149,23 @@ async def test_producer_jobs_run(example_worker: ExampleWorker, nats_url: str, n
     await example_worker.stop_cleanly()
 
 
+async def worker_started(url: str, namespace: str) -> None:
+    """Wait until the example worker has registered (and so has made the events stream,
+    which then keeps the example's first event)."""
+    async with natskiq.connect(url, namespace=namespace) as client:
+
+        async def started() -> bool:
+            return bool(await natskiq.api.nodes(client))
+
+        await until(started, timeout=30)
+
+
 async def test_results_example_prints_the_result_and_timeline(
     example_worker: ExampleWorker, nats_url: str, namespace: str
 ) -> None:
     """examples/results.py enqueues a report, prints the result the worker kept for it, then the
     job's status and its timeline: queued, running, the progress reports, succeeded."""
-    async with natskiq.connect(nats_url, namespace=namespace) as client:
-
-        async def started() -> bool:  # and so has made the events stream, which keeps the first event
-            return bool(await natskiq.api.nodes(client))
-
-        await until(started, timeout=30)
+    await worker_started(nats_url, namespace)
     env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
     result = await anyio.run_process(
         [sys.executable, "-m", "examples.results"], cwd=ROOT, env=env, check=False
@@ -230,12 +236,7 @@ async def test_pausing_example_holds_the_email_until_resumed(
 ) -> None:
     """examples/pausing.py pauses the default queue: the critical charge runs, the email waits
     until resumed; an email sent under a pause with an end runs once it ended."""
-    async with natskiq.connect(nats_url, namespace=namespace) as client:
-
-        async def started() -> bool:  # and so has made the events stream, which keeps the first event
-            return bool(await natskiq.api.nodes(client))
-
-        await until(started, timeout=30)
+    await worker_started(nats_url, namespace)
     env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
     result = await anyio.run_process(
         [sys.executable, "-m", "examples.pausing"], cwd=ROOT, env=env, check=False

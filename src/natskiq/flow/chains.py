@@ -29,7 +29,6 @@ earlier step failed for good or was cancelled.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol, cast
@@ -46,7 +45,7 @@ from natskiq.enqueue.client import Client, current_client
 from natskiq.errors import ConfigError, EnqueueError, JobCancelled, JobFailed, NotFound
 from natskiq.signature import Signature
 from natskiq.status.events import Emitter
-from natskiq.status.handle import JobHandle
+from natskiq.status.handle import JobHandle, timeout_seconds
 from natskiq.status.view import JobStatus
 from natskiq.topology import Names
 
@@ -279,7 +278,7 @@ class ChainHandle(JobHandle):
         Raises:
             TimeoutError: it did not end within ``timeout`` seconds (0: it has not ended).
         """
-        return await self._ended(_seconds(timeout))
+        return await self._ended(timeout_seconds(timeout))
 
     async def result(self, timeout: float | None = None) -> Any:
         """The last step's return value, once the chain ran to its end.
@@ -291,7 +290,7 @@ class ChainHandle(JobHandle):
             TimeoutError: the chain did not end within ``timeout`` seconds (0: it has not ended).
             NotFound: the last step's result has expired.
         """
-        _raise_unless_succeeded(await self._ended(_seconds(timeout)))
+        _raise_unless_succeeded(await self._ended(timeout_seconds(timeout)))
         # The node stores a result before it reports the step succeeded: it is there.
         return await super().result(0)
 
@@ -324,11 +323,3 @@ def _raise_unless_succeeded(status: JobStatus) -> None:
         raise JobCancelled(status.jid)
     if status.state != "succeeded":
         raise JobFailed(status.jid, status.error_class or status.state, status.error_message or status.state)
-
-
-def _seconds(timeout: float | None) -> float:
-    if timeout is None:
-        return math.inf
-    if not timeout >= 0:
-        raise ConfigError(f"timeout must be a number of seconds, not {timeout!r}")
-    return float(timeout)

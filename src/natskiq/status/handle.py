@@ -19,7 +19,7 @@ from nats.aio.subscription import Subscription
 from nats.js import api as jsapi
 from nats.js.errors import NotFoundError
 
-from natskiq.errors import NatskiqError, NotConnected, NotFound
+from natskiq.errors import ConfigError, NotConnected, NotFound
 from natskiq.status.events import TERMINAL
 from natskiq.status.results import outcome, read_result, unsubscribe, wait_result
 from natskiq.status.view import Event, JobStatus, current_state, job_status
@@ -101,7 +101,7 @@ class JobHandle(str):
                 not finished).
             NotFound: the jid is unknown (see :meth:`status`).
         """
-        seconds = _seconds(timeout)
+        seconds = timeout_seconds(timeout)
         if seconds == 0:
             # Only if it has finished: read, without a deadline that would cancel the read.
             status = await self.status()
@@ -123,7 +123,7 @@ class JobHandle(str):
             NotFound: the jid is unknown, its result expired, or the job
                 finished without keeping one (its class has no ``keep_result``).
         """
-        client, seconds = self.client, _seconds(timeout)
+        client, seconds = self.client, timeout_seconds(timeout)
         if self._keep is not None:
             # Its outcome is replied to this client: at once, without a read.
             heard = client.replies.heard(self.jid)
@@ -260,9 +260,14 @@ class JobHandle(str):
             return await client.nc.subscribe(subject)
 
 
-def _seconds(timeout: float | None) -> float:
+def timeout_seconds(timeout: float | None) -> float:
+    """A ``timeout=`` argument in seconds (None: no end).
+
+    Raises:
+        ConfigError: it is negative or not a number.
+    """
     if timeout is None:
         return math.inf
     if not timeout >= 0:
-        raise NatskiqError(f"timeout must be a number of seconds, not {timeout!r}")
+        raise ConfigError(f"timeout must be a number of seconds, not {timeout!r}")
     return float(timeout)
