@@ -224,3 +224,25 @@ async def test_drain_counts_batch_outcomes(client: natskiq.Client, ledger: Path)
     assert await testing.drain(client) == 3  # the two jobs, then the callback they made due
     assert (await batch.status()).succeeded == 2
     assert callbacks(ledger, batch.bid) == ["complete"]
+
+
+async def test_cancelled_jobs_count_as_failed_so_the_batch_completes(
+    client: natskiq.Client, ledger: Path
+) -> None:
+    """A job of a batch cancelled while queued (deleted from its stream) and one cancelled
+    while it runs count as failed in the batch: it completes, and its death and complete
+    callbacks fire once each, instead of the batch staying pending for good."""
+    given = {"on_success": OnSuccess, "on_complete": OnComplete, "on_death": OnDeath}
+    async with natskiq.batch("cancelled", **given) as batch:
+        queued = await Record.perform_async(0, "cancelled while queued")
+        running = await Record.perform_async(30, "cancelled while running")
+        await Record.perform_async(0, "runs")
+    assert (await natskiq.api.cancel(client, queued))["deleted"] == ["queued"]
+    async with running_node(client.url, client.namespace, concurrency=5):
+        await until(lambda: any(row.jid == running for row in read_ledger(ledger, "start")))
+        await natskiq.api.cancel(client, running)
+        await settled(client, batch.bid)
+        await until(lambda: len(callbacks(ledger, batch.bid)) >= 2)
+    assert sorted(callbacks(ledger, batch.bid)) == ["complete", "death"]
+    status = await natskiq.api.batch(client, batch.bid)
+    assert (status.succeeded, status.failed, sorted(status.failures)) == (1, 2, sorted([queued, running]))

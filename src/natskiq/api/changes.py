@@ -24,6 +24,7 @@ from natskiq.api.entries import Entry, timestamp
 from natskiq.api.totals import incr, queue_info
 from natskiq.enqueue.client import Client
 from natskiq.errors import NatskiqError
+from natskiq.flow import batches
 
 MSG_DELETE_FAILED = 10057
 """JetStream's error code for a message delete that failed."""
@@ -91,7 +92,8 @@ async def delete(client: Client, entry: Entry) -> None:
 
     An entry gone already (trimmed, replaced or removed by someone else) is
     no error; a failed one deleted is counted, so that
-    :func:`~natskiq.api.failed_set_size` tells deletes from trims.
+    :func:`~natskiq.api.failed_set_size` tells deletes from trims; a job of
+    a batch deleted before it ran counts as failed in its batch.
     """
     await _remove(client, entry)
 
@@ -129,6 +131,10 @@ async def _remove(client: Client, entry: Entry) -> None:
         raise
     if entry.kind == "failed":
         await incr(client, "failed_removed", 1)
+    elif entry.job is not None and entry.job.batch is not None:
+        # A job of a batch deleted before it ran (cancelled, or deleted by hand)
+        # counts as failed there, so its batch can still complete.
+        await batches.settle(client.js, client.names, entry.job, succeeded=False)
 
 
 def _require_job(entry: Entry) -> jobs.Job:

@@ -193,11 +193,15 @@ class Executor:
             log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
             await unique.release(js, self.names, job)
             await self._keep(job, CANCELLED)
+            if not await self._counted(job, delivery, succeeded=False):
+                return
             await ack()
             await emit("cancelled", job.jid, job.queue, job.cls, node=self.node_id)
             return
         locked = job.unique_key is not None
         if (locked or job.expires_at is not None) and not await unique.on_start(js, self.names, job):
+            if not await self._counted(job, delivery, succeeded=False):
+                return
             await ack()  # expired before it could start (expires_in): skipped, not run
             await emit("expired", job.jid, job.queue, job.cls, node=self.node_id)
             return
@@ -228,7 +232,8 @@ class Executor:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
                     await unique.release(js, self.names, job)
                     await self._keep(job, CANCELLED)
-                    await ack()
+                    if await self._counted(job, delivery, succeeded=False):
+                        await ack()
                     await emit("cancelled", job.jid, job.queue, job.cls, node=self.node_id, attempt=attempt)
             raise
         except Exception as exc:
@@ -239,13 +244,21 @@ class Executor:
             self._running.pop(job.jid, None)
             self._running_info.pop(job.jid, None)
         self.stats.count(failed=False)
-        if job.batch is not None and not await batches.settled(js, self.names, job, succeeded=True):
-            self.held.discard(delivery)  # not counted: left unacked, JetStream redelivers it
+        if not await self._counted(job, delivery, succeeded=True):
             return
         if locked:
             await unique.on_success(js, self.names, job)
         await ack()
         await self.emitter.emit_run("succeeded", job.jid, job.queue, job.cls, self.node_id, attempt)
+
+    async def _counted(self, job: jobs.Job, delivery: Delivery, *, succeeded: bool) -> bool:
+        """Count the job's outcome in its batch, if it has one (a cancelled or expired job
+        counts as failed: the batch cannot succeed without it); False when that could not
+        be done, and the job is left unacked for JetStream to redeliver."""
+        if job.batch is None or await batches.settled(self.js, self.names, job, succeeded=succeeded):
+            return True
+        self.held.discard(delivery)
+        return False
 
     async def _keep(self, job: jobs.Job, doc: bytes, *, raising: bool = False) -> None:
         """Store ``doc`` as the job's result when it keeps one (``keep_result``).
