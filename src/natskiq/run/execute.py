@@ -42,6 +42,7 @@ from natskiq.enqueue import unique
 from natskiq.errors import DeliveryLimit, EnqueueError, InvalidJob, UnknownWorker
 from natskiq.flow import chains
 from natskiq.run import retry
+from natskiq.run.limits import Limits, put_back
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
 from natskiq.status.events import Emitter
@@ -75,6 +76,7 @@ class Executor:
         max_deliveries: deliveries after which a job is kept in the failed set, not run.
         threads: the limiter for worker threads (a plain ``def perform``).
         emitter: publishes the jobs' lifecycle events (and their progress).
+        limits: the node's slots in the cluster-wide limits.
     """
 
     nc: NATS
@@ -88,6 +90,8 @@ class Executor:
     max_deliveries: int
     threads: anyio.CapacityLimiter
     emitter: Emitter
+    limits: Limits | None = None
+    """The cluster-wide limits (``concurrency=``, ``rate=``) a limited class's jobs start through."""
     _report: Callable[[Worker, float, str], Awaitable[None]] = attrs.field(init=False)
     _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
     _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
@@ -196,6 +200,45 @@ class Executor:
             await ack()
             await emit("cancelled", job.jid, job.queue, job.cls, node=self.node_id)
             return
+        if worker.options.limited and self.limits is not None:
+            await self._limited(worker, job, where, delivery, scope, self.limits)
+        else:
+            await self._start(worker, job, where, delivery, scope)
+
+    async def _limited(
+        self,
+        worker: type[Worker],
+        job: jobs.Job,
+        where: dict[str, Any],
+        delivery: Delivery,
+        scope: anyio.CancelScope,
+        limits: Limits,
+    ) -> None:
+        """Start a job of a class with a cluster-wide limit if a slot is free, else put it back."""
+        entry = await limits.enter(job.cls, worker.options, job.jid)
+        if entry.delay:
+            log.debug("jid=%s class=%s over its limit: back in %.2fs", job.jid, job.cls, entry.delay)
+            await self.settler.store(
+                put_back, job, delivery.data, delay=entry.delay, seq=delivery.seq, ack=where["ack"]
+            )
+            return
+        try:
+            await self._start(worker, job, where, delivery, scope)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await limits.leave(entry)
+
+    async def _start(
+        self,
+        worker: type[Worker],
+        job: jobs.Job,
+        where: dict[str, Any],
+        delivery: Delivery,
+        scope: anyio.CancelScope,
+    ) -> None:
+        """Run the job, unless it expired, and settle it."""
+        js, emit = self.js, self.emitter.emit
+        ack = where["ack"]
         locked = job.unique_key is not None
         if (locked or job.expires_at is not None) and not await unique.on_start(js, self.names, job):
             await ack()  # expired before it could start (expires_in): skipped, not run
