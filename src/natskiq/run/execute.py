@@ -8,7 +8,10 @@ middleware, under the worker's timeout (a plain ``def`` in a worker
 thread), in the runner's cancel scope; then it counts the run
 (:mod:`natskiq.run.stats`) and settles it (:mod:`natskiq.run.settle`): ack
 on success, the retry or failed record of :mod:`natskiq.run.retry` on an
-exception. It also takes cancel requests (``natskiq.api.cancel``): a job
+exception. A job of a class with a cluster-wide limit (``concurrency=``,
+``rate=``) starts only with a slot from :mod:`natskiq.run.limits`, which
+it frees when it ends; without one it is put back, scheduled a moment
+later. It also takes cancel requests (``natskiq.api.cancel``): a job
 running here is cancelled at once and dropped; one not started yet is
 remembered for a while (:data:`CANCEL_MEMORY`) and skipped when it comes.
 
