@@ -119,31 +119,35 @@ class Limits:
         """Take a slot of each of the class's limits, or none: whether the job may start now.
 
         A rate slot is taken only once a concurrency slot is held, so a job
-        put back uses up nothing of the rate.
+        put back uses up nothing of the rate; a concurrency slot taken for a
+        job that does not start (no rate slot, an error, a cancellation) is
+        freed at once.
         """
         value = f"{self.node_id} {jid}".encode()
+        taken = Entry(value=value)
+        started = False
         try:
             if not self._ready:
                 await ensure_bucket(self.js, self.names.limits_bucket, marker_ttl=MARKER_TTL)
                 self._ready = True
-            slot = None
             if options.concurrency is not None:
-                ttl = slot_ttl(self.ack_wait)
-                slot = await self._take("c", cls, options.concurrency, ttl, value)
+                slot = await self._take("c", cls, options.concurrency, slot_ttl(self.ack_wait), value)
                 if slot is None:
                     return Entry(self._delay(cls, HOLD_DELAY, options.concurrency))
                 self._held[slot[0]] = (slot[1], value)
-            if options.rate is not None and not await self._take(
-                "r", cls, options.rate.count, options.rate.per, value
-            ):
-                if slot is not None:
-                    await self.leave(Entry(slot=slot[0], value=value))
-                rate = options.rate
+                taken = Entry(slot=slot[0], value=value)
+            rate = options.rate
+            if rate is not None and not await self._take("r", cls, rate.count, rate.per, value):
                 return Entry(self._delay(cls, max(MIN_HOLD, rate.per / rate.count) * 2, rate.count))
+            started = True
+            return taken
         except (NatsError, JSError, TimeoutError) as exc:
             log.warning("cannot reach the limits bucket (%r): jobs of %s wait", exc, cls)
             return Entry(self._delay(cls, HOLD_DELAY, 1))
-        return Entry(slot=None if slot is None else slot[0], value=value)
+        finally:
+            if not started:
+                with anyio.CancelScope(shield=True):
+                    await self.leave(taken)
 
     async def leave(self, entry: Entry) -> None:
         """Free the job's concurrency slot (never raises: a slot not freed expires)."""
