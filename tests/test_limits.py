@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import natskiq
+from natskiq import api
 from natskiq.errors import ConfigError
 from natskiq.options import Options, Rate
 from natskiq.topology import ensure_queue
@@ -62,6 +63,11 @@ async def test_jobs_over_the_limit_are_put_back_without_using_deliveries(
     await client.ensure_queue("default")
     jids = {await Limited.perform_async(0.3) for _ in range(9)}
     async with running_node(nats_url, namespace, concurrency=10, max_deliveries=1):
+
+        async def some_held() -> bool:
+            return bool(await api.find(client, "scheduled", limit=10))
+
+        await until(some_held)  # a held job waits among the scheduled jobs
         rows = await wait_for_ledger(ledger, 9)
     assert {r.jid for r in rows} == jids
     assert await failed_count(client) == 0
