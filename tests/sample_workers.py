@@ -276,3 +276,19 @@ class StuckAdder(natskiq.Worker, timeout=0.3, retries=0, name="tests.StuckAdder"
         async with self.batch.jobs():
             await Record.perform_async(0, "added before the timeout")
             await anyio.sleep(30)
+
+
+class Limited(natskiq.Worker, name="tests.Limited", concurrency=3):
+    """At most 3 run at once across the cluster; records its start and its end."""
+
+    async def perform(self, sleep: float = 0.4) -> None:
+        record(self.jid, time.time(), "limited", kind="start")
+        await anyio.sleep(sleep)
+        record(self.jid, time.time(), "limited")
+
+
+class Rated(natskiq.Worker, name="tests.Rated", rate="20/s"):
+    """At most 20 start in any second across the cluster; records when it started."""
+
+    async def perform(self) -> None:
+        record(self.jid, time.time(), "rated")

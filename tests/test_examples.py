@@ -1,6 +1,6 @@
 """The examples in examples/ run against a real server, so they never rot.
 
-A ``natskiq worker --app examples.workers`` (or ``examples.cron``, ``examples.chain``)
+A ``natskiq worker --app examples.workers`` (or ``examples.cron``, ``examples.chain``, ``examples.limits``)
 subprocess runs the jobs; each example job prints ``[<queue>] ...
 (jid=<jid>)``, which the tests read back from the worker's output.
 ``examples/testing_example.py`` is run by pytest in a subprocess.
@@ -258,6 +258,33 @@ async def test_pausing_example_holds_the_email_until_resumed(
     await example_worker.stop_cleanly()
 
 
+async def test_limits_example_keeps_its_limits(nats_url: str, namespace: str, tmp_path: Path) -> None:
+    """examples/limits.py: a worker with --app examples.limits runs every job, never more than 2
+    reports at once and never more than 5 emails in a second."""
+    worker = ExampleWorker(
+        nats_url, namespace, tmp_path / "limits.log", app="examples.limits", queues=("default",)
+    )
+    try:
+        env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
+        result = await anyio.run_process(
+            [sys.executable, "-m", "examples.limits"], cwd=ROOT, env=env, check=False
+        )
+        stdout = result.stdout.decode()
+        assert result.returncode == 0, stdout + result.stderr.decode()
+        assert "all done" in stdout.splitlines()
+        jids = {line.split()[0]: line.split()[1:] for line in stdout.splitlines() if " " in line}
+        lines = await worker.wait_for([*jids["reports"], *jids["emails"]])
+        reports = sorted(float(lines[jid]["what"].rsplit(" ", 1)[1]) for jid in jids["reports"])
+        emails = sorted(float(lines[jid]["what"].rsplit(" ", 1)[1]) for jid in jids["emails"])
+        assert (len(reports), len(emails)) == (6, 12)
+        # A third report starts only once one of two before it (0.5 s each) has ended.
+        assert all(later - first >= 0.5 for first, later in zip(reports, reports[2:], strict=False))
+        assert all(later - first >= 1.0 for first, later in zip(emails, emails[5:], strict=False))
+        await worker.stop_cleanly()
+    finally:
+        worker.stop()
+
+
 async def signups(app: Any, emails: list[str], refused: list[dict[str, str]]) -> tuple[list[str], list[int]]:
     """POST /signup to an example web app (its lifespan around the requests): the
     jids answered for ``emails`` (each a 202), and the status codes of ``refused``."""
@@ -372,6 +399,7 @@ def test_every_example_is_exercised() -> None:
         "chain.py",
         "cron.py",
         "fastapi_app.py",
+        "limits.py",
         "pausing.py",
         "producer.py",
         "results.py",

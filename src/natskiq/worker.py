@@ -93,6 +93,13 @@ class Worker:
             job's outcome (its return value, or its failure) for
             ``await handle.result()``; None (the default) keeps none. The
             return value of ``perform`` must then be JSON-serialisable.
+        concurrency: at most this many jobs of the class run at once across
+            the whole cluster, every node and shard together (see
+            :mod:`natskiq.run.limits`); a job over the limit is put back,
+            scheduled a moment later, without counting as a delivery.
+        rate: at most this many jobs of the class start in any window of
+            time across the cluster: ``"100/s"``, ``"1000/m"``, ``"10/h"``,
+            ``"5/d"``, or ``(count, seconds)`` with whole seconds from 1.
         name: the registered name, ``module.QualName`` by default.
 
     Optional hooks, as Sidekiq has them:
@@ -157,6 +164,8 @@ class Worker:
         unique_until: str | None = None,
         expires_in: float | timedelta | None = None,
         keep_result: float | timedelta | None = None,
+        concurrency: int | None = None,
+        rate: str | tuple[int, float | timedelta] | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -171,6 +180,8 @@ class Worker:
             "unique_until": unique_until,
             "expires_in": expires_in,
             "keep_result": keep_result,
+            "concurrency": concurrency,
+            "rate": rate,
         }
         changes = {key: value for key, value in given.items() if value is not None}
         cls.options = attrs.evolve(cls.options, **changes)

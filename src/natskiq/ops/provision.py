@@ -25,6 +25,7 @@ from nats.js.kv import KeyValue
 
 from natskiq.enqueue import cron
 from natskiq.enqueue.client import Client
+from natskiq.enqueue.unique import MARKER_TTL
 from natskiq.errors import ConfigError
 from natskiq.ops.settings import Settings
 from natskiq.topology import (
@@ -35,6 +36,7 @@ from natskiq.topology import (
     ensure_results,
     ensure_stats,
 )
+from natskiq.worker import registered
 
 # The launcher's messages: they log under its name, the one users configure.
 log = logging.getLogger("natskiq.ops.launcher")
@@ -91,6 +93,10 @@ async def _create(client: Client, settings: Settings) -> Provisioned:
     await ensure_results(js, names, replicas=s.replicas)
     await _register_periodic(client)
     await ensure_bucket(js, names.lease_bucket, replicas=s.replicas)
+    if any(worker.options.limited for worker in registered().values()):
+        # The limits' slots (concurrency=, rate=); nodes would create it on
+        # their first limited job, but without the replicas.
+        await ensure_bucket(js, names.limits_bucket, replicas=s.replicas, marker_ttl=MARKER_TTL)
     nodes_kv = await ensure_bucket(js, names.nodes_bucket, replicas=s.replicas)
     return Provisioned(shards=shards, nodes_kv=nodes_kv)
 

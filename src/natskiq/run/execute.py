@@ -8,7 +8,10 @@ middleware, under the worker's timeout (a plain ``def`` in a worker
 thread), in the runner's cancel scope; then it counts the run
 (:mod:`natskiq.run.stats`) and settles it (:mod:`natskiq.run.settle`): ack
 on success, the retry or failed record of :mod:`natskiq.run.retry` on an
-exception. It also takes cancel requests (``natskiq.api.cancel``): a job
+exception. A job of a class with a cluster-wide limit (``concurrency=``,
+``rate=``) starts only with a slot from :mod:`natskiq.run.limits`, which
+it frees when it ends; without one it is put back, scheduled a moment
+later. It also takes cancel requests (``natskiq.api.cancel``): a job
 running here is cancelled at once and dropped; one not started yet is
 remembered for a while (:data:`CANCEL_MEMORY`) and skipped when it comes.
 
@@ -42,6 +45,7 @@ from natskiq.enqueue import unique
 from natskiq.errors import DeliveryLimit, EnqueueError, InvalidJob, UnknownWorker
 from natskiq.flow import batches, chains
 from natskiq.run import retry
+from natskiq.run.limits import Limits, put_back
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
 from natskiq.status.events import Emitter
@@ -75,6 +79,7 @@ class Executor:
         max_deliveries: deliveries after which a job is kept in the failed set, not run.
         threads: the limiter for worker threads (a plain ``def perform``).
         emitter: publishes the jobs' lifecycle events (and their progress).
+        limits: the node's slots in the cluster-wide limits.
     """
 
     nc: NATS
@@ -88,6 +93,8 @@ class Executor:
     max_deliveries: int
     threads: anyio.CapacityLimiter
     emitter: Emitter
+    limits: Limits | None = None
+    """The cluster-wide limits (``concurrency=``, ``rate=``) a limited class's jobs start through."""
     _report: Callable[[Worker, float, str], Awaitable[None]] = attrs.field(init=False)
     _running: dict[str, anyio.CancelScope] = attrs.field(init=False, factory=dict)
     _running_info: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
@@ -198,6 +205,45 @@ class Executor:
             await ack()
             await emit("cancelled", job.jid, job.queue, job.cls, node=self.node_id)
             return
+        if worker.options.limited and self.limits is not None:
+            await self._limited(worker, job, where, delivery, scope, self.limits)
+        else:
+            await self._start(worker, job, where, delivery, scope)
+
+    async def _limited(
+        self,
+        worker: type[Worker],
+        job: jobs.Job,
+        where: dict[str, Any],
+        delivery: Delivery,
+        scope: anyio.CancelScope,
+        limits: Limits,
+    ) -> None:
+        """Start a job of a class with a cluster-wide limit if a slot is free, else put it back."""
+        entry = await limits.enter(job.cls, worker.options, job.jid)
+        if entry.delay:
+            log.debug("jid=%s class=%s over its limit: back in %.2fs", job.jid, job.cls, entry.delay)
+            await self.settler.store(
+                put_back, job, delivery.data, delay=entry.delay, seq=delivery.seq, ack=where["ack"]
+            )
+            return
+        try:
+            await self._start(worker, job, where, delivery, scope)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await limits.leave(entry)
+
+    async def _start(
+        self,
+        worker: type[Worker],
+        job: jobs.Job,
+        where: dict[str, Any],
+        delivery: Delivery,
+        scope: anyio.CancelScope,
+    ) -> None:
+        """Run the job, unless it expired, and settle it."""
+        js, emit = self.js, self.emitter.emit
+        ack = where["ack"]
         locked = job.unique_key is not None
         if (locked or job.expires_at is not None) and not await unique.on_start(js, self.names, job):
             if not await self._counted(job, delivery, succeeded=False):

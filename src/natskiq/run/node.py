@@ -55,6 +55,7 @@ from natskiq.run.demand import Demand
 from natskiq.run.execute import Executor
 from natskiq.run.fence import Fence
 from natskiq.run.intake import Intake
+from natskiq.run.limits import Limits
 from natskiq.run.settle import SETTLE_TIMEOUT, Settler
 from natskiq.run.stats import Stats
 from natskiq.status.events import Emitter
@@ -110,6 +111,7 @@ class Node:
     _settler: Settler = attrs.field(init=False)
     _stats: Stats = attrs.field(init=False)
     _executor: Executor = attrs.field(init=False)
+    _limits: Limits = attrs.field(init=False)
     _intake: Intake = attrs.field(init=False)
     _demand: Demand = attrs.field(init=False)
 
@@ -121,10 +123,11 @@ class Node:
         self._fence = Fence(js, names)
         self._settler = Settler(nc, js, names, self._held, self.ack_wait)
         self._stats = Stats(js, names, self.node_id)
+        self._limits = Limits(js, names, self.node_id, self.ack_wait)
         self._executor = Executor(
             nc, js, names, self.node_id, self._held, self._settler, self._stats,
             self.middleware, self.max_deliveries, anyio.CapacityLimiter(self.concurrency),
-            Emitter(nc, names, enabled=self.events),
+            Emitter(nc, names, enabled=self.events), self._limits,
         )  # fmt: skip
         self._intake = Intake(nc, js, self._fence, self._settler, self.ack_wait, self.deliver_many)
         self._demand = Demand(nc, names, self._fence, self.demand)
@@ -238,6 +241,7 @@ class Node:
                 tg.start_soon(settler.keep_alive)
                 tg.start_soon(self._stats.run)
                 tg.start_soon(settler.send_acks)
+                tg.start_soon(self._limits.run)
                 self._tg, settler.batching = tg, True
                 task_status.started()
         finally:

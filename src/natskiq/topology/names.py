@@ -285,6 +285,16 @@ class Names:
         """The KV subject of a unique-job lock (a create or a release is a publish to it)."""
         return self.kv_subject(self.unique_bucket, check_name("unique key", key))
 
+    @property
+    def limits_bucket(self) -> str:
+        """The KV bucket of the cluster-wide limits' slots (``concurrency=``, ``rate=``)."""
+        return f"{self.namespace}_limits"
+
+    def limit_subject(self, kind: str, cls: str, slot: int) -> str:
+        """The KV subject of slot ``slot`` of a class's limit: key ``<kind>.<class token>.<slot>``,
+        ``kind`` ``c`` (concurrency) or ``r`` (rate)."""
+        return self.kv_subject(self.limits_bucket, f"{kind}.{class_token(cls)}.{slot}")
+
     def lease_subject(self, key: str = LEASE_KEY) -> str:
         """The KV subject of a lease key (used to renew with a TTL)."""
         return self.kv_subject(self.lease_bucket, key)
