@@ -194,16 +194,8 @@ class Executor:
         delivery: Delivery,
         scope: anyio.CancelScope,
     ) -> None:
-        js, emit = self.js, self.emitter.emit
-        ack = where["ack"]
         if self._cancelled and self._cancelled.pop(job.jid, None) is not None:
-            log.info("cancelled jid=%s class=%s queue=%s before it started", job.jid, job.cls, job.queue)
-            await unique.release(js, self.names, job)
-            await self._keep(job, CANCELLED)
-            if not await self._counted(job, delivery, succeeded=False):
-                return
-            await ack()
-            await emit("cancelled", job.jid, job.queue, job.cls, node=self.node_id)
+            await self._drop_cancelled(job, delivery, where["ack"], "before it started")
             return
         if worker.options.limited and self.limits is not None:
             await self._limited(worker, job, where, delivery, scope, self.limits)
@@ -273,14 +265,8 @@ class Executor:
                 await self._keep(job, encode_result(value), raising=True)
         except anyio.get_cancelled_exc_class():
             if scope.cancel_called:
-                # Cancelled on request (natskiq.api.cancel): the job is dropped.
-                log.info("cancelled jid=%s class=%s queue=%s while running", job.jid, job.cls, job.queue)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
-                    await unique.release(js, self.names, job)
-                    await self._keep(job, CANCELLED)
-                    if await self._counted(job, delivery, succeeded=False):
-                        await ack()
-                    await emit("cancelled", job.jid, job.queue, job.cls, node=self.node_id, attempt=attempt)
+                    await self._drop_cancelled(job, delivery, ack, "while running", attempt=attempt)
             raise
         except Exception as exc:
             self.stats.count(failed=True)
@@ -296,6 +282,19 @@ class Executor:
             await unique.on_success(js, self.names, job)
         await ack()
         await self.emitter.emit_run("succeeded", job.jid, job.queue, job.cls, self.node_id, attempt)
+
+    async def _drop_cancelled(
+        self, job: jobs.Job, delivery: Delivery, ack: Callable[[], Awaitable[None]], when: str, **fields: Any
+    ) -> None:
+        """Settle a job cancelled on request (natskiq.api.cancel): dropped, its outcome kept
+        as cancelled, counted as failed in its batch, acked, then reported."""
+        log.info("cancelled jid=%s class=%s queue=%s %s", job.jid, job.cls, job.queue, when)
+        await unique.release(self.js, self.names, job)
+        await self._keep(job, CANCELLED)
+        if not await self._counted(job, delivery, succeeded=False):
+            return
+        await ack()
+        await self.emitter.emit("cancelled", job.jid, job.queue, job.cls, node=self.node_id, **fields)
 
     async def _counted(self, job: jobs.Job, delivery: Delivery, *, succeeded: bool) -> bool:
         """Count the job's outcome in its batch, if it has one (a cancelled or expired job
