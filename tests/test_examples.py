@@ -123,12 +123,7 @@ def example_worker(nats_url: str, namespace: str, tmp_path: Path) -> Iterator[Ex
 
 async def test_producer_jobs_run(example_worker: ExampleWorker, nats_url: str, namespace: str) -> None:
     """examples/producer.py enqueues six jobs (now, delayed, other queue) and the worker runs them all."""
-    env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
-    result = await anyio.run_process(
-        [sys.executable, "-m", "examples.producer"], cwd=ROOT, env=env, check=False
-    )
-    stdout = result.stdout.decode()
-    assert result.returncode == 0, stdout + result.stderr.decode()
+    stdout = await run_example("producer", nats_url, namespace)
     queued = dict(re.findall(r"^queued (.+?) +jid=(\w+)$", stdout, re.MULTILINE))
     assert list(queued) == [
         "perform_async",
@@ -149,6 +144,18 @@ async def test_producer_jobs_run(example_worker: ExampleWorker, nats_url: str, n
     await example_worker.stop_cleanly()
 
 
+async def run_example(module: str, url: str, namespace: str) -> str:
+    """Run ``python -m examples.<module>`` against the server and namespace; its stdout,
+    once it exited 0 (its output and errors shown if not)."""
+    env = {**os.environ, "NATSKIQ_URL": url, "NATSKIQ_NAMESPACE": namespace}
+    result = await anyio.run_process(
+        [sys.executable, "-m", f"examples.{module}"], cwd=ROOT, env=env, check=False
+    )
+    stdout = result.stdout.decode()
+    assert result.returncode == 0, stdout + result.stderr.decode()
+    return stdout
+
+
 async def worker_started(url: str, namespace: str) -> None:
     """Wait until the example worker has registered (and so has made the events stream,
     which then keeps the example's first event)."""
@@ -166,12 +173,7 @@ async def test_results_example_prints_the_result_and_timeline(
     """examples/results.py enqueues a report, prints the result the worker kept for it, then the
     job's status and its timeline: queued, running, the progress reports, succeeded."""
     await worker_started(nats_url, namespace)
-    env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
-    result = await anyio.run_process(
-        [sys.executable, "-m", "examples.results"], cwd=ROOT, env=env, check=False
-    )
-    stdout = result.stdout.decode()
-    assert result.returncode == 0, stdout + result.stderr.decode()
+    stdout = await run_example("results", nats_url, namespace)
     found = re.search(r"^queued jid=(\w+)$", stdout, re.MULTILINE)
     assert found is not None, stdout
     jid = found[1]
@@ -192,12 +194,7 @@ async def test_chain_example_runs_its_steps_in_order(nats_url: str, namespace: s
         nats_url, namespace, tmp_path / "chain.log", app="examples.chain", queues=("default",)
     )
     try:
-        env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
-        result = await anyio.run_process(
-            [sys.executable, "-m", "examples.chain"], cwd=ROOT, env=env, check=False
-        )
-        stdout = result.stdout.decode()
-        assert result.returncode == 0, stdout + result.stderr.decode()
+        stdout = await run_example("chain", nats_url, namespace)
         found = re.search(r"^chain \w+: steps (\w+) (\w+) (\w+)$", stdout, re.MULTILINE)
         assert found is not None, stdout
         lines = await worker.wait_for(found.groups())
@@ -217,10 +214,7 @@ async def test_batch_example_follows_the_batch_to_its_callback(
 ) -> None:
     """examples/batch.py enqueues six jobs in a batch and follows it until it completes, and the
     worker runs them, then the on_success callback once, with the batch's counts."""
-    env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
-    result = await anyio.run_process([sys.executable, "-m", "examples.batch"], cwd=ROOT, env=env, check=False)
-    stdout = result.stdout.decode()
-    assert result.returncode == 0, stdout + result.stderr.decode()
+    stdout = await run_example("batch", nats_url, namespace)
     assert re.search(r"^batch \w+$", stdout, re.MULTILINE), stdout
     assert stdout.splitlines()[-1] == "complete: 6 succeeded, 0 failed"
     done = "batch newsletter done: 6 of 6 succeeded"
@@ -237,12 +231,7 @@ async def test_pausing_example_holds_the_email_until_resumed(
     """examples/pausing.py pauses the default queue: the critical charge runs, the email waits
     until resumed; an email sent under a pause with an end runs once it ended."""
     await worker_started(nats_url, namespace)
-    env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
-    result = await anyio.run_process(
-        [sys.executable, "-m", "examples.pausing"], cwd=ROOT, env=env, check=False
-    )
-    stdout = result.stdout.decode()
-    assert result.returncode == 0, stdout + result.stderr.decode()
+    stdout = await run_example("pausing", nats_url, namespace)
     assert stdout.splitlines() == [
         "charge done; email queued",
         "default paused=True ready=1",
@@ -265,12 +254,7 @@ async def test_limits_example_keeps_its_limits(nats_url: str, namespace: str, tm
         nats_url, namespace, tmp_path / "limits.log", app="examples.limits", queues=("default",)
     )
     try:
-        env = {**os.environ, "NATSKIQ_URL": nats_url, "NATSKIQ_NAMESPACE": namespace}
-        result = await anyio.run_process(
-            [sys.executable, "-m", "examples.limits"], cwd=ROOT, env=env, check=False
-        )
-        stdout = result.stdout.decode()
-        assert result.returncode == 0, stdout + result.stderr.decode()
+        stdout = await run_example("limits", nats_url, namespace)
         assert "all done" in stdout.splitlines()
         jids = {line.split()[0]: line.split()[1:] for line in stdout.splitlines() if " " in line}
         lines = await worker.wait_for([*jids["reports"], *jids["emails"]])
