@@ -78,6 +78,9 @@ async def run_node(script: str, *args: str) -> dict[str, Any]:
     return out
 
 
+# The Node.js tests share tests/node/node_modules, which need_node() may install (npm ci
+# deletes it first): one test process runs them all, one after the other.
+@pytest.mark.xdist_group("nodejs")
 async def test_job_published_from_nodejs_runs(client: natskiq.Client, ledger: Path) -> None:
     """A job that @nats-io/jetstream publishes per docs/wire-format.md runs on a Python node."""
     await need_node()
@@ -92,6 +95,7 @@ async def test_job_published_from_nodejs_runs(client: natskiq.Client, ledger: Pa
     assert rows[0].note == {"from": "node", "n": [1, 2.5, None, True]}
 
 
+@pytest.mark.xdist_group("nodejs")
 async def test_nodejs_reads_a_kept_result_and_follows_events(client: natskiq.Client) -> None:
     """A job Node.js enqueues with keep_result has its outcome, stored after Node.js found the
     key empty, reach Node.js on the key's subject and then in the results bucket, and its
