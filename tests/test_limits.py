@@ -68,6 +68,14 @@ async def test_jobs_over_the_limit_are_put_back_without_using_deliveries(
             return bool(await api.find(client, "scheduled", limit=10))
 
         await until(some_held)  # a held job waits among the scheduled jobs
+        held = (await api.find(client, "scheduled", limit=1))[0].jid
+        assert held is not None
+
+        async def reads_held() -> bool:  # its status says so, until it runs
+            status = await client.job(held).status()
+            return status.state != "queued" and any(e.fields.get("held") for e in status.events)
+
+        await until(reads_held)
         rows = await wait_for_ledger(ledger, 9)
     assert {r.jid for r in rows} == jids
     assert await failed_count(client) == 0

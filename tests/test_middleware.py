@@ -62,4 +62,5 @@ async def test_metrics_endpoint(client: natskiq.Client, ledger: Path) -> None:
     assert 'natskiq_queue_size{queue="default"} 0' in text
     assert "# TYPE natskiq_job_duration_seconds histogram" in text
     assert "natskiq_jobs_dead_total 1" in text and "natskiq_jobs_retried_total 0" in text
+    assert "natskiq_jobs_held_total 0" in text
     assert missing.status_code == 404

@@ -79,6 +79,10 @@ class Metrics:
         lines.append(f"natskiq_jobs_retried_total {outcomes['retry']}")
         family("natskiq_jobs_dead_total", "counter", "Jobs this node moved to the failed set for good.")
         lines.append(f"natskiq_jobs_dead_total {outcomes['failed']}")
+        family(
+            "natskiq_jobs_held_total", "counter", "Jobs this node put back for a concurrency or rate limit."
+        )
+        lines.append(f"natskiq_jobs_held_total {outcomes['held']}")
         family("natskiq_jobs_running", "gauge", "Jobs running on this node now.")
         lines.append(f"natskiq_jobs_running {self.running}")
         family("natskiq_job_duration_seconds", "histogram", "Run time of jobs on this node.")

@@ -215,9 +215,13 @@ class Executor:
         entry = await limits.enter(job.cls, worker.options, job.jid)
         if entry.delay:
             log.debug("jid=%s class=%s over its limit: back in %.2fs", job.jid, job.cls, entry.delay)
-            await self.settler.store(
+            held = await self.settler.store(
                 put_back, job, delivery.data, delay=entry.delay, seq=delivery.seq, ack=where["ack"]
             )
+            if held is not None:
+                # Its status reads scheduled, with when it is tried again, not queued.
+                next_at = time.time() + entry.delay
+                await self.emitter.emit("scheduled", job.jid, job.queue, job.cls, next_at=next_at, held=True)
             return
         try:
             await self._start(worker, job, where, delivery, scope)

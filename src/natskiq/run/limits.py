@@ -244,8 +244,9 @@ async def put_back(
     delay: float,
     seq: int,
     ack: Callable[[], Awaitable[None]],
-) -> None:
-    """Store ``raw`` again on ``job``'s queue, scheduled ``delay`` seconds from now, then ack it.
+) -> str:
+    """Store ``raw`` again on ``job``'s queue, scheduled ``delay`` seconds from now, then ack it;
+    returns ``"held"`` (the node's count of jobs put back).
 
     Its ``Nats-Msg-Id`` names this delivery's stream sequence, so a put-back
     stored twice (the ack lost, the job redelivered and put back again) is
@@ -258,3 +259,4 @@ async def put_back(
     }
     await js.publish(names.scheduled_subject(job.queue, job.jid), raw, headers=headers)
     await ack()
+    return "held"

@@ -57,7 +57,8 @@ class Settler:
     held: set[Delivery]
     ack_wait: float
     outcomes: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    """Where the node's failed runs went: ``retry``, ``failed`` or ``discarded``."""
+    """Where the node's jobs went when not acked as run: ``retry``, ``failed``,
+    ``discarded``, or ``held`` (put back for a limit)."""
     batching: bool = attrs.field(init=False, default=False)
     """Whether acks are queued for :meth:`send_acks` (while the node runs) rather than sent one by one."""
     _acks: list[str] = attrs.field(init=False, factory=list)
