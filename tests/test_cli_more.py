@@ -21,6 +21,7 @@ from nats.js.errors import NotFoundError
 import natskiq
 from natskiq import api, cli
 from natskiq.enqueue import cron
+from natskiq.ops.server import free_ports
 from natskiq.topology import Names
 
 from .conftest import Workers, until, wait_for_ledger
@@ -127,9 +128,7 @@ def test_cancel_bad_jid_exits_2(tmp_path: Path) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 async def test_worker_serves_prometheus_metrics(
@@ -221,11 +220,7 @@ def port_open(port: int) -> bool:
 
 def free_run(count: int) -> int:
     """The first of ``count`` consecutive ports that are free now."""
-    for _ in range(50):
-        first = free_port()
-        if first + count <= 65536 and not any(port_open(first + i) for i in range(1, count)):
-            return first
-    raise RuntimeError("no run of free ports")
+    return free_ports(count, run=True)[0]
 
 
 async def _has_replicas(url: str, stream: str, replicas: int, worker: subprocess.Popen[str]) -> bool:

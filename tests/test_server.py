@@ -12,13 +12,11 @@ import nats
 import pytest
 
 from natskiq.errors import ConfigError
-from natskiq.ops.server import Server, default_store_dir, running
+from natskiq.ops.server import Server, default_store_dir, free_ports, running
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def port_open(port: int) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -194,18 +195,46 @@ cluster {{
 """
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports that were free a moment ago."""
-    sockets = []
+def free_ports(count: int, host: str = "127.0.0.1", *, run: bool = False) -> list[int]:
+    """``count`` distinct ports that were free a moment ago (consecutive ones with ``run``).
+
+    They come from just below the kernel's ephemeral range, the ports it
+    hands to ``bind(0)`` and to outgoing connections: between this look and
+    a nats-server binding one, any socket on the machine could otherwise
+    take it (seen with several test processes at once).
+
+    Raises:
+        RuntimeError: no such ports were free.
+    """
+    low = _ephemeral_low()
+    firsts = list(range(max(1024, low - 12_000), low - count))
+    random.shuffle(firsts)
+    found: list[int] = []
+    for first in firsts[:1000]:
+        if run and all(_bindable(host, first + i) for i in range(count)):
+            return list(range(first, first + count))
+        if not run and _bindable(host, first):
+            found.append(first)
+            if len(found) == count:
+                return found
+    raise RuntimeError(f"no {count} free ports below {low} on {host}")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
     try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def localize(text: str, *, index: int, client_ports: list[int], route_ports: list[int], store: Path) -> str:
