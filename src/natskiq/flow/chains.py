@@ -42,6 +42,7 @@ from nats.js.errors import Error as JSError
 from natskiq import job as jobs
 from natskiq import worker as workers
 from natskiq.enqueue.client import Client, current_client
+from natskiq.enqueue.publish import addressed
 from natskiq.errors import ConfigError, EnqueueError, JobCancelled, JobFailed, NotFound
 from natskiq.signature import Signature
 from natskiq.status.events import Emitter
@@ -210,7 +211,7 @@ async def advance(
     successor = following(job, value)
     if successor is None:
         return
-    headers = {"Nats-Msg-Id": f"{successor.jid}:0"}  # what an enqueue of that jid sends
+    subject, headers = addressed(names, successor.jid, successor.queue, None, 0)  # as an enqueue of it
     payload = jobs.encode(successor)
     room = max_payload - jobs.headers_size(headers) - jobs.MAX_OVERHEAD
     step, chain_id = _chain_of(successor)["step"], _chain_of(job)["id"]
@@ -220,7 +221,7 @@ async def advance(
             "the server takes (its arguments, or the result passed on)"
         )
     try:
-        await js.publish(names.enqueue_subject(successor.queue), payload, headers=headers)
+        await js.publish(subject, payload, headers=headers)
     except (NatsError, JSError, TimeoutError) as exc:
         # The step is retried, and stores its successor then (at least once).
         raise EnqueueError(

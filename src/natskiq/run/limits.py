@@ -54,7 +54,7 @@ from nats.js.errors import Error as JSError
 
 from natskiq import job as jobs
 from natskiq.dispatch.lease import is_tombstone
-from natskiq.enqueue.publish import rfc3339
+from natskiq.enqueue.publish import addressed
 from natskiq.enqueue.unique import MARKER_TTL, WRONG_LAST_SEQUENCE
 from natskiq.options import Options
 from natskiq.topology import Names, ensure_bucket
@@ -252,11 +252,7 @@ async def put_back(
     stored twice (the ack lost, the job redelivered and put back again) is
     kept once.
     """
-    headers = {
-        "Nats-Msg-Id": f"{job.jid}:held:{seq}",
-        "Nats-Schedule": f"@at {rfc3339(time.time() + delay)}",
-        "Nats-Schedule-Target": names.enqueue_subject(job.queue),
-    }
-    await js.publish(names.scheduled_subject(job.queue, job.jid), raw, headers=headers)
+    subject, headers = addressed(names, job.jid, job.queue, time.time() + delay, f"held:{seq}")
+    await js.publish(subject, raw, headers=headers)
     await ack()
     return "held"
