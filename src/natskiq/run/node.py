@@ -121,13 +121,14 @@ class Node:
         nc, names = self.nc, self.names
         js = nc.jetstream()  # one context for every part: nats-py builds a new one per call
         self._fence = Fence(js, names)
-        self._settler = Settler(nc, js, names, self._held, self.ack_wait)
+        emitter = Emitter(nc, names, enabled=self.events)
+        self._settler = Settler(nc, js, names, self._held, self.ack_wait, emitter)
         self._stats = Stats(js, names, self.node_id)
         self._limits = Limits(js, names, self.node_id, self.ack_wait)
         self._executor = Executor(
             nc, js, names, self.node_id, self._held, self._settler, self._stats,
             self.middleware, self.max_deliveries, anyio.CapacityLimiter(self.concurrency),
-            Emitter(nc, names, enabled=self.events), self._limits,
+            emitter, self._limits,
         )  # fmt: skip
         self._intake = Intake(nc, js, self._fence, self._settler, self.ack_wait, self.deliver_many)
         self._demand = Demand(nc, names, self._fence, self.demand)

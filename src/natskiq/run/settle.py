@@ -5,7 +5,8 @@ the set it shares with the settler). While a job waits or runs, the
 settler sends an in-progress ack (``+WPI``) every third of the ack wait,
 so JetStream does not redeliver it mid-run. Then it settles each one
 exactly once: ``+ACK`` (queued, and sent in batches that share socket
-writes while the node runs), a NAK (back to the queue, at once or after a
+writes while the node runs, with the node's queued lifecycle events just
+before them), a NAK (back to the queue, at once or after a
 delay), or, for a run that failed, a successor stored first through a
 route of :mod:`natskiq.run.retry` (retried while NATS is unreachable),
 which acks the job itself once that record's PubAck is in.
@@ -30,6 +31,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JSError
 
 from natskiq.dispatch.protocol import Delivery
+from natskiq.status.events import Emitter
 from natskiq.topology import Names
 
 log = logging.getLogger("natskiq.run.node")  # the node's logger: `natskiq worker` prints its name
@@ -49,6 +51,7 @@ class Settler:
         names: the namespace's names.
         held: the node's deliveries received and not yet settled (shared with it).
         ack_wait: the consumers' ack wait, for in-progress acks.
+        emitter: the node's lifecycle events, which go out with its acks while it runs.
     """
 
     nc: NATS
@@ -56,11 +59,11 @@ class Settler:
     names: Names
     held: set[Delivery]
     ack_wait: float
+    emitter: Emitter | None = None
     outcomes: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     """Where the node's jobs went when not acked as run: ``retry``, ``failed``,
     ``discarded``, or ``held`` (put back for a limit)."""
-    batching: bool = attrs.field(init=False, default=False)
-    """Whether acks are queued for :meth:`send_acks` (while the node runs) rather than sent one by one."""
+    _batching: bool = attrs.field(init=False, default=False)
     _acks: list[str] = attrs.field(init=False, factory=list)
     _acks_ready: anyio.Event = attrs.field(init=False, factory=anyio.Event)
 
@@ -69,7 +72,7 @@ class Settler:
         self.held.discard(delivery)
         if verdict.startswith(b"-NAK") and delivery.stale(anyio.current_time()):
             return  # it may be another node's by now: a NAK would hand back that delivery
-        if verdict == b"+ACK" and self.batching:
+        if verdict == b"+ACK" and self._batching:
             # Acks go out in batches (see send_acks): one socket write for
             # many jobs instead of one each.
             self._acks.append(delivery.reply)
@@ -98,8 +101,23 @@ class Settler:
                 await anyio.sleep(0.2 * (attempt + 1))
         return None
 
+    @property
+    def batching(self) -> bool:
+        """Whether acks (and the emitter's events) are queued for :meth:`send_acks`
+        (while the node runs) rather than sent one by one."""
+        return self._batching
+
+    @batching.setter
+    def batching(self, on: bool) -> None:
+        self._batching = on
+        if self.emitter is not None:
+            self.emitter.batched = self._wake if on else None
+
+    def _wake(self) -> None:
+        self._acks_ready.set()
+
     async def send_acks(self) -> None:
-        """Send queued acks after a short linger, so they share socket writes."""
+        """Send queued events and acks after a short linger, so they share socket writes."""
         while True:
             await self._acks_ready.wait()
             await anyio.sleep(ACK_LINGER)
@@ -107,7 +125,10 @@ class Settler:
             await self.flush_acks()
 
     async def flush_acks(self) -> None:
-        """Send every queued ack now."""
+        """Send every queued event, then every queued ack, now (a job's events before
+        its ack, as they happened)."""
+        if self.emitter is not None:
+            await self.emitter.flush()
         acks, self._acks = self._acks, []
         for index, reply in enumerate(acks):
             try:
