@@ -28,16 +28,23 @@ def check(harness: Harness) -> dict[str, object]:
 
 
 async def test_streams_are_replicated_three_times(tmp_path: Path) -> None:
-    """Workers started with --replicas 3 create R3 queue, failed and stats streams."""
+    """Workers started with --replicas 3 create R3 queue, failed, stats and events streams."""
     async with Harness(tmp_path) as harness:
         assert harness.client is not None
         await harness.produce(5)
         await harness.wait_done()
         js, names = harness.client.js, harness.client.names
-        for stream in (names.queue_stream("default"), names.failed_stream, names.stats_stream):
+        for stream in (
+            names.queue_stream("default"),
+            names.failed_stream,
+            names.stats_stream,
+            names.events_stream,
+        ):
             info = await js.stream_info(stream)
             assert info.config.num_replicas == 3
             assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+        # Async persist is for one replica only (the server refuses it on R3).
+        assert (await js.stream_info(names.events_stream)).config.persist_mode is None
         check(harness)
 
 
