@@ -43,8 +43,6 @@ async def test_streams_are_replicated_three_times(tmp_path: Path) -> None:
             info = await js.stream_info(stream)
             assert info.config.num_replicas == 3
             assert info.cluster is not None and len(info.cluster.replicas or []) == 2
-        # Async persist is for one replica only (the server refuses it on R3).
-        assert (await js.stream_info(names.events_stream)).config.persist_mode is None
         check(harness)
 
 

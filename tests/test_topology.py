@@ -205,34 +205,6 @@ async def test_ensure_queue_refuses_a_conflicting_stream(
     assert "conflicting" in str(info.value)
 
 
-# -- ensure_events ------------------------------------------------------
-
-
-async def test_ensure_events_makes_a_single_replica_stream_persist_async(client: natskiq.Client) -> None:
-    """The events stream (never acked to its publishers) is written to disk in batches
-    (ADR-56 async persist) when it has one replica, and is still file-backed and bounded."""
-    js, names = client.js, client.names
-    await topology.ensure_events(js, names)
-    info = await js.stream_info(names.events_stream)
-    assert info.config.persist_mode == jsapi.PersistMode.ASYNC
-    assert info.config.storage == jsapi.StorageType.FILE
-    assert info.config.max_msgs == 1_000_000
-    await topology.ensure_events(js, names, max_msgs=500)  # limits still apply to it later
-    info = await js.stream_info(names.events_stream)
-    assert (info.config.max_msgs, info.config.persist_mode) == (500, jsapi.PersistMode.ASYNC)
-
-
-async def test_ensure_events_keeps_a_stream_made_before_in_the_default_mode(client: natskiq.Client) -> None:
-    """A stream's persist mode cannot change: one made before (default mode) is used as it is."""
-    js, names = client.js, client.names
-    await js.add_stream(
-        jsapi.StreamConfig(name=names.events_stream, subjects=[names.events_subjects], max_msgs=1000)
-    )
-    await topology.ensure_events(js, names)
-    info = await js.stream_info(names.events_stream)
-    assert info.config.persist_mode in (None, jsapi.PersistMode.DEFAULT)
-
-
 # -- ensure_failed ------------------------------------------------------
 
 

@@ -253,17 +253,7 @@ async def ensure_events(
     limit unless given: JetStream reserves a stream's byte limit up front),
     for ``max_age`` seconds (7 days), dropping the oldest first. Limits
     given are applied to an existing stream too (logged).
-
-    With one replica it is created in JetStream's async persist mode (ADR-56,
-    nats-server 2.12+): the server writes events to disk in batches instead
-    of one write each, which halves what storing an event costs it. Events
-    are never acked to their publisher, so this gives up no promise; a hard
-    kill of the server can lose its last moment's events, as a dropped
-    connection can. A replicated stream (which refuses that mode) is kept
-    by its replicas. A stream's persist mode cannot be changed: one created
-    before keeps the default.
     """
-    single = (replicas or 1) == 1
     config = jsapi.StreamConfig(
         name=names.events_stream,
         subjects=[names.events_subjects],
@@ -275,7 +265,6 @@ async def ensure_events(
         max_bytes=max_bytes or -1,
         max_age=max_age or EVENTS_MAX_AGE,
         allow_direct=True,
-        persist_mode=jsapi.PersistMode.ASYNC if single else None,
     )
     check = ["subjects", "retention", "storage"]
     info = await _ensure_stream(js, config, check + (["num_replicas"] if replicas else []))
