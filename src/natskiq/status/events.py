@@ -75,10 +75,7 @@ class Emitter:
             return
         tail = "".join([f',"{key}":{_json(value)}' for key, value in fields.items()]) if fields else ""
         event = self._event(state, jid, queue, cls, tail, at)
-        if self.batched is not None:
-            if not self._queued:
-                self.batched()  # a flush is due (later events join the same one)
-            self._queued.append(event)
+        if self._queue(event):
             return
         try:
             await self.nc.publish(event[0], event[1].encode())
@@ -92,15 +89,21 @@ class Emitter:
             return
         tail = self._nodes.get(node) or self._node(node)
         event = self._event(state, jid, queue, cls, f"{tail}{attempt}")
-        if self.batched is not None:
-            if not self._queued:
-                self.batched()  # a flush is due (later events join the same one)
-            self._queued.append(event)
+        if self._queue(event):
             return
         try:
             await self.nc.publish(event[0], event[1].encode())
         except NatsError as exc:
             _lost(state, jid, exc)
+
+    def _queue(self, event: tuple[str, str]) -> bool:
+        """Queue ``event`` for the next flush while batched (True), else leave it (False)."""
+        if self.batched is None:
+            return False
+        if not self._queued:
+            self.batched()  # a flush is due (later events join the same one)
+        self._queued.append(event)
+        return True
 
     async def flush(self) -> None:
         """Publish every queued event now, in the order they were emitted."""
@@ -114,7 +117,8 @@ class Emitter:
             # built from validated names, and each document is sized below),
             # at a fraction of its cost per call.
             text = "".join([f"PUB {s} {len(d)}\r\n{d}\r\n" for s, d in queued])
-            if text.isascii() and len(text) <= nc.max_payload:  # then each event's size is its length
+            if text.isascii() and len(text) <= nc.max_payload:
+                # Each document's length is its size, and none can be over the limit.
                 data = text.encode()
             else:
                 data = _commands(queued, nc.max_payload)
