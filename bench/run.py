@@ -166,10 +166,14 @@ async def _run_all(ctx: Context, items: list[Item], reps: int) -> dict[str, dict
     """Every item ``reps`` times (an item's ``min_reps`` if more, unless ``reps`` is 1),
     interleaved in rounds."""
     results: dict[str, dict[str, Any]] = {item.key: {"what": item.what, "runs": []} for item in items}
-    rounds = reps if reps == 1 else max([reps, *(item.min_reps for item in items)])
+
+    def runs_of(item: Item) -> int:
+        return reps if reps == 1 else max(reps, item.min_reps)
+
+    rounds = max(map(runs_of, items), default=reps)
     for rep in range(rounds):
         for item in items:
-            if rep >= (reps if reps == 1 else max(reps, item.min_reps)):
+            if rep >= runs_of(item):
                 continue
             started = time.monotonic()
             try:
