@@ -4,6 +4,7 @@ Only this package builds subject, stream, consumer and bucket names.
 :mod:`~natskiq.topology.names` hands out the :class:`Names` of a namespace
 (and checks every name that goes into a subject); :mod:`~natskiq.topology.ensure`
 creates the streams, consumers and buckets they name, idempotently;
+:mod:`~natskiq.topology.kv` writes a KV key by compare-and-set;
 :mod:`~natskiq.topology.pausing` reads and changes a queue's pause, which
 its consumers hold. Everything
 is re-exported here: import from ``natskiq.topology``.
@@ -24,6 +25,15 @@ from natskiq.topology.ensure import (
     ensure_results,
     ensure_stats,
     read_partitions,
+)
+from natskiq.topology.kv import (
+    EXPECTED_LAST_SEQUENCE,
+    TOMBSTONE_HEADERS,
+    WRONG_LAST_SEQUENCE,
+    delete_if,
+    is_tombstone,
+    put_if,
+    ttl_header,
 )
 from natskiq.topology.names import (
     CONSUMER,
@@ -51,6 +61,7 @@ __all__ = [
     "CONSUMER",
     "DEFAULT_ACK_WAIT",
     "DUPLICATE_WINDOW",
+    "EXPECTED_LAST_SEQUENCE",
     "FAILED_MAX_AGE",
     "FAILED_MAX_MSGS",
     "INDEFINITE",
@@ -60,10 +71,13 @@ __all__ = [
     "NAMESPACE_RE",
     "NOT_PAUSED",
     "PERIODIC_PREFIX",
+    "TOMBSTONE_HEADERS",
+    "WRONG_LAST_SEQUENCE",
     "Names",
     "Pause",
     "check_name",
     "class_token",
+    "delete_if",
     "ensure_bucket",
     "ensure_consumer",
     "ensure_events",
@@ -71,10 +85,13 @@ __all__ = [
     "ensure_queue",
     "ensure_results",
     "ensure_stats",
+    "is_tombstone",
     "partitions_of",
     "pause_consumer",
     "pause_of",
     "pause_until_of",
+    "put_if",
     "read_partitions",
     "resume_consumer",
+    "ttl_header",
 ]
