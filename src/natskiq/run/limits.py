@@ -39,7 +39,6 @@ is free. When the bucket cannot be reached the job is put back too.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -49,15 +48,14 @@ import attrs
 from nats.errors import Error as NatsError
 from nats.js import api as jsapi
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
 from nats.js.errors import Error as JSError
+from nats.js.errors import NotFoundError
 
 from natskiq import job as jobs
-from natskiq.dispatch.lease import is_tombstone
 from natskiq.enqueue.publish import addressed
-from natskiq.enqueue.unique import MARKER_TTL, WRONG_LAST_SEQUENCE
+from natskiq.enqueue.unique import MARKER_TTL
 from natskiq.options import Options
-from natskiq.topology import Names, ensure_bucket
+from natskiq.topology import Names, delete_if, ensure_bucket, is_tombstone, put_if, ttl_header
 
 log = logging.getLogger("natskiq.run.node")  # the node's logger: `natskiq worker` prints its name
 
@@ -66,7 +64,6 @@ HOLD_DELAY = 1.0  # seconds before a job over a concurrency limit is tried again
 MIN_HOLD = 0.25  # the scheduler fires about every 250 ms: sooner buys nothing
 MAX_HOLD = 300.0  # Sidekiq Enterprise's limiters back off by up to five minutes too
 RELEASE_TIMEOUT = 5.0
-_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 
 
 def slot_ttl(ack_wait: float) -> float:
@@ -77,10 +74,6 @@ def slot_ttl(ack_wait: float) -> float:
     renewal.
     """
     return max(2.0, 2 * ack_wait)
-
-
-def _ttl_header(seconds: float) -> str:
-    return f"{max(1000, math.ceil(seconds * 1000))}ms"
 
 
 @attrs.frozen
@@ -156,42 +149,38 @@ class Limits:
         held = self._held.pop(entry.slot, None)
         if held is None:
             return
-        headers = {"KV-Operation": "DEL", "Nats-TTL": _ttl_header(MARKER_TTL)}
+        ttl = ttl_header(MARKER_TTL)
         try:
             with anyio.fail_after(RELEASE_TIMEOUT):
-                try:
-                    ack = await self.js.publish(entry.slot, b"", headers={**headers, _EXPECTED: str(held[0])})
-                except APIError as exc:
-                    if exc.err_code != WRONG_LAST_SEQUENCE:
-                        raise
+                ack = await delete_if(self.js, entry.slot, expected=held[0], ttl=ttl)
+                if ack is None:
                     # A renewal may have moved the revision on: free it if still ours.
                     last = await self._last(entry.slot)
                     if last is None or last.data != entry.value or last.seq is None:
                         return
-                    ack = await self.js.publish(
-                        entry.slot, b"", headers={**headers, _EXPECTED: str(last.seq)}
-                    )
+                    ack = await delete_if(self.js, entry.slot, expected=last.seq, ttl=ttl)
+            if ack is None:
+                log.warning("limit slot %s not freed (it expires on its own): changed again", entry.slot)
+                return
             self._free_at[entry.slot] = ack.seq
         except (NatsError, JSError, TimeoutError) as exc:
             log.warning("limit slot %s not freed (it expires on its own): %r", entry.slot, exc)
 
     async def run(self) -> None:
         """Renew the TTL of every slot held, every third of the ack wait, until cancelled."""
-        ttl = _ttl_header(slot_ttl(self.ack_wait))
+        ttl = ttl_header(slot_ttl(self.ack_wait))
         while True:
             await anyio.sleep(self.ack_wait / 3)
             for subject, (revision, value) in list(self._held.items()):
                 try:
-                    ack = await self.js.publish(
-                        subject, value, headers={_EXPECTED: str(revision), "Nats-TTL": ttl}
-                    )
-                except APIError as exc:
-                    if exc.err_code == WRONG_LAST_SEQUENCE and self._held.get(subject, (0,))[0] == revision:
-                        log.warning("limit slot %s was lost (not renewed in time)", subject)
-                        self._held.pop(subject, None)
-                    continue
+                    ack = await put_if(self.js, subject, value, expected=revision, ttl=ttl)
                 except (NatsError, JSError, TimeoutError) as exc:
                     log.debug("limit slot %s not renewed: %r", subject, exc)
+                    continue
+                if ack is None:
+                    if self._held.get(subject, (0,))[0] == revision:
+                        log.warning("limit slot %s was lost (not renewed in time)", subject)
+                        self._held.pop(subject, None)
                     continue
                 if subject in self._held:
                     self._held[subject] = (ack.seq, value)
@@ -200,17 +189,14 @@ class Limits:
         self, kind: str, cls: str, count: int, ttl: float, value: bytes
     ) -> tuple[str, int] | None:
         """One free slot of ``count``, taken for ``ttl`` seconds: (subject, revision), or None."""
-        headers = {"Nats-TTL": _ttl_header(ttl)}
+        header = ttl_header(ttl)
         for index in random.sample(range(count), min(count, MAX_PROBES)):
             subject = self.names.limit_subject(kind, cls, index)
             for _ in range(2):
                 expected = self._free_at.get(subject, 0)
-                try:
-                    ack = await self.js.publish(subject, value, headers={**headers, _EXPECTED: str(expected)})
+                ack = await put_if(self.js, subject, value, expected=expected, ttl=header)
+                if ack is not None:
                     return subject, ack.seq
-                except APIError as exc:
-                    if exc.err_code != WRONG_LAST_SEQUENCE:
-                        raise
                 last = await self._last(subject)
                 if last is not None and not is_tombstone(last.headers):
                     break  # held
