@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 
 import attrs
@@ -46,7 +45,7 @@ from nats.js.errors import Error as JSError
 
 from natskiq.errors import ConfigError, EnqueueError
 from natskiq.job import Job
-from natskiq.topology import Names
+from natskiq.topology import Names, delete_if, is_tombstone, put_if, ttl_header
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +53,6 @@ UNTIL = ("start", "success")
 MARKER_TTL = 1.0  # seconds a release's delete marker (and the bucket's expiry markers) live
 RELEASE_TIMEOUT = 5.0
 ACQUIRE_ATTEMPTS = 5
-WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF: the compare-and-set failed
-_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
-# A key whose last message carries one of these is free: deleted, purged or expired.
-_TOMBSTONE_HEADERS = ("KV-Operation", "Nats-Marker-Reason")
 
 
 def lock_key(job: Job) -> str:
@@ -74,15 +69,6 @@ def lock_key(job: Job) -> str:
 def lock_ttl(unique_for: float, at: float | None, now: float) -> float:
     """Seconds the lock lives: ``unique_for``, counted from when a scheduled job is due."""
     return unique_for + max(0.0, (at or now) - now)
-
-
-def _ttl_header(seconds: float) -> str:
-    return f"{max(1000, math.ceil(seconds * 1000))}ms"
-
-
-def _is_tombstone(msg: jsapi.RawStreamMsg) -> bool:
-    headers = msg.headers or {}
-    return any(name in headers for name in _TOMBSTONE_HEADERS)
 
 
 async def _last(js: JetStreamContext, names: Names, key: str) -> jsapi.RawStreamMsg | None:
@@ -121,21 +107,16 @@ async def acquire(
     """
     key = lock_key(job)
     subject = names.unique_subject(key)
-    ttl_header = _ttl_header(ttl)
+    header = ttl_header(ttl)
     expected = 0
     for _ in range(ACQUIRE_ATTEMPTS):
-        try:
-            ack = await js.publish(
-                subject, job.jid.encode(), headers={_EXPECTED: str(expected), "Nats-TTL": ttl_header}
-            )
+        ack = await put_if(js, subject, job.jid.encode(), expected=expected, ttl=header)
+        if ack is not None:
             return attrs.evolve(job, unique_key=key, unique_revision=ack.seq, unique_until=until), job.jid
-        except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
-                raise
         last = await _last(js, names, key)
         if last is None:
             expected = 0
-        elif _is_tombstone(last):
+        elif is_tombstone(last.headers):
             expected = last.seq or 0
         else:
             holder = last.data.decode(errors="replace") if last.data else ""
@@ -158,23 +139,20 @@ async def release(js: JetStreamContext, names: Names, job: Job) -> bool:
     except ConfigError:  # decode() validates the key; a Job built by hand may not
         log.warning("jid=%s has an invalid unique_key %r", job.jid, job.unique_key)
         return False
-    headers = {
-        "KV-Operation": "DEL",
-        _EXPECTED: str(job.unique_revision),
-        "Nats-TTL": _ttl_header(MARKER_TTL),
-    }
     try:
-        await js.publish(subject, b"", headers=headers, timeout=RELEASE_TIMEOUT)
+        ack = await delete_if(
+            js, subject, expected=job.unique_revision, ttl=ttl_header(MARKER_TTL), timeout=RELEASE_TIMEOUT
+        )
     except APIError as exc:
-        if exc.err_code == WRONG_LAST_SEQUENCE:
-            log.debug("jid=%s no longer holds unique lock %s (expired)", job.jid, job.unique_key)
-        else:
-            log.warning("unique lock %s of jid=%s not released: %r", job.unique_key, job.jid, exc)
+        log.warning("unique lock %s of jid=%s not released: %r", job.unique_key, job.jid, exc)
         return False
     except (NatsError, JSError, TimeoutError) as exc:
         log.warning(
             "unique lock %s of jid=%s not released (it expires on its own): %r", job.unique_key, job.jid, exc
         )
+        return False
+    if ack is None:
+        log.debug("jid=%s no longer holds unique lock %s (expired)", job.jid, job.unique_key)
         return False
     return True
 

@@ -20,11 +20,11 @@ from typing import Any, Literal
 import anyio
 import attrs
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from natskiq import job as jobs
 from natskiq.errors import ConfigError
-from natskiq.topology import Names, check_name
+from natskiq.topology import Names, check_name, put_if, ttl_header
 
 log = logging.getLogger("natskiq.flow.batches")
 
@@ -32,8 +32,6 @@ ACTIVE_TTL = 30 * 86400.0  # seconds a batch record lives after its last change,
 KEEP_FINISHED = 7 * 86400.0  # seconds a completed batch's record is kept
 MAX_FAILURES = 100  # failed jids a record keeps
 CHANGE_ATTEMPTS = 200  # compare-and-set rounds before a change gives up
-WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF: the compare-and-set failed
-_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 COUNTING, COUNTED = b"counting", b"counted"
 
 Record = dict[str, Any]
@@ -148,15 +146,9 @@ async def write(
     js: JetStreamContext, subject: str, data: bytes, expected: int, ttl: float, msg_id: str | None = None
 ) -> Literal["stored", "duplicate", "conflict"]:
     """Store ``data`` on a key if its last revision is still ``expected`` (0: no value yet)."""
-    headers = {_EXPECTED: str(expected), "Nats-TTL": f"{round(ttl)}s"}
-    if msg_id is not None:
-        headers["Nats-Msg-Id"] = msg_id
-    try:
-        ack = await js.publish(subject, data, headers=headers)
-    except APIError as exc:
-        if exc.err_code == WRONG_LAST_SEQUENCE:
-            return "conflict"
-        raise
+    ack = await put_if(js, subject, data, expected=expected, ttl=ttl_header(ttl, unit="s"), msg_id=msg_id)
+    if ack is None:
+        return "conflict"
     return "duplicate" if ack.duplicate else "stored"
 
 
@@ -266,7 +258,7 @@ async def count(js: JetStreamContext, names: Names, bid: str, jid: str, *, succe
                     record["failures"].append(jid)
 
         record = await change(js, names, bid, apply, msg_id=f"{bid}:{jid}")
-        await js.publish(marker, COUNTED, headers={"Nats-TTL": f"{round(ACTIVE_TTL)}s"})
+        await js.publish(marker, COUNTED, headers={"Nats-TTL": ttl_header(ACTIVE_TTL, unit="s")})
     if record is not None:
         await finish(js, names, record)
 
