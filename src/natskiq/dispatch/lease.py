@@ -34,16 +34,9 @@ from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
 
 from natskiq.errors import LeaseLost
-from natskiq.topology import Names
+from natskiq.topology import Names, delete_if, is_tombstone, put_if
 
 log = logging.getLogger(__name__)
-
-WRONG_LAST_SEQUENCE = 10071
-TOMBSTONE_HEADERS = ("KV-Operation", "Nats-Marker-Reason")
-
-
-def is_tombstone(headers: dict[str, str] | None) -> bool:
-    return bool(headers) and any(h in headers for h in TOMBSTONE_HEADERS)  # type: ignore[operator]
 
 
 @attrs.define
@@ -112,15 +105,15 @@ class Lease:
             value["token"] = self.token
         return json.dumps(value).encode()
 
-    def _headers(self, expected: int) -> dict[str, str]:
-        return {
-            "Nats-Expected-Last-Subject-Sequence": str(expected),
-            "Nats-TTL": f"{max(1, round(self.ttl * 1000))}ms",
-        }
-
-    async def _write(self, expected: int) -> int:
+    async def _write(self, expected: int) -> int | None:
+        """Write the key if it is still at revision ``expected``: its new revision, or None."""
         started = anyio.current_time()
-        ack = await self._js.publish(self._subject, self._value(), headers=self._headers(expected))
+        # To the nearest millisecond, where topology.ttl_header rounds up: the two differ
+        # only for a TTL under a second or not a whole number of milliseconds.
+        ttl = f"{max(1, round(self.ttl * 1000))}ms"
+        ack = await put_if(self._js, self._subject, self._value(), expected=expected, ttl=ttl)
+        if ack is None:
+            return None
         self._revision = ack.seq
         self._deadline = started + self.ttl
         return ack.seq
@@ -130,17 +123,14 @@ class Lease:
         self.token = None
         expected = 0
         for _ in range(3):
-            try:
-                self.since = time.time()
-                self.token = await self._write(expected)
+            self.since = time.time()
+            self.token = await self._write(expected)
+            if self.token is not None:
                 log.info(
                     "node %s is master of shard %d (lease revision %d)", self.node_id, self.shard, self.token
                 )
                 self._give_up = anyio.Event()
                 return True
-            except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
-                    raise
             last = await _last(self._js, self.names, self.shard)
             if last is None:
                 expected = 0
@@ -156,22 +146,19 @@ class Lease:
         Raises:
             LeaseLost: another node holds it, or it expired.
         """
-        try:
-            await self._write(self._revision)
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                self.token = None
-                raise LeaseLost(f"lease renew refused: {exc.description}") from exc
-            raise
+        if await self._write(self._revision) is None:
+            self.token = None
+            raise LeaseLost(f"lease renew refused: the key is no longer at revision {self._revision}")
 
     async def release(self) -> None:
         """Give the lease up at once (graceful stop), if still held."""
         if self.token is None:
             return
         self.token = None
-        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(self._revision)}
         try:
-            await self._js.publish(self._subject, b"", headers=headers)
+            if await delete_if(self._js, self._subject, expected=self._revision) is None:
+                log.info("lease release not needed: the key is no longer at revision %d", self._revision)
+                return
             log.info("node %s released the lease of shard %d", self.node_id, self.shard)
         except (APIError, NatsError, TimeoutError) as exc:
             log.info("lease release not needed or failed: %s", exc)

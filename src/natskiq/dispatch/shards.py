@@ -45,8 +45,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import Error as JSError
 from nats.js.errors import NotFoundError
 
-from natskiq.dispatch.lease import Lease, elect, is_tombstone
-from natskiq.topology import Names
+from natskiq.dispatch.lease import Lease, elect
+from natskiq.topology import Names, is_tombstone
 
 log = logging.getLogger(__name__)
 
